@@ -1,0 +1,10 @@
+//! The sans-IO core of the osgate dataplane.
+//!
+//! Everything here is a plain function or state machine over bytes and values: no sockets, no
+//! runtime, no clock reads. The node's I/O drivers are thin pumps around it, which is what makes
+//! the RFC 7435 fallback rules testable exhaustively.
+
+pub mod crypto;
+pub mod detect;
+pub mod ladder;
+pub mod outcome;

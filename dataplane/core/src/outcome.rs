@@ -1,0 +1,243 @@
+//! Outcome records: what every connection got, in words that never overstate it.
+//!
+//! Every connection ends with exactly one [`Outcome`]. The achieved [`Level`] is one of
+//! `cleartext`, `encrypted`, `authenticated` (with a [`Method`]) or `refused`; anything less than
+//! the policy asked for carries a [`Reason`]. All labels are bounded sets, so they can be metric
+//! labels.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Which way a connection goes through this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// A plain client of this node, carried to a remote peer.
+    Outbound,
+    /// A remote client (TLS or cleartext), carried to a local backend.
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+/// How a peer was authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Method {
+    /// DANE TLSA records, DNSSEC-validated (RFC 7672).
+    Dane,
+    /// An operator-configured SPKI pin.
+    Pinned,
+    /// A fleet node key distributed by the control plane.
+    Fleet,
+    /// A key pinned on first use.
+    Tofu,
+    /// A certificate chain to a trusted root, for the peer's name (RFC 5280, RFC 6125).
+    Pkix,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dane => "dane",
+            Self::Pinned => "pinned",
+            Self::Fleet => "fleet",
+            Self::Tofu => "tofu",
+            Self::Pkix => "pkix",
+        }
+    }
+}
+
+/// The protection a connection achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// No application byte crossed: the connection was closed.
+    Refused,
+    /// No encryption.
+    Cleartext,
+    /// TLS, peer not authenticated: protects against passive attackers only.
+    Encrypted,
+    /// TLS, and the peer proved a key we had reason to expect.
+    Authenticated(Method),
+}
+
+impl Level {
+    /// `refused` | `cleartext` | `encrypted` | `authenticated`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Cleartext => "cleartext",
+            Self::Encrypted => "encrypted",
+            Self::Authenticated(_) => "authenticated",
+        }
+    }
+
+    /// The authentication method, `none` unless authenticated.
+    pub fn method_str(self) -> &'static str {
+        match self {
+            Self::Authenticated(method) => method.as_str(),
+            _ => "none",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Authenticated(method) => write!(f, "authenticated/{}", method.as_str()),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// Why a connection got less than the best level, or was refused.
+///
+/// Labels reuse the TLS-RPT result types (RFC 8460 §4.3) where one fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Nothing less than the policy asked for.
+    None,
+    /// Policy says cleartext.
+    PolicyCleartext,
+    /// The peer answered our ClientHello with something that is not TLS, or closed.
+    PeerNoTls,
+    /// The peer speaks TLS but the handshake failed.
+    TlsHandshakeFailed,
+    /// The handshake did not finish before its deadline.
+    HandshakeTimeout,
+    /// The chain does not lead to a trusted root (RFC 8460 `certificate-not-trusted`).
+    CertificateNotTrusted,
+    /// The certificate does not name the peer (RFC 8460 `certificate-host-mismatch`).
+    CertificateHostMismatch,
+    /// The certificate is expired or not yet valid (RFC 8460 `certificate-expired`).
+    CertificateExpired,
+    /// The certificate could not be checked at all (RFC 8460 `validation-failure`).
+    ValidationFailure,
+    /// The peer name is an IP address, so there is no name to check a chain against.
+    PeerIsAddress,
+    /// The peer (outbound) or backend (inbound) could not be reached.
+    Unreachable,
+    /// The inbound client sent no TLS; the listener allows cleartext.
+    ClientNoTls,
+    /// The inbound client sent nothing (or only part of a TLS header) before the deadline.
+    ClientSilent,
+    /// The inbound client closed before sending anything classifiable.
+    ClientClosed,
+    /// The inbound client sent bytes that look like TLS but are not.
+    MalformedClientHello,
+    /// The listener requires TLS and the client offered none.
+    CleartextDenied,
+    /// A node-wide or per-source connection cap was hit.
+    ConnectionLimit,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::PolicyCleartext => "policy-cleartext",
+            Self::PeerNoTls => "peer-no-tls",
+            Self::TlsHandshakeFailed => "tls-handshake-failed",
+            Self::HandshakeTimeout => "handshake-timeout",
+            Self::CertificateNotTrusted => "certificate-not-trusted",
+            Self::CertificateHostMismatch => "certificate-host-mismatch",
+            Self::CertificateExpired => "certificate-expired",
+            Self::ValidationFailure => "validation-failure",
+            Self::PeerIsAddress => "peer-is-address",
+            Self::Unreachable => "unreachable",
+            Self::ClientNoTls => "client-no-tls",
+            Self::ClientSilent => "client-silent",
+            Self::ClientClosed => "client-closed",
+            Self::MalformedClientHello => "malformed-client-hello",
+            Self::CleartextDenied => "cleartext-denied",
+            Self::ConnectionLimit => "connection-limit",
+        }
+    }
+}
+
+/// How the relay phase ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Close {
+    /// Never reached the relay phase.
+    NotRelayed,
+    /// Both sides finished; TLS sides sent close_notify.
+    Clean,
+    /// A TLS side closed its TCP stream without close_notify (RFC 8446 §6.1): the other side
+    /// saw an abort, not a clean end.
+    Truncated,
+    /// A socket error or reset.
+    Reset,
+    /// No bytes moved for the idle timeout.
+    IdleTimeout,
+}
+
+impl Close {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotRelayed => "not-relayed",
+            Self::Clean => "clean",
+            Self::Truncated => "truncated",
+            Self::Reset => "reset",
+            Self::IdleTimeout => "idle-timeout",
+        }
+    }
+}
+
+/// The TLS parameters a connection negotiated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsParams {
+    pub version: &'static str,
+    pub suite: &'static str,
+    pub group: &'static str,
+    pub resumed: bool,
+}
+
+/// The record each connection ends with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub direction: Direction,
+    /// The listener address, as configured.
+    pub listener: String,
+    /// The peer (outbound) or client address (inbound).
+    pub peer: String,
+    /// What policy asked for.
+    pub desired: &'static str,
+    pub achieved: Level,
+    pub reason: Reason,
+    pub tls: Option<TlsParams>,
+    pub close: Close,
+    /// Application bytes client → server and server → client.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub handshake: Option<Duration>,
+    pub duration: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_label_calls_anything_secure_or_verified() {
+        let levels = [
+            Level::Refused,
+            Level::Cleartext,
+            Level::Encrypted,
+            Level::Authenticated(Method::Pkix),
+        ];
+        for level in levels {
+            let text = level.to_string();
+            assert!(!text.contains("secure") && !text.contains("verified"), "{text}");
+        }
+        assert_eq!(Level::Encrypted.method_str(), "none");
+        assert_eq!(Level::Authenticated(Method::Dane).to_string(), "authenticated/dane");
+    }
+}

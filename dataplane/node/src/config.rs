@@ -1,0 +1,363 @@
+//! The node configuration: TOML parsed into validated types at the boundary.
+//!
+//! Unknown keys, bad addresses and unreadable certificate or key files are errors naming the
+//! file, the key and the reason. Relative paths are relative to the config file's folder.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use osgate_core::crypto::KxGroup;
+use osgate_core::ladder::Policy;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+mod raw;
+
+/// A configuration error: which file, which key, and why.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which I/O driver runs the dataplane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoChoice {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// A host (name or address) and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: Host,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+            Host::Ip(ip) => write!(f, "{}", SocketAddr::new(*ip, self.port)),
+        }
+    }
+}
+
+impl HostPort {
+    fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self {
+                host: Host::Ip(addr.ip()),
+                port: addr.port(),
+            });
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}` is not host:port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{port}` is not a port number"))?;
+        let name = rustls_pki_types::DnsName::try_from(host)
+            .map_err(|_| format!("`{host}` is neither an IP address nor a DNS name"))?;
+        Ok(Self {
+            host: Host::Name(name.as_ref().to_owned()),
+            port,
+        })
+    }
+}
+
+/// Per-connection deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long an inbound listener waits for a client's first bytes.
+    pub peek: Duration,
+    pub connect: Duration,
+    pub handshake: Duration,
+    /// A relayed connection with no bytes moving either way for this long is closed.
+    pub idle: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub io: IoChoice,
+    /// Worker threads; each runs one event loop with its own listeners.
+    pub workers: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub timeouts: Timeouts,
+    /// Key-exchange groups offered and accepted, most preferred first.
+    pub tls_groups: Vec<KxGroup>,
+    /// PEM roots for PKIX checks of outbound peers; `None` means the system trust store.
+    pub ca_bundle: Option<Vec<CertificateDer<'static>>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    pub listen: SocketAddr,
+    pub peer: HostPort,
+    pub policy: Policy,
+}
+
+/// The certificate chain and key an inbound listener presents.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub listen: SocketAddr,
+    pub backend: HostPort,
+    pub identity: Identity,
+    pub cleartext_allowed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub outbound: Vec<Outbound>,
+    pub inbound: Vec<Inbound>,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: "-".into(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (which anchors relative paths and errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file = raw::File::parse(text, path)?;
+        Validator { path }.config(file)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn config(&self, file: raw::File) -> Result<Config, ConfigError> {
+        if file.outbound.is_empty() && file.inbound.is_empty() {
+            return Err(self.error("-", "no [[outbound]] or [[inbound]] listener is configured"));
+        }
+        let node = self.node(file.node)?;
+        let outbound = file
+            .outbound
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| self.outbound(i, o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inbound = file
+            .inbound
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| self.inbound(i, o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Config {
+            node,
+            outbound,
+            inbound,
+        };
+        self.distinct_listeners(&config)?;
+        Ok(config)
+    }
+
+    fn node(&self, node: raw::Node) -> Result<NodeConfig, ConfigError> {
+        let metrics_listen = node
+            .metrics_listen
+            .map(|text| self.socket_addr("node.metrics_listen", &text))
+            .transpose()?;
+        let tls_groups = match node.tls_groups {
+            None => KxGroup::DEFAULT.to_vec(),
+            Some(names) => self.groups(&names)?,
+        };
+        let ca_bundle = node
+            .ca_bundle
+            .map(|p| self.certificates("node.ca_bundle", &p))
+            .transpose()?;
+        let timeouts = Timeouts {
+            peek: self.duration("node.peek_timeout_ms", node.peek_timeout_ms)?,
+            connect: self.duration("node.connect_timeout_ms", node.connect_timeout_ms)?,
+            handshake: self.duration("node.handshake_timeout_ms", node.handshake_timeout_ms)?,
+            idle: self.duration("node.idle_timeout_ms", node.idle_timeout_ms)?,
+        };
+        Ok(NodeConfig {
+            io: node.io,
+            workers: node.workers,
+            metrics_listen,
+            timeouts,
+            tls_groups,
+            ca_bundle,
+        })
+    }
+
+    fn outbound(&self, i: usize, o: raw::Outbound) -> Result<Outbound, ConfigError> {
+        let key = |field: &str| format!("outbound[{i}].{field}");
+        let policy = match o.policy.as_str() {
+            "opportunistic" => Policy::Opportunistic {
+                allow_cleartext_fallback: o.allow_cleartext_fallback.unwrap_or(true),
+            },
+            "encrypt" | "cleartext" if o.allow_cleartext_fallback.is_some() => {
+                return Err(self.error(
+                    key("allow_cleartext_fallback"),
+                    "only meaningful with policy = \"opportunistic\"",
+                ));
+            }
+            "encrypt" => Policy::Encrypt,
+            "cleartext" => Policy::Cleartext,
+            other => {
+                return Err(self.error(
+                    key("policy"),
+                    format!("unknown policy `{other}`; expected opportunistic, encrypt or cleartext"),
+                ));
+            }
+        };
+        Ok(Outbound {
+            listen: self.socket_addr(&key("listen"), &o.listen)?,
+            peer: HostPort::parse(&o.peer).map_err(|r| self.error(key("peer"), r))?,
+            policy,
+        })
+    }
+
+    fn inbound(&self, i: usize, o: raw::Inbound) -> Result<Inbound, ConfigError> {
+        let key = |field: &str| format!("inbound[{i}].{field}");
+        let chain = self.certificates(&key("certificate"), &o.certificate)?;
+        let key_path = self.resolve(&o.private_key);
+        let private_key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+            self.error(
+                key("private_key"),
+                format!("cannot read a PEM private key from {}: {e}", key_path.display()),
+            )
+        })?;
+        Ok(Inbound {
+            listen: self.socket_addr(&key("listen"), &o.listen)?,
+            backend: HostPort::parse(&o.backend).map_err(|r| self.error(key("backend"), r))?,
+            identity: Identity {
+                chain,
+                key: private_key,
+            },
+            cleartext_allowed: matches!(o.cleartext, raw::Cleartext::Allow),
+        })
+    }
+
+    fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse()
+            .map_err(|_| self.error(key, format!("`{text}` is not an IP address with a port")))
+    }
+
+    fn duration(&self, key: &str, ms: u64) -> Result<Duration, ConfigError> {
+        if ms == 0 {
+            return Err(self.error(key, "must be at least 1 millisecond"));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    fn groups(&self, names: &[String]) -> Result<Vec<KxGroup>, ConfigError> {
+        if names.is_empty() {
+            return Err(self.error("node.tls_groups", "at least one group is needed"));
+        }
+        names
+            .iter()
+            .map(|name| {
+                KxGroup::from_name(name).ok_or_else(|| {
+                    self.error(
+                        "node.tls_groups",
+                        format!(
+                            "unknown group `{name}`; expected x25519mlkem768, x25519, secp256r1 or secp384r1"
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn certificates(&self, key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let path = self.resolve(path);
+        let certs = CertificateDer::pem_file_iter(&path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                self.error(key, format!("cannot read PEM certificates from {}: {e}", path.display()))
+            })?;
+        if certs.is_empty() {
+            return Err(self.error(key, format!("{} holds no PEM certificate", path.display())));
+        }
+        Ok(certs)
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        match self.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+
+    fn distinct_listeners(&self, config: &Config) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        let listeners = config
+            .outbound
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (format!("outbound[{i}].listen"), o.listen))
+            .chain(
+                config
+                    .inbound
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| (format!("inbound[{i}].listen"), o.listen)),
+            );
+        for (key, addr) in listeners {
+            if addr.port() != 0 && !seen.insert(addr) {
+                return Err(self.error(key, format!("{addr} is configured twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! The config file as written: serde types that reject unknown keys.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{ConfigError, IoChoice};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    #[serde(default)]
+    pub node: Node,
+    #[serde(default)]
+    pub outbound: Vec<Outbound>,
+    #[serde(default)]
+    pub inbound: Vec<Inbound>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct Node {
+    pub io: IoChoice,
+    pub workers: usize,
+    pub metrics_listen: Option<String>,
+    pub peek_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub tls_groups: Option<Vec<String>>,
+    pub ca_bundle: Option<String>,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            io: IoChoice::Auto,
+            workers: 0,
+            metrics_listen: None,
+            peek_timeout_ms: 3_000,
+            connect_timeout_ms: 5_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            tls_groups: None,
+            ca_bundle: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Outbound {
+    pub listen: String,
+    pub peer: String,
+    #[serde(default = "opportunistic")]
+    pub policy: String,
+    pub allow_cleartext_fallback: Option<bool>,
+}
+
+fn opportunistic() -> String {
+    "opportunistic".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Inbound {
+    pub listen: String,
+    pub backend: String,
+    pub certificate: String,
+    pub private_key: String,
+    #[serde(default)]
+    pub cleartext: Cleartext,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Cleartext {
+    Allow,
+    #[default]
+    Deny,
+}
+
+impl File {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let error = |key: String, e: &toml::de::Error| ConfigError {
+            file: path.to_owned(),
+            key,
+            reason: describe(text, e),
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| error("-".into(), &e))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." => "-".to_owned(),
+                p => p,
+            };
+            error(key, e.inner())
+        })
+    }
+}
+
+/// The message with its line number, without toml's multi-line source excerpt.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            format!("{message} (line {line})")
+        }
+        None => message.to_owned(),
+    }
+}

@@ -1,0 +1,187 @@
+//! Inbound: peek at the client's first bytes, terminate TLS or relay cleartext as the
+//! listener allows, and carry the stream to the backend.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::counter;
+use osgate_core::crypto::tls_params;
+use osgate_core::detect::{Detection, MAX_PEEK, Malformed, classify_client_hello};
+use osgate_core::outcome::{Close, Direction, Level, Outcome, Reason};
+use rustls::ServerConnection;
+use tokio::time::{Instant, timeout_at};
+
+use crate::ctx::{self, Active, InboundListener, Node};
+use crate::io::{Conn, Driver, buffers};
+use crate::metrics as m;
+use crate::tls::Session;
+use crate::watchdog::Watchdog;
+use crate::{relay, report};
+
+/// What the client's first bytes were.
+enum Peeked {
+    Tls(Vec<u8>),
+    Cleartext(Vec<u8>),
+    /// Nothing arrived before the deadline (a server-speaks-first protocol, or a stalled client).
+    Silent,
+    /// Part of a TLS header, then nothing until the deadline.
+    Stalled,
+    Closed,
+    Reject(Malformed),
+}
+
+/// Serves one accepted client connection to completion.
+pub(crate) async fn serve<D: Driver>(client: D::Conn, peer: String, listener: Arc<InboundListener>, node: Arc<Node>) {
+    let started = Instant::now();
+    let _active = Active::new(Direction::Inbound);
+    let client = Rc::new(client);
+    let mut outcome = Outcome {
+        direction: Direction::Inbound,
+        listener: listener.listen.clone(),
+        peer,
+        desired: listener.desired(),
+        achieved: Level::Refused,
+        reason: Reason::None,
+        tls: None,
+        close: Close::NotRelayed,
+        bytes_up: 0,
+        bytes_down: 0,
+        handshake: None,
+        duration: Duration::ZERO,
+    };
+    let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);
+    dog.guard(&client);
+    match peek(&*client, started + node.timeouts.peek).await {
+        Peeked::Tls(first) => terminate::<D>(&client, first, &listener, &node, &dog, &mut outcome).await,
+        Peeked::Cleartext(first) if listener.cleartext_allowed => {
+            outcome.reason = Reason::ClientNoTls;
+            cleartext::<D>(&client, first, &listener, &node, &dog, &mut outcome).await;
+        }
+        Peeked::Silent if listener.cleartext_allowed => {
+            outcome.reason = Reason::ClientSilent;
+            cleartext::<D>(&client, Vec::new(), &listener, &node, &dog, &mut outcome).await;
+        }
+        Peeked::Cleartext(_) => outcome.reason = Reason::CleartextDenied,
+        Peeked::Silent | Peeked::Stalled => outcome.reason = Reason::ClientSilent,
+        Peeked::Closed => outcome.reason = Reason::ClientClosed,
+        Peeked::Reject(kind) => {
+            counter!(m::DETECT_REJECTED_TOTAL, "kind" => kind.as_str()).increment(1);
+            outcome.reason = Reason::MalformedClientHello;
+        }
+    }
+    drop(dog);
+    outcome.duration = started.elapsed();
+    report::emit(&outcome);
+}
+
+/// Reads the first bytes until the classifier decides or the deadline passes. Waits are
+/// readiness waits (cancel-safe); reads never block, so the deadline holds on both drivers.
+async fn peek<C: Conn>(client: &C, deadline: Instant) -> Peeked {
+    let mut first = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        match timeout_at(deadline, client.readable()).await {
+            Err(_) if first.is_empty() => return Peeked::Silent,
+            Err(_) => return Peeked::Stalled,
+            Ok(Err(_)) => return Peeked::Closed,
+            Ok(Ok(())) => {}
+        }
+        match client.try_read_now(&mut chunk) {
+            Ok(0) => return Peeked::Closed,
+            Ok(n) => first.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Peeked::Closed,
+        }
+        match classify_client_hello(&first) {
+            Detection::NeedMore if first.len() < MAX_PEEK => {}
+            Detection::NeedMore => return Peeked::Reject(Malformed::RecordLength),
+            Detection::Tls => return Peeked::Tls(first),
+            Detection::Cleartext => return Peeked::Cleartext(first),
+            Detection::Reject(kind) => return Peeked::Reject(kind),
+        }
+    }
+}
+
+async fn terminate<D: Driver>(
+    client: &Rc<D::Conn>,
+    first: Vec<u8>,
+    listener: &InboundListener,
+    node: &Node,
+    dog: &Watchdog,
+    outcome: &mut Outcome,
+) {
+    let handshake_started = Instant::now();
+    dog.set_deadline(handshake_started + node.timeouts.handshake);
+    let Ok(server) = ServerConnection::new(listener.server_tls.clone()) else {
+        outcome.reason = Reason::TlsHandshakeFailed;
+        return;
+    };
+    let session = Session::new(server.into());
+    let handshake = match session.feed_handshake(&first) {
+        Ok(()) => session.handshake(&**client, false).await.map_err(|e| {
+            tracing::debug!(target: "osgate::tls", error = ?e, "inbound TLS handshake failed");
+        }),
+        Err(_) => {
+            let _ = session.flush(&**client).await;
+            Err(())
+        }
+    };
+    if handshake.is_err() {
+        outcome.reason = if dog.fired() {
+            Reason::HandshakeTimeout
+        } else {
+            Reason::TlsHandshakeFailed
+        };
+        return;
+    }
+    outcome.handshake = Some(handshake_started.elapsed());
+    outcome.tls = Some(tls_params(&session.conn()));
+    let Some(backend) = connect_backend::<D>(listener, node).await else {
+        outcome.reason = Reason::Unreachable;
+        return;
+    };
+    outcome.achieved = Level::Encrypted;
+    dog.guard(&backend);
+    dog.track_idle(node.timeouts.idle);
+    let (close, moved) = relay::tls(&backend, client, &session, dog).await;
+    outcome.close = close;
+    outcome.bytes_up = moved.backward;
+    outcome.bytes_down = moved.forward;
+}
+
+async fn cleartext<D: Driver>(
+    client: &Rc<D::Conn>,
+    first: Vec<u8>,
+    listener: &InboundListener,
+    node: &Node,
+    dog: &Watchdog,
+    outcome: &mut Outcome,
+) {
+    let Some(backend) = connect_backend::<D>(listener, node).await else {
+        outcome.reason = Reason::Unreachable;
+        return;
+    };
+    if !first.is_empty() {
+        let len = first.len();
+        let (result, buf) = backend.write_all(first, len).await;
+        buffers::give(buf);
+        if result.is_err() {
+            outcome.reason = Reason::Unreachable;
+            return;
+        }
+        outcome.bytes_up = len as u64;
+    }
+    outcome.achieved = Level::Cleartext;
+    dog.guard(&backend);
+    dog.track_idle(node.timeouts.idle);
+    let (close, moved) = relay::plain(client, &backend, dog).await;
+    outcome.close = close;
+    outcome.bytes_up += moved.forward;
+    outcome.bytes_down = moved.backward;
+}
+
+async fn connect_backend<D: Driver>(listener: &InboundListener, node: &Node) -> Option<Rc<D::Conn>> {
+    let addr = ctx::resolve(&listener.backend).await.ok()?;
+    D::connect(addr, node.timeouts.connect).await.ok().map(Rc::new)
+}

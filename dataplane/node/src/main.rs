@@ -1,0 +1,116 @@
+//! `osgate`: the dataplane node. This file only wires the command line to the modules.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod config;
+mod ctx;
+mod inbound;
+mod io;
+mod keygen;
+mod listener;
+mod metrics;
+mod node;
+mod outbound;
+mod relay;
+mod report;
+mod sys;
+mod tls;
+mod watchdog;
+mod worker;
+
+/// sysexits.h EX_USAGE: the configuration (or command line) is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "osgate", version, about = "Opportunistic-security gateway node (RFC 7435)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node.
+    Run {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+        log_format: LogFormat,
+    },
+    /// Validate a config file and exit (0 when valid, 64 when not).
+    CheckConfig { file: PathBuf },
+    /// Create a private key and a self-signed certificate for an inbound listener.
+    Keygen {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// DNS names (or IP addresses) the certificate names.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
+            run(&config)
+        }
+        Command::CheckConfig { file } => match config::Config::load(&file) {
+            Ok(_) => {
+                eprintln!("{}: valid", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("config error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Keygen { cert, key, names } => match keygen::generate(&names, &cert, &key) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match config::Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match node::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OSGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

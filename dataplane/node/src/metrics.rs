@@ -1,0 +1,71 @@
+//! Metric names, described once. Labels come from fixed sets (the `as_str` of core enums).
+
+use std::net::SocketAddr;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// Connections by how they ended: `direction`, `achieved`, `method`, `reason`.
+pub const CONNECTIONS_TOTAL: &str = "osgate_connections_total";
+/// Connections open now, by `direction`.
+pub const CONNECTIONS_ACTIVE: &str = "osgate_connections_active";
+/// Time from TCP connect (outbound) or first byte (inbound) to a finished TLS handshake.
+pub const HANDSHAKE_DURATION: &str = "osgate_handshake_duration_seconds";
+/// Application bytes relayed, by `direction` and `achieved`.
+pub const BYTES_TOTAL: &str = "osgate_bytes_total";
+/// 1 for the I/O driver that runs, by `driver`.
+pub const IO_DRIVER_INFO: &str = "osgate_io_driver_info";
+/// Inbound first bytes rejected by the classifier, by `kind`.
+pub const DETECT_REJECTED_TOTAL: &str = "osgate_detect_rejected_total";
+/// Relays that ended by `close` (`clean`, `truncated`, `reset`, `idle-timeout`).
+pub const RELAY_CLOSES_TOTAL: &str = "osgate_relay_closes_total";
+/// Connections that reached cleartext although policy demanded encryption. Must stay 0.
+pub const CLEARTEXT_DESPITE_POLICY_TOTAL: &str = "osgate_cleartext_despite_policy_total";
+/// Accept errors by `kind` (e.g. descriptor exhaustion).
+pub const ACCEPT_ERRORS_TOTAL: &str = "osgate_accept_errors_total";
+
+/// Starts the Prometheus endpoint (its own thread) and describes every metric.
+pub fn install(listen: Option<SocketAddr>) -> Result<(), String> {
+    if let Some(addr) = listen {
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(HANDSHAKE_DURATION.into()),
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .map_err(|e| e.to_string())?
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    }
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Connections by direction and the protection they achieved (cleartext, encrypted, authenticated, refused)."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Connections open now, by direction.");
+    describe_histogram!(
+        HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "Duration of TLS handshakes, by direction."
+    );
+    describe_counter!(
+        BYTES_TOTAL,
+        Unit::Bytes,
+        "Application bytes relayed, by direction and achieved protection."
+    );
+    describe_gauge!(IO_DRIVER_INFO, "1 for the I/O driver in use (uring or epoll).");
+    describe_counter!(
+        DETECT_REJECTED_TOTAL,
+        "Inbound first bytes that looked like TLS but were not, by kind."
+    );
+    describe_counter!(RELAY_CLOSES_TOTAL, "Relays by how they ended.");
+    describe_counter!(
+        CLEARTEXT_DESPITE_POLICY_TOTAL,
+        "Connections carried in cleartext although policy required encryption. Always 0 unless there is a bug."
+    );
+    describe_counter!(ACCEPT_ERRORS_TOTAL, "accept() failures, by kind.");
+}

@@ -1,0 +1,139 @@
+//! Starting a node: choose the driver, build TLS state, bind listeners, start the workers.
+
+use std::sync::Arc;
+
+use metrics::gauge;
+use osgate_core::crypto::{ChainVerifier, CryptoError, CryptoPolicy, TlsFloor};
+use rustls::RootCertStore;
+use rustls_pki_types::ServerName;
+
+use crate::config::{Config, Host, IoChoice};
+use crate::ctx::{InboundListener, Node, OutboundListener};
+use crate::listener::{BindError, bind_reuseport};
+use crate::metrics as m;
+use crate::worker::{self, DriverKind, WorkerPlan};
+
+/// Why a node could not start (config problems are caught earlier, by [`Config::load`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("io = \"uring\" was configured, but io_uring is unavailable here: {0}")]
+    UringUnavailable(std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("TLS setup failed for {what}: {source}")]
+    Tls { what: String, source: CryptoError },
+    #[error("metrics endpoint: {0}")]
+    Metrics(String),
+    #[error("worker: {0}")]
+    Worker(#[from] std::io::Error),
+}
+
+/// Runs the node until the process is stopped.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let driver = choose_driver(config.node.io)?;
+    crate::metrics::install(config.node.metrics_listen).map_err(StartError::Metrics)?;
+    gauge!(m::IO_DRIVER_INFO, "driver" => driver.name()).set(1.0);
+    let workers = match config.node.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let plans = plan(&config, workers)?;
+    tracing::info!(target: "osgate::node", driver = driver.name(), workers, "osgate node started");
+    worker::run(driver, plans).map_err(StartError::Worker)
+}
+
+/// `auto` prefers io_uring and says in one line which driver runs, and why.
+fn choose_driver(io: IoChoice) -> Result<DriverKind, StartError> {
+    let probe = crate::io::uring::available();
+    match (io, probe) {
+        (IoChoice::Epoll, _) => Ok(DriverKind::Epoll),
+        (IoChoice::Uring, Ok(())) => Ok(DriverKind::Uring),
+        (IoChoice::Uring, Err(e)) => Err(StartError::UringUnavailable(e)),
+        (IoChoice::Auto, Ok(())) => {
+            tracing::info!(target: "osgate::node", driver = "uring", "io = auto: io_uring is available; using it");
+            Ok(DriverKind::Uring)
+        }
+        (IoChoice::Auto, Err(e)) => {
+            tracing::info!(target: "osgate::node", driver = "epoll", error = %e, "io = auto: io_uring is unavailable; using epoll");
+            Ok(DriverKind::Epoll)
+        }
+    }
+}
+
+fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> {
+    let crypto = CryptoPolicy::new(&config.node.tls_groups, TlsFloor::Tls12).map_err(|source| {
+        StartError::Tls {
+            what: "node.tls_groups".into(),
+            source,
+        }
+    })?;
+    let roots = match &config.node.ca_bundle {
+        Some(certs) => {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(certs.iter().cloned());
+            roots
+        }
+        None => ChainVerifier::system_roots(),
+    };
+    let node = Arc::new(Node {
+        timeouts: config.node.timeouts,
+        client_tls: crypto.unauthenticated_client().map_err(|source| StartError::Tls {
+            what: "outbound client".into(),
+            source,
+        })?,
+        chain: ChainVerifier::new(roots, &crypto),
+    });
+    let mut plans: Vec<WorkerPlan> = (0..workers)
+        .map(|_| WorkerPlan {
+            node: node.clone(),
+            outbound: Vec::new(),
+            inbound: Vec::new(),
+        })
+        .collect();
+    for outbound in &config.outbound {
+        let server_name = match &outbound.peer.host {
+            Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+            Host::Name(name) => ServerName::try_from(name.clone()).map_err(|_| StartError::Tls {
+                what: format!("peer name {name}"),
+                source: CryptoError::Rustls(rustls::Error::General("invalid DNS name".into())),
+            })?,
+        };
+        let shared = Arc::new(OutboundListener {
+            listen: outbound.listen.to_string(),
+            peer: outbound.peer.clone(),
+            server_name,
+            policy: outbound.policy,
+        });
+        let sockets = bind_reuseport(outbound.listen, workers)?;
+        log_listening("outbound", &sockets);
+        for (plan, socket) in plans.iter_mut().zip(sockets) {
+            plan.outbound.push((socket, shared.clone()));
+        }
+    }
+    for inbound in &config.inbound {
+        let identity = inbound.identity.clone();
+        let server_tls = crypto.server(identity.chain, identity.key).map_err(|source| StartError::Tls {
+            what: format!("inbound listener {}", inbound.listen),
+            source,
+        })?;
+        let shared = Arc::new(InboundListener {
+            listen: inbound.listen.to_string(),
+            backend: inbound.backend.clone(),
+            server_tls,
+            cleartext_allowed: inbound.cleartext_allowed,
+        });
+        let sockets = bind_reuseport(inbound.listen, workers)?;
+        log_listening("inbound", &sockets);
+        for (plan, socket) in plans.iter_mut().zip(sockets) {
+            plan.inbound.push((socket, shared.clone()));
+        }
+    }
+    Ok(plans)
+}
+
+fn log_listening(direction: &'static str, sockets: &[std::net::TcpListener]) {
+    if let Some(addr) = sockets.first().and_then(|s| s.local_addr().ok()) {
+        tracing::info!(target: "osgate::node", direction, listen = %addr, "listening");
+    }
+}

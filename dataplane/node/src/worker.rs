@@ -1,0 +1,128 @@
+//! Worker threads: one event loop per core, each with its own listening sockets.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::counter;
+use tokio::task::JoinSet;
+
+use crate::ctx::{InboundListener, Node, OutboundListener};
+use crate::io::Driver;
+use crate::io::epoll::Epoll;
+use crate::io::uring::Uring;
+use crate::metrics as m;
+use crate::{inbound, outbound};
+
+/// The sockets and settings one worker serves.
+#[derive(Debug)]
+pub(crate) struct WorkerPlan {
+    pub node: Arc<Node>,
+    pub outbound: Vec<(std::net::TcpListener, Arc<OutboundListener>)>,
+    pub inbound: Vec<(std::net::TcpListener, Arc<InboundListener>)>,
+}
+
+/// Which driver the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DriverKind {
+    Uring,
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Uring => Uring::NAME,
+            Self::Epoll => Epoll::NAME,
+        }
+    }
+}
+
+/// Runs `plans` on one thread each; returns when a worker fails to start.
+pub(crate) fn run(kind: DriverKind, plans: Vec<WorkerPlan>) -> io::Result<()> {
+    let mut threads = Vec::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        let thread = std::thread::Builder::new()
+            .name(format!("osgate-{}-{index}", kind.name()))
+            .spawn(move || match kind {
+                DriverKind::Uring => run_uring(plan),
+                DriverKind::Epoll => run_epoll(plan),
+            })?;
+        threads.push(thread);
+    }
+    for thread in threads {
+        match thread.join() {
+            Ok(result) => result?,
+            Err(_) => return Err(io::Error::other("a worker thread panicked")),
+        }
+    }
+    Ok(())
+}
+
+fn run_uring(plan: WorkerPlan) -> io::Result<()> {
+    tokio_uring::builder()
+        .entries(1024)
+        .start(serve::<Uring>(plan))
+}
+
+fn run_epoll(plan: WorkerPlan) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    tokio::task::LocalSet::new().block_on(&runtime, serve::<Epoll>(plan))
+}
+
+async fn serve<D: Driver>(plan: WorkerPlan) -> io::Result<()> {
+    let mut loops = JoinSet::new();
+    for (socket, listener) in plan.outbound {
+        let socket = D::listener(socket)?;
+        let node = plan.node.clone();
+        loops.spawn_local(accept_loop::<D, _>(socket, move |conn, _peer| {
+            outbound::serve::<D>(conn, listener.clone(), node.clone())
+        }));
+    }
+    for (socket, listener) in plan.inbound {
+        let socket = D::listener(socket)?;
+        let node = plan.node.clone();
+        loops.spawn_local(accept_loop::<D, _>(socket, move |conn, peer| {
+            inbound::serve::<D>(conn, peer.to_string(), listener.clone(), node.clone())
+        }));
+    }
+    while loops.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Accepts forever. On errors such as descriptor exhaustion it backs off (without spinning)
+/// and logs at most once per backoff step.
+async fn accept_loop<D, F>(
+    socket: D::Listener,
+    serve: impl Fn(D::Conn, std::net::SocketAddr) -> F,
+) where
+    D: Driver,
+    F: Future<Output = ()> + 'static,
+{
+    let mut backoff = Duration::ZERO;
+    loop {
+        match D::accept(&socket).await {
+            Ok((conn, peer)) => {
+                backoff = Duration::ZERO;
+                tokio::task::spawn_local(serve(conn, peer));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => accept_error_kind(&e)).increment(1);
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+fn accept_error_kind(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "descriptors",
+        Some(libc::ENOBUFS) | Some(libc::ENOMEM) => "memory",
+        _ => "other",
+    }
+}
