@@ -1,0 +1,31 @@
+//! Harness for osgate's end-to-end suites: real osgate processes, real OpenSSL peers, plain
+//! TCP servers and clients, all on loopback ports chosen at run time.
+//!
+//! Synchronisation is by events, never by sleeping: a node is ready when it logs that it
+//! started; an outcome is waited for on the node's JSON log stream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod certs;
+pub mod node;
+pub mod openssl;
+pub mod peers;
+
+pub use node::{Io, Node};
+
+use std::time::Duration;
+
+/// The longest any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs a scenario once per I/O driver: `drivers!(name => scenario_fn);`
+#[macro_export]
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(#[test] fn $name() { super::$name($crate::Io::Uring) })*
+        }
+        mod epoll {
+            $(#[test] fn $name() { super::$name($crate::Io::Epoll) })*
+        }
+    };
+}

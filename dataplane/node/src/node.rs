@@ -91,7 +91,7 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
             inbound: Vec::new(),
         })
         .collect();
-    for outbound in &config.outbound {
+    for (i, outbound) in config.outbound.iter().enumerate() {
         let server_name = match &outbound.peer.host {
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
             Host::Name(name) => ServerName::try_from(name.clone()).map_err(|_| StartError::Tls {
@@ -106,12 +106,12 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
             policy: outbound.policy,
         });
         let sockets = bind_reuseport(outbound.listen, workers)?;
-        log_listening("outbound", &sockets);
+        log_listening(format!("outbound[{i}]"), &sockets);
         for (plan, socket) in plans.iter_mut().zip(sockets) {
             plan.outbound.push((socket, shared.clone()));
         }
     }
-    for inbound in &config.inbound {
+    for (i, inbound) in config.inbound.iter().enumerate() {
         let identity = inbound.identity.clone();
         let server_tls = crypto.server(identity.chain, identity.key).map_err(|source| StartError::Tls {
             what: format!("inbound listener {}", inbound.listen),
@@ -124,7 +124,7 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
             cleartext_allowed: inbound.cleartext_allowed,
         });
         let sockets = bind_reuseport(inbound.listen, workers)?;
-        log_listening("inbound", &sockets);
+        log_listening(format!("inbound[{i}]"), &sockets);
         for (plan, socket) in plans.iter_mut().zip(sockets) {
             plan.inbound.push((socket, shared.clone()));
         }
@@ -132,8 +132,9 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
     Ok(plans)
 }
 
-fn log_listening(direction: &'static str, sockets: &[std::net::TcpListener]) {
+/// Logs the bound address (useful with port 0) under the listener's config key.
+fn log_listening(key: String, sockets: &[std::net::TcpListener]) {
     if let Some(addr) = sockets.first().and_then(|s| s.local_addr().ok()) {
-        tracing::info!(target: "osgate::node", direction, listen = %addr, "listening");
+        tracing::info!(target: "osgate::node", key, listen = %addr, "listening");
     }
 }

@@ -5,31 +5,11 @@ use osgate_core::outcome::{Close, Level, Outcome};
 
 use crate::metrics as m;
 
-/// Logs `outcome` as one event (target `osgate::outcome`) and counts it.
+/// Counts `outcome` and logs it as one event (target `osgate::outcome`).
 pub fn emit(outcome: &Outcome) {
     let direction = outcome.direction.as_str();
     let achieved = outcome.achieved.as_str();
     let tls = outcome.tls.clone().unwrap_or_default();
-    tracing::info!(
-        target: "osgate::outcome",
-        direction,
-        listener = %outcome.listener,
-        peer = %outcome.peer,
-        desired = outcome.desired,
-        achieved,
-        method = outcome.achieved.method_str(),
-        reason = outcome.reason.as_str(),
-        tls_version = tls.version,
-        tls_suite = tls.suite,
-        tls_group = tls.group,
-        tls_resumed = tls.resumed,
-        close = outcome.close.as_str(),
-        bytes_up = outcome.bytes_up,
-        bytes_down = outcome.bytes_down,
-        handshake_ms = outcome.handshake.map(|d| d.as_secs_f64() * 1e3),
-        duration_ms = outcome.duration.as_secs_f64() * 1e3,
-        "connection {achieved}",
-    );
     counter!(
         m::CONNECTIONS_TOTAL,
         "direction" => direction,
@@ -51,4 +31,25 @@ pub fn emit(outcome: &Outcome) {
     if outcome.achieved == Level::Cleartext && outcome.desired == "encrypt" {
         counter!(m::CLEARTEXT_DESPITE_POLICY_TOTAL).increment(1);
     }
+    // Last, so that whoever reads this record sees the counters already updated.
+    tracing::info!(
+        target: "osgate::outcome",
+        direction,
+        listener = %outcome.listener,
+        peer = %outcome.peer,
+        desired = outcome.desired,
+        achieved,
+        method = outcome.achieved.method_str(),
+        reason = outcome.reason.as_str(),
+        tls_version = tls.version,
+        tls_suite = tls.suite,
+        tls_group = tls.group,
+        tls_resumed = tls.resumed,
+        close = outcome.close.as_str(),
+        bytes_up = outcome.bytes_up,
+        bytes_down = outcome.bytes_down,
+        handshake_ms = outcome.handshake.map(|d| d.as_secs_f64() * 1e3),
+        duration_ms = outcome.duration.as_secs_f64() * 1e3,
+        "connection {achieved}",
+    );
 }

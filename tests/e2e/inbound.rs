@@ -1,0 +1,231 @@
+//! Clients against an osgate inbound listener: OpenSSL, rustls, plain, silent and hostile.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use osgate_tests::certs;
+use osgate_tests::openssl::s_client;
+use osgate_tests::peers::{self, Server};
+use osgate_tests::{Io, Node, WAIT, per_driver};
+
+per_driver!(
+    openssl_client_is_terminated_and_relayed,
+    plain_client_is_relayed_where_cleartext_is_allowed,
+    plain_client_is_refused_where_cleartext_is_denied,
+    slow_split_post_quantum_client_hello_is_accepted,
+    silent_client_gets_server_first_banner_after_peek_deadline,
+    silent_client_is_closed_at_deadline_when_tls_is_required,
+    one_byte_then_silence_is_closed_at_deadline,
+    tls_lookalike_garbage_is_rejected_and_counted,
+    alert_after_client_hello_closes_promptly,
+);
+
+const PEEK_MS: u64 = 400;
+
+fn inbound(dir: &Path, io: Io, backend: SocketAddr, cleartext: &str) -> Node {
+    let pem = certs::self_signed(dir, "node", "gw.test");
+    Node::start(
+        dir,
+        io,
+        &format!("peek_timeout_ms = {PEEK_MS}"),
+        &format!(
+            "[[inbound]]\nlisten = \"127.0.0.1:0\"\nbackend = \"{backend}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\ncleartext = \"{cleartext}\"\n",
+            pem.cert.display(),
+            pem.key.display()
+        ),
+    )
+}
+
+fn openssl_client_is_terminated_and_relayed(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::read_then_reply(5));
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+    let out = s_client(node.addr("inbound[0]"), &["-servername", "gw.test"], b"hello");
+    assert_eq!(out, "got 5 bytes");
+    assert_eq!(backend.result(), b"hello");
+    let rec = node.outcome("inbound");
+    assert_eq!(rec["achieved"], "encrypted");
+    assert_eq!(rec["tls_version"], "TLSv1_3");
+    assert_eq!(rec["bytes_up"], 5);
+    assert_eq!(rec["bytes_down"], 11);
+    assert_eq!(node.metric("osgate_connections_total", &[("direction", "inbound"), ("achieved", "encrypted")]), 1.0);
+}
+
+fn plain_exchange(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(payload).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got);
+    got
+}
+
+fn plain_client_is_relayed_where_cleartext_is_allowed(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::reply_after_eof);
+    let mut node = inbound(dir.path(), io, backend.addr, "allow");
+    assert_eq!(plain_exchange(node.addr("inbound[0]"), b"PING"), b"got 4 bytes");
+    let rec = node.outcome("inbound");
+    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("cleartext"), Some("client-no-tls")));
+    assert_eq!(rec["close"], "clean");
+}
+
+fn plain_client_is_refused_where_cleartext_is_denied(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::record);
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+    assert_eq!(plain_exchange(node.addr("inbound[0]"), b"PING"), b"");
+    let rec = node.outcome("inbound");
+    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("cleartext-denied")));
+    assert!(backend.try_result().is_none(), "the backend was never contacted");
+    assert_eq!(node.metric("osgate_connections_total", &[("achieved", "refused"), ("reason", "cleartext-denied")]), 1.0);
+}
+
+/// A rustls client (post-quantum key share: a ClientHello over 1 KiB) whose first flight is
+/// written 7 bytes at a time, with pauses, then finishes the handshake normally.
+fn slow_split_post_quantum_client_hello_is_accepted(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::read_then_reply(4));
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(osgate_tests::certs::AnyServer::default()))
+    .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), "gw.test".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 1024, "post-quantum ClientHello is {} bytes", hello.len());
+
+    let mut tcp = TcpStream::connect(node.addr("inbound[0]")).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    for piece in hello.chunks(7) {
+        tcp.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"ping").unwrap();
+    let mut reply = String::new();
+    let _ = tls.read_to_string(&mut reply);
+    assert_eq!(reply, "got 4 bytes");
+    assert_eq!(backend.result(), b"ping");
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    drop(tls);
+    let rec = node.outcome("inbound");
+    assert_eq!(rec["close"], "clean");
+    assert_eq!(rec["achieved"], "encrypted");
+    assert_eq!(rec["tls_group"], "X25519MLKEM768");
+}
+
+fn silent_client_gets_server_first_banner_after_peek_deadline(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(|mut stream| {
+        let _ = stream.write_all(b"220 ready\r\n");
+        peers::record(stream)
+    });
+    let mut node = inbound(dir.path(), io, backend.addr, "allow");
+    let started = Instant::now();
+    let mut client = TcpStream::connect(node.addr("inbound[0]")).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut banner = [0u8; 11];
+    client.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"220 ready\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(PEEK_MS));
+    drop(client);
+    let rec = node.outcome("inbound");
+    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("cleartext"), Some("client-silent")));
+}
+
+/// Connects, optionally sends `first`, and returns how long until the node closed on us.
+fn closed_after(addr: SocketAddr, first: &[u8]) -> Duration {
+    let started = Instant::now();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(first).unwrap();
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no bytes before the close: {rest:?}");
+    started.elapsed()
+}
+
+fn silent_client_is_closed_at_deadline_when_tls_is_required(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::record);
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+    let waited = closed_after(node.addr("inbound[0]"), b"");
+    assert!(waited >= Duration::from_millis(PEEK_MS) && waited < WAIT, "{waited:?}");
+    let rec = node.outcome("inbound");
+    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("client-silent")));
+    assert!(backend.try_result().is_none());
+}
+
+fn one_byte_then_silence_is_closed_at_deadline(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::record);
+    let mut node = inbound(dir.path(), io, backend.addr, "allow");
+    let waited = closed_after(node.addr("inbound[0]"), &[0x16]);
+    assert!(waited >= Duration::from_millis(PEEK_MS) && waited < WAIT, "{waited:?}");
+    let rec = node.outcome("inbound");
+    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("client-silent")));
+}
+
+fn tls_lookalike_garbage_is_rejected_and_counted(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::record);
+    let mut node = inbound(dir.path(), io, backend.addr, "allow");
+    for (bytes, kind) in [
+        (&[0x16, 0x03, 0x01, 0x00, 0x00][..], "bad-record-length"),
+        (&[0x80, 0x2e, 0x01, 0x00, 0x02][..], "sslv2-hello"),
+        (&[0x16, 0x03, 0x01, 0x00, 0x30, 0x02, 0, 0, 0x2c, 3, 3][..], "not-client-hello"),
+    ] {
+        closed_after(node.addr("inbound[0]"), bytes);
+        let rec = node.outcome("inbound");
+        assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("malformed-client-hello")));
+        assert_eq!(node.metric("osgate_detect_rejected_total", &[("kind", kind)]), 1.0, "{kind}");
+    }
+    assert!(backend.try_result().is_none());
+}
+
+fn alert_after_client_hello_closes_promptly(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::record);
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(osgate_tests::certs::AnyServer::default()))
+    .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), "gw.test".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    // close_notify alert in a plaintext record (TLS 1.3 before keys: RFC 8446 §6).
+    hello.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00]);
+    let started = Instant::now();
+    let mut client = TcpStream::connect(node.addr("inbound[0]")).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(&hello).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(PEEK_MS), "closed after {waited:?}");
+    let rec = node.outcome("inbound");
+    assert_eq!(rec["achieved"], "refused");
+    assert!(backend.try_result().is_none());
+}
