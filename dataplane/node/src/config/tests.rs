@@ -1,1 +1,87 @@
+use std::path::Path;
+
 use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/osgate/osgate.toml"))
+}
+
+const OUT: &str = "[[outbound]]\nlisten = \"127.0.0.1:7001\"\npeer = \"gw.example.net:7443\"\n";
+
+#[test]
+fn defaults_are_opportunistic_with_post_quantum_first() {
+    let config = parse(OUT).unwrap();
+    let out = &config.outbound[0];
+    assert_eq!(
+        out.policy,
+        Policy::Opportunistic {
+            allow_cleartext_fallback: true
+        }
+    );
+    assert_eq!(
+        out.peer,
+        HostPort {
+            host: Host::Name("gw.example.net".into()),
+            port: 7443
+        }
+    );
+    assert_eq!(config.node.io, IoChoice::Auto);
+    assert_eq!(config.node.tls_groups, KxGroup::DEFAULT);
+    assert_eq!(config.node.timeouts.peek, Duration::from_secs(3));
+    assert!(config.node.metrics_listen.is_none());
+}
+
+#[test]
+fn peers_may_be_addresses_including_ipv6() {
+    let config = parse(&OUT.replace("gw.example.net:7443", "[::1]:7443")).unwrap();
+    assert_eq!(config.outbound[0].peer.host, Host::Ip("::1".parse().unwrap()));
+    assert_eq!(config.outbound[0].peer.to_string(), "[::1]:7443");
+}
+
+#[test]
+fn errors_name_file_key_and_reason() {
+    let err = parse(&format!("{OUT}[[outbound]]\nlisten = \"127.0.0.1:7001\"\npeer = \"x.test:1\"\n")).unwrap_err();
+    assert_eq!(err.to_string(), "/etc/osgate/osgate.toml: outbound[1].listen: 127.0.0.1:7001 is configured twice");
+    let err = parse(&format!("[node]\nidle_timeout_ms = 0\n{OUT}")).unwrap_err();
+    assert_eq!(err.key, "node.idle_timeout_ms");
+    let err = parse(&format!("[node]\ntls_groups = []\n{OUT}")).unwrap_err();
+    assert_eq!((err.key.as_str(), err.reason.as_str()), ("node.tls_groups", "at least one group is needed"));
+    let err = parse("[node]\nworkers = -1\n").unwrap_err();
+    assert_eq!(err.key, "node.workers");
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_config_file() {
+    let validator = Validator {
+        path: Path::new("/etc/osgate/osgate.toml"),
+    };
+    assert_eq!(validator.resolve("keys/node.crt"), Path::new("/etc/osgate/keys/node.crt"));
+    assert_eq!(validator.resolve("/abs/node.crt"), Path::new("/abs/node.crt"));
+}
+
+/// Every example under deploy/examples parses, with keys made for it where it names some.
+#[test]
+fn every_deploy_example_parses() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    crate::keygen::generate(
+        &["gw.test".into()],
+        &dir.path().join("keys/node.crt"),
+        &dir.path().join("keys/node.key"),
+    )
+    .unwrap();
+    let mut parsed = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let copy = dir.path().join(path.file_name().unwrap());
+            if let Err(e) = Config::parse(&text, &copy) {
+                panic!("{}: {e}", path.display());
+            }
+            parsed += 1;
+        }
+    }
+    assert!(parsed >= 3, "found {parsed} examples");
+}
