@@ -1,0 +1,1 @@
+//! See benches/core.rs and gateways/compare.py.

@@ -80,6 +80,7 @@ impl TlsFloor {
 pub struct CryptoPolicy {
     provider: Arc<CryptoProvider>,
     floor: TlsFloor,
+    resumption: bool,
 }
 
 /// Failure to build a TLS configuration from local material.
@@ -108,7 +109,14 @@ impl CryptoPolicy {
         Ok(Self {
             provider: Arc::new(provider),
             floor,
+            resumption: true,
         })
+    }
+
+    /// Turns TLS session resumption (client session cache, server tickets) on or off.
+    pub fn with_resumption(mut self, on: bool) -> Self {
+        self.resumption = on;
+        self
     }
 
     pub fn provider(&self) -> &Arc<CryptoProvider> {
@@ -122,11 +130,14 @@ impl CryptoPolicy {
         let verifier = Arc::new(danger::UnauthenticatedServer {
             provider: self.provider.clone(),
         });
-        let config = ClientConfig::builder_with_provider(self.provider.clone())
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.floor.versions())?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
+        if !self.resumption {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         Ok(Arc::new(config))
     }
 
@@ -141,7 +152,12 @@ impl CryptoPolicy {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(CryptoError::KeyMismatch)?;
-        config.ticketer = aws_lc_rs::Ticketer::new()?;
+        if self.resumption {
+            config.ticketer = aws_lc_rs::Ticketer::new()?;
+        } else {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         Ok(Arc::new(config))
     }
 }

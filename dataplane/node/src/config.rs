@@ -109,6 +109,8 @@ pub struct NodeConfig {
     pub tls_groups: Vec<KxGroup>,
     /// PEM roots for PKIX checks of outbound peers; `None` means the system trust store.
     pub ca_bundle: Option<Vec<CertificateDer<'static>>>,
+    /// TLS session resumption (client cache, server tickets).
+    pub tls_resumption: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +234,7 @@ impl Validator<'_> {
             timeouts,
             tls_groups,
             ca_bundle,
+            tls_resumption: node.tls_resumption,
         })
     }
 

@@ -62,12 +62,12 @@ fn choose_driver(io: IoChoice) -> Result<DriverKind, StartError> {
 }
 
 fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> {
-    let crypto = CryptoPolicy::new(&config.node.tls_groups, TlsFloor::Tls12).map_err(|source| {
-        StartError::Tls {
+    let crypto = CryptoPolicy::new(&config.node.tls_groups, TlsFloor::Tls12)
+        .map_err(|source| StartError::Tls {
             what: "node.tls_groups".into(),
             source,
-        }
-    })?;
+        })?
+        .with_resumption(config.node.tls_resumption);
     let roots = match &config.node.ca_bundle {
         Some(certs) => {
             let mut roots = RootCertStore::empty();

@@ -29,6 +29,7 @@ pub(super) struct Node {
     pub idle_timeout_ms: u64,
     pub tls_groups: Option<Vec<String>>,
     pub ca_bundle: Option<String>,
+    pub tls_resumption: bool,
 }
 
 impl Default for Node {
@@ -43,6 +44,7 @@ impl Default for Node {
             idle_timeout_ms: 300_000,
             tls_groups: None,
             ca_bundle: None,
+            tls_resumption: true,
         }
     }
 }
