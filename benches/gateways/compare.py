@@ -104,7 +104,7 @@ def write(path, text):
 
 def osgate_pair(procs, work, backend, io, groups):
     out_port, in_port = free_port(), free_port()
-    node = f'[node]\nio = "{io}"\nworkers = 2\ntls_resumption = false\ntls_groups = {json.dumps(groups)}\n'
+    node = f'[node]\nio = "{io}"\nworkers = {os.environ.get("OSGATE_BENCH_WORKERS", "2")}\ntls_resumption = false\ntls_groups = {json.dumps(groups)}\n'
     inbound = write(os.path.join(work, "osgate-in.toml"), node + f"""
 [[inbound]]
 listen = "127.0.0.1:{in_port}"
@@ -166,7 +166,7 @@ def haproxy_pair(procs, work, backend):
                 open(os.path.join(work, "node.crt")).read() + open(os.path.join(work, "node.key")).read())
     common = """global
   nbthread 2
-  maxconn 20000
+  maxconn 9000
   ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets
   ssl-default-server-options ssl-min-ver TLSv1.3 no-tls-tickets
 defaults
@@ -289,10 +289,9 @@ def main():
     if not os.path.exists(OSGATE):
         sys.exit(f"missing {OSGATE}: cargo build --release -p osgate-node")
 
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))
-    except (ValueError, OSError):
-        pass  # not root: the contenders get the current limit
+    # Every contender gets the highest descriptor limit this machine allows.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = tempfile.mkdtemp(prefix="osgate-compare-")
     subprocess.run([OSGATE, "keygen", "--cert", f"{work}/node.crt", "--key", f"{work}/node.key",
                     "--name", "gw.test"], check=True)
@@ -312,6 +311,7 @@ def main():
                         row["up"] = iperf(port, args.seconds, reverse=False)
                         row["down"] = iperf(port, args.seconds, reverse=True)
                     else:
+                        wrk(port, 1, 32, close=False)  # warm-up, not measured
                         row["new"], _, row["new_err"] = wrk(port, args.seconds, 32, close=True)
                         row["ka"], row["p99"], row["ka_err"] = wrk(port, args.seconds, 64, close=False)
                 finally:

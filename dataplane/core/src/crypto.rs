@@ -119,6 +119,17 @@ impl CryptoPolicy {
         self
     }
 
+    /// Seeds this thread's random generator now. aws-lc seeds each thread's DRBG on first
+    /// use, which takes tens of milliseconds; without this the first handshake on every
+    /// worker thread stalls every connection on that thread.
+    pub fn warm_up_thread(&self) -> Result<(), CryptoError> {
+        let mut seed = [0u8; 32];
+        self.provider
+            .secure_random
+            .fill(&mut seed)
+            .map_err(|_| CryptoError::Rustls(rustls::Error::FailedToGetRandomBytes))
+    }
+
     pub fn provider(&self) -> &Arc<CryptoProvider> {
         &self.provider
     }

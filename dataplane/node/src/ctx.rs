@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::gauge;
-use osgate_core::crypto::ChainVerifier;
+use osgate_core::crypto::{ChainVerifier, CryptoPolicy};
 use osgate_core::ladder::Policy;
 use osgate_core::outcome::Direction;
 use rustls_pki_types::ServerName;
@@ -16,6 +16,7 @@ use crate::metrics as m;
 /// Node-wide state, shared by every worker.
 #[derive(Debug)]
 pub(crate) struct Node {
+    pub crypto: CryptoPolicy,
     pub timeouts: Timeouts,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub chain: ChainVerifier,

@@ -77,6 +77,7 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         None => ChainVerifier::system_roots(),
     };
     let node = Arc::new(Node {
+        crypto: crypto.clone(),
         timeouts: config.node.timeouts,
         client_tls: crypto.unauthenticated_client().map_err(|source| StartError::Tls {
             what: "outbound client".into(),
