@@ -17,12 +17,23 @@ struct Pair {
     server: ServerConnection,
 }
 
-fn configs(groups: &[KxGroup]) -> (std::sync::Arc<rustls::ClientConfig>, std::sync::Arc<rustls::ServerConfig>) {
+fn configs(
+    groups: &[KxGroup],
+) -> (
+    std::sync::Arc<rustls::ClientConfig>,
+    std::sync::Arc<rustls::ServerConfig>,
+) {
     let policy = CryptoPolicy::new(groups, TlsFloor::Tls12).unwrap();
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["gw.test".into()]).unwrap().self_signed(&key).unwrap();
+    let cert = CertificateParams::new(vec!["gw.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     let server = policy
-        .server(vec![cert.der().clone()], PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+        .server(
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
         .unwrap();
     (policy.unauthenticated_client().unwrap(), server)
 }
@@ -33,9 +44,13 @@ fn transfer(from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8]), buf: 
     to(buf);
 }
 
-fn handshake(client_config: &std::sync::Arc<rustls::ClientConfig>, server_config: &std::sync::Arc<rustls::ServerConfig>) -> Pair {
+fn handshake(
+    client_config: &std::sync::Arc<rustls::ClientConfig>,
+    server_config: &std::sync::Arc<rustls::ServerConfig>,
+) -> Pair {
     let mut pair = Pair {
-        client: ClientConnection::new(client_config.clone(), "gw.test".try_into().unwrap()).unwrap(),
+        client: ClientConnection::new(client_config.clone(), "gw.test".try_into().unwrap())
+            .unwrap(),
         server: ServerConnection::new(server_config.clone()).unwrap(),
     };
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -70,12 +85,17 @@ fn bench_classify(c: &mut Criterion) {
     let mut conn = ClientConnection::new(client_config, "gw.test".try_into().unwrap()).unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
-    c.bench_function("classify_client_hello", |b| b.iter(|| classify_client_hello(black_box(&hello))));
+    c.bench_function("classify_client_hello", |b| {
+        b.iter(|| classify_client_hello(black_box(&hello)))
+    });
 }
 
 fn bench_handshake(c: &mut Criterion) {
     let mut group = c.benchmark_group("handshake_full");
-    for (name, groups) in [("x25519mlkem768", &[KxGroup::X25519Mlkem768][..]), ("x25519", &[KxGroup::X25519][..])] {
+    for (name, groups) in [
+        ("x25519mlkem768", &[KxGroup::X25519Mlkem768][..]),
+        ("x25519", &[KxGroup::X25519][..]),
+    ] {
         let (client_config, server_config) = configs(groups);
         // Full handshakes only: without a session store the client cannot resume.
         let mut no_resumption = (*client_config).clone();

@@ -7,6 +7,9 @@ between the nodes), waits until the backend holds all N, and reports each node's
 anonymous memory (RssAnon) per connection. Then closes everything.
 
 Usage: benches/idle/idle_memory.py [--connections 10000] [--io uring|epoll]
+
+The outbound node holds two descriptors per tunnel; where the hard descriptor limit is lower
+than twice the count (20,000 in some sandboxes), the count is lowered to fit and said so.
 """
 
 import argparse
@@ -21,6 +24,23 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OSGATE = os.path.join(ROOT, "target", "release", "osgate")
+
+
+# The backend: accepts and holds connections; prints "held" once it holds N of them.
+HOLD_SERVER = """
+import asyncio, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+held = []
+async def hold(reader, writer):
+    held.append(writer)
+    if len(held) == n:
+        print("held", flush=True)
+    await reader.read()
+async def main():
+    server = await asyncio.start_server(hold, "127.0.0.1", port, backlog=4096)
+    await server.serve_forever()
+asyncio.run(main())
+"""
 
 
 def free_port():
@@ -71,20 +91,16 @@ async def main():
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--io", default="uring")
     args = parser.parse_args()
-    n = args.connections
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n * 4, n * 4))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    n = min(args.connections, (hard - 200) // 2)
+    if n < args.connections:
+        print(f"descriptor limit {hard}: measuring {n} tunnels instead of {args.connections}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    held = []
-    all_held = asyncio.Event()
-
-    async def hold(reader, writer):
-        held.append(writer)
-        if len(held) == n:
-            all_held.set()
-        await reader.read()  # until the tunnel closes
-
-    backend = await asyncio.start_server(hold, "127.0.0.1", 0, backlog=4096)
-    backend_port = backend.sockets[0].getsockname()[1]
+    backend_port = free_port()
+    backend = subprocess.Popen([sys.executable, "-c", HOLD_SERVER, str(backend_port), str(n)],
+                               stdout=subprocess.PIPE, text=True)
+    wait_port(backend_port)
 
     work = tempfile.mkdtemp(prefix="osgate-idle-")
     subprocess.run([OSGATE, "keygen", "--cert", f"{work}/n.crt", "--key", f"{work}/n.key", "--name", "gw.test"], check=True)
@@ -96,7 +112,7 @@ async def main():
     with open(f"{work}/out.toml", "w") as f:
         f.write(node + f'metrics_listen = "127.0.0.1:{out_metrics}"\n[[outbound]]\nlisten = "127.0.0.1:{out_port}"\npeer = "127.0.0.1:{in_port}"\npolicy = "encrypt"\n')
     env = dict(os.environ, OSGATE_LOG="warn")
-    limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n * 4, n * 4))
+    limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     nodes = {
         "inbound": subprocess.Popen([OSGATE, "run", "-c", f"{work}/in.toml"], env=env, preexec_fn=limit),
         "outbound": subprocess.Popen([OSGATE, "run", "-c", f"{work}/out.toml"], env=env, preexec_fn=limit),
@@ -115,7 +131,8 @@ async def main():
         # A first byte on each, so every tunnel is past the inbound peek and fully relaying.
         for _, w in clients[1:]:
             w.write(b"x")
-        await asyncio.wait_for(all_held.wait(), timeout=120)
+        line = await asyncio.wait_for(asyncio.to_thread(backend.stdout.readline), timeout=120)
+        assert line.strip() == "held", line
         await active(out_metrics, "outbound", n)
         await active(in_metrics, "inbound", n)
         after = {name: rss_anon_kib(p.pid) for name, p in nodes.items()}
@@ -124,13 +141,16 @@ async def main():
             grown = after[name] - before[name]
             print(f"  {name:8} node: RssAnon {before[name]} -> {after[name]} KiB, "
                   f"{grown * 1024 / (n - 1) / 1024:.2f} KiB per connection")
+        if os.environ.get("IDLE_HOLD"):
+            input("holding; press Enter to close")  # for inspecting the nodes by hand
         for _, w in clients:
             w.close()
     finally:
         for p in nodes.values():
             p.kill()
             p.wait()
-        backend.close()
+        backend.kill()
+        backend.wait()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,17 @@ fn ring_and_openssl_are_not_in_the_build_graph() {
     for krate in ["ring", "openssl-sys", "openssl"] {
         let out = Command::new(env!("CARGO"))
             .current_dir(workspace())
-            .args(["tree", "--workspace", "--all-targets", "--target", "all", "-e", "normal,build,dev", "-i", krate])
+            .args([
+                "tree",
+                "--workspace",
+                "--all-targets",
+                "--target",
+                "all",
+                "-e",
+                "normal,build,dev",
+                "-i",
+                krate,
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);

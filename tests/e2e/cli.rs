@@ -44,7 +44,10 @@ fn config_errors_exit_64_naming_file_key_and_reason() {
         let (code, err) = check(dir.path(), &body);
         assert_eq!(code, 64, "{body}\n{err}");
         let expected = format!("config error: {file}: {expected}");
-        assert!(err.starts_with(&expected), "expected `{expected}`, got `{err}`");
+        assert!(
+            err.starts_with(&expected),
+            "expected `{expected}`, got `{err}`"
+        );
     }
 }
 
@@ -58,14 +61,20 @@ fn unreadable_key_is_named() {
     );
     let (code, err) = check(dir.path(), &body);
     assert_eq!(code, 64);
-    assert!(err.contains("inbound[0].private_key: cannot read a PEM private key from"), "{err}");
+    assert!(
+        err.contains("inbound[0].private_key: cannot read a PEM private key from"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_file_is_a_config_error() {
     let (code, err) = osgate(&["check-config", "/nonexistent/osgate.toml"]);
     assert_eq!(code, 64);
-    assert!(err.contains("/nonexistent/osgate.toml: -: cannot read the file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/osgate.toml: -: cannot read the file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -74,8 +83,17 @@ fn a_port_in_use_is_a_clear_start_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let path = dir.path().join("osgate.toml");
-    std::fs::write(&path, format!("[[outbound]]\nlisten = \"{addr}\"\npeer = \"127.0.0.1:9\"\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[[outbound]]\nlisten = \"{addr}\"\npeer = \"127.0.0.1:9\"\n"),
+    )
+    .unwrap();
     let (code, err) = osgate(&["run", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("cannot listen on {addr}: the address is already in use by another process")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {addr}: the address is already in use by another process"
+        )),
+        "{err}"
+    );
 }

@@ -44,7 +44,11 @@ fn openssl_client_is_terminated_and_relayed(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let backend = Server::start(peers::read_then_reply(5));
     let mut node = inbound(dir.path(), io, backend.addr, "deny");
-    let out = s_client(node.addr("inbound[0]"), &["-servername", "gw.test"], b"hello");
+    let out = s_client(
+        node.addr("inbound[0]"),
+        &["-servername", "gw.test"],
+        b"hello",
+    );
     assert_eq!(out, "got 5 bytes");
     assert_eq!(backend.result(), b"hello");
     let rec = node.outcome("inbound");
@@ -52,7 +56,13 @@ fn openssl_client_is_terminated_and_relayed(io: Io) {
     assert_eq!(rec["tls_version"], "TLSv1_3");
     assert_eq!(rec["bytes_up"], 5);
     assert_eq!(rec["bytes_down"], 11);
-    assert_eq!(node.metric("osgate_connections_total", &[("direction", "inbound"), ("achieved", "encrypted")]), 1.0);
+    assert_eq!(
+        node.metric(
+            "osgate_connections_total",
+            &[("direction", "inbound"), ("achieved", "encrypted")]
+        ),
+        1.0
+    );
 }
 
 fn plain_exchange(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
@@ -69,9 +79,15 @@ fn plain_client_is_relayed_where_cleartext_is_allowed(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let backend = Server::start(peers::reply_after_eof);
     let mut node = inbound(dir.path(), io, backend.addr, "allow");
-    assert_eq!(plain_exchange(node.addr("inbound[0]"), b"PING"), b"got 4 bytes");
+    assert_eq!(
+        plain_exchange(node.addr("inbound[0]"), b"PING"),
+        b"got 4 bytes"
+    );
     let rec = node.outcome("inbound");
-    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("cleartext"), Some("client-no-tls")));
+    assert_eq!(
+        (rec["achieved"].as_str(), rec["reason"].as_str()),
+        (Some("cleartext"), Some("client-no-tls"))
+    );
     assert_eq!(rec["close"], "clean");
 }
 
@@ -81,9 +97,21 @@ fn plain_client_is_refused_where_cleartext_is_denied(io: Io) {
     let mut node = inbound(dir.path(), io, backend.addr, "deny");
     assert_eq!(plain_exchange(node.addr("inbound[0]"), b"PING"), b"");
     let rec = node.outcome("inbound");
-    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("cleartext-denied")));
-    assert!(backend.try_result().is_none(), "the backend was never contacted");
-    assert_eq!(node.metric("osgate_connections_total", &[("achieved", "refused"), ("reason", "cleartext-denied")]), 1.0);
+    assert_eq!(
+        (rec["achieved"].as_str(), rec["reason"].as_str()),
+        (Some("refused"), Some("cleartext-denied"))
+    );
+    assert!(
+        backend.try_result().is_none(),
+        "the backend was never contacted"
+    );
+    assert_eq!(
+        node.metric(
+            "osgate_connections_total",
+            &[("achieved", "refused"), ("reason", "cleartext-denied")]
+        ),
+        1.0
+    );
 }
 
 /// A rustls client (post-quantum key share: a ClientHello over 1 KiB) whose first flight is
@@ -105,7 +133,11 @@ fn slow_split_post_quantum_client_hello_is_accepted(io: Io) {
         rustls::ClientConnection::new(Arc::new(config), "gw.test".try_into().unwrap()).unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
-    assert!(hello.len() > 1024, "post-quantum ClientHello is {} bytes", hello.len());
+    assert!(
+        hello.len() > 1024,
+        "post-quantum ClientHello is {} bytes",
+        hello.len()
+    );
 
     let mut tcp = TcpStream::connect(node.addr("inbound[0]")).unwrap();
     tcp.set_nodelay(true).unwrap();
@@ -145,7 +177,10 @@ fn silent_client_gets_server_first_banner_after_peek_deadline(io: Io) {
     assert!(started.elapsed() >= Duration::from_millis(PEEK_MS));
     drop(client);
     let rec = node.outcome("inbound");
-    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("cleartext"), Some("client-silent")));
+    assert_eq!(
+        (rec["achieved"].as_str(), rec["reason"].as_str()),
+        (Some("cleartext"), Some("client-silent"))
+    );
 }
 
 /// Connects, optionally sends `first`, and returns how long until the node closed on us.
@@ -165,9 +200,15 @@ fn silent_client_is_closed_at_deadline_when_tls_is_required(io: Io) {
     let backend = Server::start(peers::record);
     let mut node = inbound(dir.path(), io, backend.addr, "deny");
     let waited = closed_after(node.addr("inbound[0]"), b"");
-    assert!(waited >= Duration::from_millis(PEEK_MS) && waited < WAIT, "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(PEEK_MS) && waited < WAIT,
+        "{waited:?}"
+    );
     let rec = node.outcome("inbound");
-    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("client-silent")));
+    assert_eq!(
+        (rec["achieved"].as_str(), rec["reason"].as_str()),
+        (Some("refused"), Some("client-silent"))
+    );
     assert!(backend.try_result().is_none());
 }
 
@@ -176,9 +217,15 @@ fn one_byte_then_silence_is_closed_at_deadline(io: Io) {
     let backend = Server::start(peers::record);
     let mut node = inbound(dir.path(), io, backend.addr, "allow");
     let waited = closed_after(node.addr("inbound[0]"), &[0x16]);
-    assert!(waited >= Duration::from_millis(PEEK_MS) && waited < WAIT, "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(PEEK_MS) && waited < WAIT,
+        "{waited:?}"
+    );
     let rec = node.outcome("inbound");
-    assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("client-silent")));
+    assert_eq!(
+        (rec["achieved"].as_str(), rec["reason"].as_str()),
+        (Some("refused"), Some("client-silent"))
+    );
 }
 
 fn tls_lookalike_garbage_is_rejected_and_counted(io: Io) {
@@ -188,12 +235,22 @@ fn tls_lookalike_garbage_is_rejected_and_counted(io: Io) {
     for (bytes, kind) in [
         (&[0x16, 0x03, 0x01, 0x00, 0x00][..], "bad-record-length"),
         (&[0x80, 0x2e, 0x01, 0x00, 0x02][..], "sslv2-hello"),
-        (&[0x16, 0x03, 0x01, 0x00, 0x30, 0x02, 0, 0, 0x2c, 3, 3][..], "not-client-hello"),
+        (
+            &[0x16, 0x03, 0x01, 0x00, 0x30, 0x02, 0, 0, 0x2c, 3, 3][..],
+            "not-client-hello",
+        ),
     ] {
         closed_after(node.addr("inbound[0]"), bytes);
         let rec = node.outcome("inbound");
-        assert_eq!((rec["achieved"].as_str(), rec["reason"].as_str()), (Some("refused"), Some("malformed-client-hello")));
-        assert_eq!(node.metric("osgate_detect_rejected_total", &[("kind", kind)]), 1.0, "{kind}");
+        assert_eq!(
+            (rec["achieved"].as_str(), rec["reason"].as_str()),
+            (Some("refused"), Some("malformed-client-hello"))
+        );
+        assert_eq!(
+            node.metric("osgate_detect_rejected_total", &[("kind", kind)]),
+            1.0,
+            "{kind}"
+        );
     }
     assert!(backend.try_result().is_none());
 }
@@ -224,7 +281,10 @@ fn alert_after_client_hello_closes_promptly(io: Io) {
     let mut answer = Vec::new();
     let _ = client.read_to_end(&mut answer);
     let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(PEEK_MS), "closed after {waited:?}");
+    assert!(
+        waited < Duration::from_millis(PEEK_MS),
+        "closed after {waited:?}"
+    );
     let rec = node.outcome("inbound");
     assert_eq!(rec["achieved"], "refused");
     assert!(backend.try_result().is_none());

@@ -23,6 +23,8 @@ per_driver!(
     cleartext_policy_never_tries_tls,
     unreachable_peer_is_refused,
     silent_peer_times_out_then_falls_back,
+    truncation_by_the_peer_reaches_the_client_as_an_abort,
+    idle_connections_are_closed_at_the_idle_timeout,
 );
 
 fn outbound(dir: &Path, io: Io, node_extra: &str, peer: SocketAddr, policy: &str) -> Node {
@@ -30,7 +32,9 @@ fn outbound(dir: &Path, io: Io, node_extra: &str, peer: SocketAddr, policy: &str
         dir,
         io,
         node_extra,
-        &format!("[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"{policy}\"\n"),
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"{policy}\"\n"
+        ),
     )
 }
 
@@ -54,7 +58,10 @@ fn line_reaches(server: &SServer, node: &Node) {
 }
 
 fn assert_no_policy_violation(node: &Node) {
-    assert_eq!(node.metric("osgate_cleartext_despite_policy_total", &[]), 0.0);
+    assert_eq!(
+        node.metric("osgate_cleartext_despite_policy_total", &[]),
+        0.0
+    );
 }
 
 fn self_signed_openssl_peer_is_encrypted_not_authenticated(io: Io) {
@@ -69,7 +76,10 @@ fn self_signed_openssl_peer_is_encrypted_not_authenticated(io: Io) {
     assert_eq!(
         node.metric(
             "osgate_connections_total",
-            &[("achieved", "encrypted"), ("reason", "certificate-not-trusted")]
+            &[
+                ("achieved", "encrypted"),
+                ("reason", "certificate-not-trusted")
+            ]
         ),
         1.0
     );
@@ -84,10 +94,16 @@ fn chain_to_configured_ca_is_authenticated_pkix(io: Io) {
     let mut node = outbound(dir.path(), io, &extra, server.addr, "opportunistic");
     line_reaches(&server, &node);
     let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["method"].as_str()), (Some("authenticated"), Some("pkix")));
+    assert_eq!(
+        (out["achieved"].as_str(), out["method"].as_str()),
+        (Some("authenticated"), Some("pkix"))
+    );
     assert_eq!(out["reason"], "none");
     assert_eq!(
-        node.metric("osgate_connections_total", &[("achieved", "authenticated"), ("method", "pkix")]),
+        node.metric(
+            "osgate_connections_total",
+            &[("achieved", "authenticated"), ("method", "pkix")]
+        ),
         1.0
     );
 }
@@ -111,13 +127,19 @@ fn wrong_name_or_expired_chain_stays_encrypted(io: Io) {
 
 fn tls12_peer_negotiates_ecdhe(io: Io) {
     let dir = tempfile::tempdir().unwrap();
-    let server = SServer::start(&certs::self_signed(dir.path(), "peer", "127.0.0.1"), &["-tls1_2"]);
+    let server = SServer::start(
+        &certs::self_signed(dir.path(), "peer", "127.0.0.1"),
+        &["-tls1_2"],
+    );
     let mut node = outbound(dir.path(), io, "", server.addr, "encrypt");
     line_reaches(&server, &node);
     let out = node.outcome("outbound");
     assert_eq!(out["achieved"], "encrypted");
     assert_eq!(out["tls_version"], "TLSv1_2");
-    assert!(out["tls_suite"].as_str().unwrap().starts_with("TLS_ECDHE_"), "{out}");
+    assert!(
+        out["tls_suite"].as_str().unwrap().starts_with("TLS_ECDHE_"),
+        "{out}"
+    );
     assert_eq!(out["tls_group"], "X25519");
 }
 
@@ -147,7 +169,10 @@ fn handshake_failure_is_refused_under_encrypt(io: Io) {
     let mut node = outbound(dir.path(), io, "", server.addr, "encrypt");
     assert_eq!(call(&node, b"hi"), b"");
     let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["reason"].as_str()), (Some("refused"), Some("tls-handshake-failed")));
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("tls-handshake-failed"))
+    );
     assert_no_policy_violation(&node);
 }
 
@@ -166,12 +191,26 @@ fn server_first_plain_peer_gets_cleartext_with_reason(io: Io) {
     let got = call(&node, b"QUIT\r\n");
     assert_eq!(got, b"220 plain.test ESMTP\r\n");
     let first = server.result();
-    assert_eq!(first.first(), Some(&0x16), "the first connection carried our ClientHello");
-    assert_eq!(server.result(), b"QUIT\r\n", "the cleartext retry carried the payload");
-    let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["reason"].as_str()), (Some("cleartext"), Some("peer-no-tls")));
     assert_eq!(
-        node.metric("osgate_connections_total", &[("achieved", "cleartext"), ("reason", "peer-no-tls")]),
+        first.first(),
+        Some(&0x16),
+        "the first connection carried our ClientHello"
+    );
+    assert_eq!(
+        server.result(),
+        b"QUIT\r\n",
+        "the cleartext retry carried the payload"
+    );
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("cleartext"), Some("peer-no-tls"))
+    );
+    assert_eq!(
+        node.metric(
+            "osgate_connections_total",
+            &[("achieved", "cleartext"), ("reason", "peer-no-tls")]
+        ),
         1.0
     );
 }
@@ -183,12 +222,27 @@ fn plain_peer_is_refused_under_encrypt_and_sees_no_payload(io: Io) {
     let got = call(&node, b"SECRET PAYLOAD");
     assert_eq!(got, b"", "the client gets nothing from a refused peer");
     let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["reason"].as_str()), (Some("refused"), Some("peer-no-tls")));
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("peer-no-tls"))
+    );
     let seen = server.result();
     assert_eq!(seen.first(), Some(&0x16));
-    assert!(!seen.windows(6).any(|w| w == b"SECRET"), "no payload byte reached the peer");
-    assert!(server.try_result().is_none(), "no second (cleartext) connection");
-    assert_eq!(node.metric("osgate_connections_total", &[("achieved", "refused"), ("reason", "peer-no-tls")]), 1.0);
+    assert!(
+        !seen.windows(6).any(|w| w == b"SECRET"),
+        "no payload byte reached the peer"
+    );
+    assert!(
+        server.try_result().is_none(),
+        "no second (cleartext) connection"
+    );
+    assert_eq!(
+        node.metric(
+            "osgate_connections_total",
+            &[("achieved", "refused"), ("reason", "peer-no-tls")]
+        ),
+        1.0
+    );
     assert_no_policy_violation(&node);
 }
 
@@ -207,7 +261,10 @@ fn peer_closing_on_client_hello_gets_cleartext(io: Io) {
     let mut node = outbound(dir.path(), io, "", server.addr, "opportunistic");
     assert_eq!(call(&node, b"GET /\r\n"), b"GET /\r\n");
     let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["reason"].as_str()), (Some("cleartext"), Some("peer-no-tls")));
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("cleartext"), Some("peer-no-tls"))
+    );
 }
 
 fn cleartext_policy_never_tries_tls(io: Io) {
@@ -217,8 +274,14 @@ fn cleartext_policy_never_tries_tls(io: Io) {
     call(&node, b"plain words");
     assert_eq!(server.result(), b"plain words");
     let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["reason"].as_str()), (Some("cleartext"), Some("policy-cleartext")));
-    assert!(out["tls_version"].is_null() || out["tls_version"] == "", "{out}");
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("cleartext"), Some("policy-cleartext"))
+    );
+    assert!(
+        out["tls_version"].is_null() || out["tls_version"] == "",
+        "{out}"
+    );
 }
 
 fn unreachable_peer_is_refused(io: Io) {
@@ -227,7 +290,10 @@ fn unreachable_peer_is_refused(io: Io) {
     let mut node = outbound(dir.path(), io, "", closed, "opportunistic");
     assert_eq!(call(&node, b"x"), b"");
     let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["reason"].as_str()), (Some("refused"), Some("unreachable")));
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("unreachable"))
+    );
 }
 
 fn silent_peer_times_out_then_falls_back(io: Io) {
@@ -237,7 +303,13 @@ fn silent_peer_times_out_then_falls_back(io: Io) {
         let _ = stream.set_read_timeout(Some(WAIT));
         peers::record(stream)
     });
-    let mut node = outbound(dir.path(), io, "handshake_timeout_ms = 300", server.addr, "opportunistic");
+    let mut node = outbound(
+        dir.path(),
+        io,
+        "handshake_timeout_ms = 300",
+        server.addr,
+        "opportunistic",
+    );
     let started = std::time::Instant::now();
     let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
     client.write_all(b"late hello").unwrap();
@@ -247,5 +319,70 @@ fn silent_peer_times_out_then_falls_back(io: Io) {
     assert_eq!(server.result(), b"late hello");
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
     let out = node.outcome("outbound");
-    assert_eq!((out["achieved"].as_str(), out["reason"].as_str()), (Some("cleartext"), Some("handshake-timeout")));
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("cleartext"), Some("handshake-timeout"))
+    );
+}
+
+/// A TLS server (rustls) that sends `message` and then closes TCP *without* close_notify.
+fn truncating_server(dir: &Path) -> Server<()> {
+    let pem = certs::self_signed(dir, "peer", "127.0.0.1");
+    let config = osgate_tests::certs::server_config(&pem);
+    Server::start(move |tcp| {
+        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut first = [0u8; 5];
+        if tls.read_exact(&mut first).is_ok() {
+            let _ = tls.write_all(b"partial answer");
+            let _ = tls.flush();
+        }
+        let _ = tls.sock.shutdown(Shutdown::Both);
+    })
+}
+
+fn truncation_by_the_peer_reaches_the_client_as_an_abort(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = truncating_server(dir.path());
+    let mut node = outbound(dir.path(), io, "", server.addr, "encrypt");
+    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut got = Vec::new();
+    let end = client.read_to_end(&mut got);
+    assert_eq!(got, b"partial answer");
+    let err = end.expect_err("a truncated stream must not end cleanly");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    server.result();
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["close"].as_str()),
+        (Some("encrypted"), Some("truncated"))
+    );
+    assert_eq!(
+        node.metric("osgate_relay_closes_total", &[("close", "truncated")]),
+        1.0
+    );
+}
+
+fn idle_connections_are_closed_at_the_idle_timeout(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(peers::record);
+    let mut node = outbound(
+        dir.path(),
+        io,
+        "idle_timeout_ms = 300",
+        server.addr,
+        "cleartext",
+    );
+    let started = std::time::Instant::now();
+    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(b"then nothing").unwrap();
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(server.result(), b"then nothing");
+    let out = node.outcome("outbound");
+    assert_eq!(out["close"], "idle-timeout");
 }

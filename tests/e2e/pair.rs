@@ -10,7 +10,10 @@ use osgate_tests::{Io, Node, per_driver};
 
 const MB: u64 = 1_000_000;
 
-per_driver!(bulk_100_mb_each_way_is_encrypted_and_intact, half_close_carries_the_reply);
+per_driver!(
+    bulk_100_mb_each_way_is_encrypted_and_intact,
+    half_close_carries_the_reply
+);
 
 /// Starts inbound node (to `backend`) and outbound node (to the inbound node).
 fn pair(dir: &std::path::Path, io: Io, backend: std::net::SocketAddr) -> (Node, Node) {
@@ -30,7 +33,9 @@ fn pair(dir: &std::path::Path, io: Io, backend: std::net::SocketAddr) -> (Node, 
         dir,
         io,
         "",
-        &format!("[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"encrypt\"\n"),
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"encrypt\"\n"
+        ),
     );
     (inbound, outbound)
 }
@@ -43,9 +48,17 @@ fn bulk_100_mb_each_way_is_encrypted_and_intact(io: Io) {
     let client = TcpStream::connect(outbound.addr("outbound[0]")).unwrap();
     let client_saw = peers::exchange(client, 1, 100 * MB).unwrap();
 
-    assert_eq!(client_saw, Stream::expected(2, 100 * MB), "backend → client stream");
+    assert_eq!(
+        client_saw,
+        Stream::expected(2, 100 * MB),
+        "backend → client stream"
+    );
     let backend_saw: Seen = backend.result();
-    assert_eq!(backend_saw, Stream::expected(1, 100 * MB), "client → backend stream");
+    assert_eq!(
+        backend_saw,
+        Stream::expected(1, 100 * MB),
+        "client → backend stream"
+    );
 
     let out = outbound.outcome("outbound");
     assert_eq!(out["achieved"], "encrypted");
@@ -64,10 +77,22 @@ fn bulk_100_mb_each_way_is_encrypted_and_intact(io: Io) {
 
     let encrypted = [("direction", "outbound"), ("achieved", "encrypted")];
     assert_eq!(outbound.metric("osgate_connections_total", &encrypted), 1.0);
-    assert_eq!(outbound.metric("osgate_bytes_total", &encrypted), 200.0 * MB as f64);
-    assert_eq!(outbound.metric("osgate_io_driver_info", &[("driver", io.as_str())]), 1.0);
-    assert_eq!(outbound.metric("osgate_cleartext_despite_policy_total", &[]), 0.0);
-    assert_eq!(outbound.metric("osgate_connections_active", &[("direction", "outbound")]), 0.0);
+    assert_eq!(
+        outbound.metric("osgate_bytes_total", &encrypted),
+        200.0 * MB as f64
+    );
+    assert_eq!(
+        outbound.metric("osgate_io_driver_info", &[("driver", io.as_str())]),
+        1.0
+    );
+    assert_eq!(
+        outbound.metric("osgate_cleartext_despite_policy_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        outbound.metric("osgate_connections_active", &[("direction", "outbound")]),
+        0.0
+    );
 }
 
 fn half_close_carries_the_reply(io: Io) {
@@ -85,7 +110,13 @@ fn half_close_carries_the_reply(io: Io) {
     assert_eq!(reply, "got 12 bytes");
     assert_eq!(backend.result(), 12);
     let out = outbound.outcome("outbound");
-    assert_eq!((out["close"].as_str(), out["bytes_up"].as_u64()), (Some("clean"), Some(12)));
+    assert_eq!(
+        (out["close"].as_str(), out["bytes_up"].as_u64()),
+        (Some("clean"), Some(12))
+    );
     let inb = inbound.outcome("inbound");
-    assert_eq!((inb["close"].as_str(), inb["bytes_down"].as_u64()), (Some("clean"), Some(12)));
+    assert_eq!(
+        (inb["close"].as_str(), inb["bytes_down"].as_u64()),
+        (Some("clean"), Some(12))
+    );
 }

@@ -32,7 +32,9 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "osgate test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "osgate test CA");
         let cert = params.self_signed(&key).unwrap();
         let path = dir.join("ca.crt");
         std::fs::write(&path, cert.pem()).unwrap();
@@ -71,7 +73,9 @@ pub struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
 
 impl Default for AnyServer {
     fn default() -> Self {
-        Self(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        Self(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
     }
 }
 
@@ -93,7 +97,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -102,10 +111,34 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A rustls server config presenting `pem` (for test servers that misbehave on purpose).
+pub fn server_config(pem: &Pem) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let chain = rustls_pki_types::CertificateDer::pem_file_iter(&pem.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&pem.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    std::sync::Arc::new(config)
 }

@@ -124,7 +124,9 @@ impl Node {
                         return value;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => panic!("no matching event in {WAIT:?}; log: {:#?}", self.log),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no matching event in {WAIT:?}; log: {:#?}", self.log)
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!("node exited; log: {:#?}", self.log)
                 }
@@ -134,7 +136,10 @@ impl Node {
 
     /// The next outcome record of `direction` not yet returned by this function.
     pub fn outcome(&mut self, direction: &str) -> Value {
-        let index = self.log.iter().position(|v| is_outcome(v, direction) && v["taken"] != true);
+        let index = self
+            .log
+            .iter()
+            .position(|v| is_outcome(v, direction) && v["taken"] != true);
         if let Some(i) = index {
             self.log[i]["taken"] = Value::Bool(true);
             return self.log[i].clone();

@@ -63,7 +63,10 @@ impl SServer {
     fn wait_listening(&self) {
         let deadline = std::time::Instant::now() + WAIT;
         while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "s_server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server did not start"
+            );
             std::thread::yield_now();
         }
     }
@@ -106,7 +109,12 @@ pub fn s_client(addr: SocketAddr, extra: &[&str], input: &[u8]) -> String {
     stdin.write_all(input).unwrap();
     drop(stdin);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let _ = child.wait();
     out
 }

@@ -103,7 +103,9 @@ pub fn exchange(stream: TcpStream, seed: u64, len: u64) -> std::io::Result<Seen>
     let sender = std::thread::spawn(move || send(&mut writer, seed, len));
     let mut reader = stream;
     let seen = receive(&mut reader);
-    sender.join().map_err(|_| std::io::Error::other("sender panicked"))??;
+    sender
+        .join()
+        .map_err(|_| std::io::Error::other("sender panicked"))??;
     seen
 }
 
@@ -140,7 +142,9 @@ impl<T: Send + 'static> Server<T> {
 
     /// The next connection's result.
     pub fn result(&self) -> T {
-        self.results.recv_timeout(WAIT).expect("server handler result")
+        self.results
+            .recv_timeout(WAIT)
+            .expect("server handler result")
     }
 
     /// A result if a connection already finished.

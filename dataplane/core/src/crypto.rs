@@ -89,7 +89,9 @@ pub struct CryptoPolicy {
 pub enum CryptoError {
     #[error("no key-exchange group configured")]
     NoGroups,
-    #[error("the certificate and private key do not belong together, or the key type is not supported: {0}")]
+    #[error(
+        "the certificate and private key do not belong together, or the key type is not supported: {0}"
+    )]
     KeyMismatch(rustls::Error),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
@@ -198,7 +200,12 @@ impl ChainVerifier {
     }
 
     /// `Ok` when the peer's chain validates for `name` at `now`, else the RFC 8460 reason.
-    pub fn check(&self, chain: &[CertificateDer<'_>], name: &ServerName<'_>, now: UnixTime) -> Result<(), Reason> {
+    pub fn check(
+        &self,
+        chain: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), Reason> {
         let Some(inner) = &self.inner else {
             return Err(Reason::CertificateNotTrusted);
         };
@@ -216,10 +223,13 @@ fn chain_reason(error: &rustls::Error) -> Reason {
     use CertificateError as E;
     match error {
         rustls::Error::InvalidCertificate(cert) => match cert {
-            E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => {
-                Reason::CertificateExpired
+            E::Expired
+            | E::ExpiredContext { .. }
+            | E::NotValidYet
+            | E::NotValidYetContext { .. } => Reason::CertificateExpired,
+            E::NotValidForName | E::NotValidForNameContext { .. } => {
+                Reason::CertificateHostMismatch
             }
-            E::NotValidForName | E::NotValidForNameContext { .. } => Reason::CertificateHostMismatch,
             E::UnknownIssuer | E::BadSignature | E::UnknownRevocationStatus | E::Revoked => {
                 Reason::CertificateNotTrusted
             }

@@ -235,9 +235,15 @@ mod tests {
         ];
         for level in levels {
             let text = level.to_string();
-            assert!(!text.contains("secure") && !text.contains("verified"), "{text}");
+            assert!(
+                !text.contains("secure") && !text.contains("verified"),
+                "{text}"
+            );
         }
         assert_eq!(Level::Encrypted.method_str(), "none");
-        assert_eq!(Level::Authenticated(Method::Dane).to_string(), "authenticated/dane");
+        assert_eq!(
+            Level::Authenticated(Method::Dane).to_string(),
+            "authenticated/dane"
+        );
     }
 }

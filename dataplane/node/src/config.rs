@@ -255,7 +255,9 @@ impl Validator<'_> {
             other => {
                 return Err(self.error(
                     key("policy"),
-                    format!("unknown policy `{other}`; expected opportunistic, encrypt or cleartext"),
+                    format!(
+                        "unknown policy `{other}`; expected opportunistic, encrypt or cleartext"
+                    ),
                 ));
             }
         };
@@ -273,7 +275,10 @@ impl Validator<'_> {
         let private_key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
             self.error(
                 key("private_key"),
-                format!("cannot read a PEM private key from {}: {e}", key_path.display()),
+                format!(
+                    "cannot read a PEM private key from {}: {e}",
+                    key_path.display()
+                ),
             )
         })?;
         Ok(Inbound {
@@ -318,12 +323,19 @@ impl Validator<'_> {
             .collect()
     }
 
-    fn certificates(&self, key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    fn certificates(
+        &self,
+        key: &str,
+        path: &str,
+    ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let path = self.resolve(path);
         let certs = CertificateDer::pem_file_iter(&path)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
             .map_err(|e| {
-                self.error(key, format!("cannot read PEM certificates from {}: {e}", path.display()))
+                self.error(
+                    key,
+                    format!("cannot read PEM certificates from {}: {e}", path.display()),
+                )
             })?;
         if certs.is_empty() {
             return Err(self.error(key, format!("{} holds no PEM certificate", path.display())));

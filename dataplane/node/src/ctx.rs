@@ -56,7 +56,9 @@ pub(crate) async fn resolve(target: &HostPort) -> io::Result<SocketAddr> {
         Host::Name(name) => tokio::net::lookup_host((name.as_str(), target.port))
             .await?
             .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address"))),
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address"))
+            }),
     }
 }
 

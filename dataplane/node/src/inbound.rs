@@ -32,7 +32,12 @@ enum Peeked {
 }
 
 /// Serves one accepted client connection to completion.
-pub(crate) async fn serve<D: Driver>(client: D::Conn, peer: String, listener: Arc<InboundListener>, node: Arc<Node>) {
+pub(crate) async fn serve<D: Driver>(
+    client: D::Conn,
+    peer: String,
+    listener: Arc<InboundListener>,
+    node: Arc<Node>,
+) {
     let started = Instant::now();
     let _active = Active::new(Direction::Inbound);
     let client = Rc::new(client);
@@ -53,7 +58,9 @@ pub(crate) async fn serve<D: Driver>(client: D::Conn, peer: String, listener: Ar
     let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);
     dog.guard(&client);
     match peek(&*client, started + node.timeouts.peek).await {
-        Peeked::Tls(first) => terminate::<D>(&client, first, &listener, &node, &dog, &mut outcome).await,
+        Peeked::Tls(first) => {
+            terminate::<D>(&client, first, &listener, &node, &dog, &mut outcome).await
+        }
         Peeked::Cleartext(first) if listener.cleartext_allowed => {
             outcome.reason = Reason::ClientNoTls;
             cleartext::<D>(&client, first, &listener, &node, &dog, &mut outcome).await;
@@ -123,7 +130,7 @@ async fn terminate<D: Driver>(
             tracing::debug!(target: "osgate::tls", error = ?e, "inbound TLS handshake failed");
         }),
         Err(_) => {
-            let _ = session.flush(&**client).await;
+            let _ = session.flush(&**client, crate::tls::ALERT).await;
             Err(())
         }
     };
@@ -181,7 +188,13 @@ async fn cleartext<D: Driver>(
     outcome.bytes_down = moved.backward;
 }
 
-async fn connect_backend<D: Driver>(listener: &InboundListener, node: &Node) -> Option<Rc<D::Conn>> {
+async fn connect_backend<D: Driver>(
+    listener: &InboundListener,
+    node: &Node,
+) -> Option<Rc<D::Conn>> {
     let addr = ctx::resolve(&listener.backend).await.ok()?;
-    D::connect(addr, node.timeouts.connect).await.ok().map(Rc::new)
+    D::connect(addr, node.timeouts.connect)
+        .await
+        .ok()
+        .map(Rc::new)
 }

@@ -18,7 +18,10 @@ pub struct BindError {
 }
 
 /// Binds `workers` sockets sharing `addr` (a port 0 is resolved once, for all of them).
-pub fn bind_reuseport(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
     let error = |addr, e: io::Error| BindError {
         addr,
         reason: match e.kind() {
@@ -67,11 +70,17 @@ mod tests {
     fn a_port_held_by_another_socket_is_a_clear_error() {
         let first = bind_reuseport(([127, 0, 0, 1], 0).into(), 2).unwrap();
         let taken = first[0].local_addr().unwrap();
-        assert_eq!(first[1].local_addr().ok(), Some(taken), "workers share one port");
+        assert_eq!(
+            first[1].local_addr().ok(),
+            Some(taken),
+            "workers share one port"
+        );
         let err = bind_reuseport(taken, 2).err().map(|e| e.to_string());
         assert_eq!(
             err,
-            Some(format!("cannot listen on {taken}: the address is already in use by another process"))
+            Some(format!(
+                "cannot listen on {taken}: the address is already in use by another process"
+            ))
         );
     }
 }

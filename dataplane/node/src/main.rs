@@ -25,7 +25,11 @@ mod worker;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "osgate", version, about = "Opportunistic-security gateway node (RFC 7435)")]
+#[command(
+    name = "osgate",
+    version,
+    about = "Opportunistic-security gateway node (RFC 7435)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -31,7 +31,10 @@ pub fn install(listen: Option<SocketAddr>) -> Result<(), String> {
             .with_http_listener(addr)
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(HANDSHAKE_DURATION.into()),
-                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
             )
             .map_err(|e| e.to_string())?
             .install()
@@ -57,7 +60,10 @@ fn describe() {
         Unit::Bytes,
         "Application bytes relayed, by direction and achieved protection."
     );
-    describe_gauge!(IO_DRIVER_INFO, "1 for the I/O driver in use (uring or epoll).");
+    describe_gauge!(
+        IO_DRIVER_INFO,
+        "1 for the I/O driver in use (uring or epoll)."
+    );
     describe_counter!(
         DETECT_REJECTED_TOTAL,
         "Inbound first bytes that looked like TLS but were not, by kind."

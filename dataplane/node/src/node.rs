@@ -79,10 +79,12 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
     let node = Arc::new(Node {
         crypto: crypto.clone(),
         timeouts: config.node.timeouts,
-        client_tls: crypto.unauthenticated_client().map_err(|source| StartError::Tls {
-            what: "outbound client".into(),
-            source,
-        })?,
+        client_tls: crypto
+            .unauthenticated_client()
+            .map_err(|source| StartError::Tls {
+                what: "outbound client".into(),
+                source,
+            })?,
         chain: ChainVerifier::new(roots, &crypto),
     });
     let mut plans: Vec<WorkerPlan> = (0..workers)
@@ -95,10 +97,12 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
     for (i, outbound) in config.outbound.iter().enumerate() {
         let server_name = match &outbound.peer.host {
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-            Host::Name(name) => ServerName::try_from(name.clone()).map_err(|_| StartError::Tls {
-                what: format!("peer name {name}"),
-                source: CryptoError::Rustls(rustls::Error::General("invalid DNS name".into())),
-            })?,
+            Host::Name(name) => {
+                ServerName::try_from(name.clone()).map_err(|_| StartError::Tls {
+                    what: format!("peer name {name}"),
+                    source: CryptoError::Rustls(rustls::Error::General("invalid DNS name".into())),
+                })?
+            }
         };
         let shared = Arc::new(OutboundListener {
             listen: outbound.listen.to_string(),
@@ -114,10 +118,12 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
     }
     for (i, inbound) in config.inbound.iter().enumerate() {
         let identity = inbound.identity.clone();
-        let server_tls = crypto.server(identity.chain, identity.key).map_err(|source| StartError::Tls {
-            what: format!("inbound listener {}", inbound.listen),
-            source,
-        })?;
+        let server_tls = crypto
+            .server(identity.chain, identity.key)
+            .map_err(|source| StartError::Tls {
+                what: format!("inbound listener {}", inbound.listen),
+                source,
+            })?;
         let shared = Arc::new(InboundListener {
             listen: inbound.listen.to_string(),
             backend: inbound.backend.clone(),

@@ -28,7 +28,11 @@ struct Established<C> {
 }
 
 /// Serves one accepted client connection to completion.
-pub(crate) async fn serve<D: Driver>(client: D::Conn, listener: Arc<OutboundListener>, node: Arc<Node>) {
+pub(crate) async fn serve<D: Driver>(
+    client: D::Conn,
+    listener: Arc<OutboundListener>,
+    node: Arc<Node>,
+) {
     let started = Instant::now();
     let _active = Active::new(Direction::Outbound);
     let client = Rc::new(client);
@@ -110,7 +114,8 @@ async fn try_tls<D: Driver>(
         return (TlsResult::Unreachable, None);
     };
     let conn = Rc::new(conn);
-    let session = match ClientConnection::new(node.client_tls.clone(), listener.server_name.clone()) {
+    let session = match ClientConnection::new(node.client_tls.clone(), listener.server_name.clone())
+    {
         Ok(client) => Session::new(client.into()),
         Err(_) => return (TlsResult::HandshakeFailed, None),
     };
@@ -147,5 +152,6 @@ async fn try_tls<D: Driver>(
 fn check_chain(session: &Session, listener: &OutboundListener, node: &Node) -> Result<(), Reason> {
     let conn = session.conn();
     let chain = conn.peer_certificates().unwrap_or_default();
-    node.chain.check(chain, &listener.server_name, UnixTime::now())
+    node.chain
+        .check(chain, &listener.server_name, UnixTime::now())
 }

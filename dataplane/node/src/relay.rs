@@ -13,7 +13,7 @@ use osgate_core::outcome::Close;
 
 use crate::io::Conn;
 use crate::io::buffers::{self, LARGE, ReadSizer};
-use crate::tls::{Drained, Session, read_sized};
+use crate::tls::{ALERT, Drained, Session, read_sized, records_len};
 use crate::watchdog::Watchdog;
 
 /// How one direction ended.
@@ -48,8 +48,13 @@ fn close_of(a: End, b: End, dog: &Watchdog) -> Close {
 }
 
 /// Cleartext both ways between `a` and `b`.
-pub(crate) async fn plain<A: Conn, B: Conn>(a: &Rc<A>, b: &Rc<B>, dog: &Watchdog) -> (Close, Moved) {
-    let ((end_ab, forward), (end_ba, backward)) = tokio::join!(copy(&**a, &**b, dog), copy(&**b, &**a, dog));
+pub(crate) async fn plain<A: Conn, B: Conn>(
+    a: &Rc<A>,
+    b: &Rc<B>,
+    dog: &Watchdog,
+) -> (Close, Moved) {
+    let ((end_ab, forward), (end_ba, backward)) =
+        tokio::join!(copy(&**a, &**b, dog), copy(&**b, &**a, dog));
     (close_of(end_ab, end_ba, dog), Moved { forward, backward })
 }
 
@@ -102,7 +107,12 @@ pub(crate) async fn tls<P: Conn, T: Conn>(
     (close_of(end_up, end_down, dog), Moved { forward, backward })
 }
 
-async fn encrypt_pump<P: Conn, T: Conn>(plain: &P, tls: &T, session: &Session, dog: &Watchdog) -> (End, u64) {
+async fn encrypt_pump<P: Conn, T: Conn>(
+    plain: &P,
+    tls: &T,
+    session: &Session,
+    dog: &Watchdog,
+) -> (End, u64) {
     let mut sizer = ReadSizer::default();
     let mut moved = 0u64;
     loop {
@@ -111,7 +121,7 @@ async fn encrypt_pump<P: Conn, T: Conn>(plain: &P, tls: &T, session: &Session, d
             Ok(0) => {
                 buffers::give(buf);
                 session.send_close_notify();
-                let _ = session.flush(tls).await;
+                let _ = session.flush(tls, ALERT).await;
                 tls.shutdown(Shutdown::Write);
                 return (End::Clean, moved);
             }
@@ -124,14 +134,19 @@ async fn encrypt_pump<P: Conn, T: Conn>(plain: &P, tls: &T, session: &Session, d
         dog.touch();
         let encrypted = session.encrypt(&buf[..n]);
         buffers::give(buf);
-        if encrypted.is_err() || session.flush(tls).await.is_err() {
+        if encrypted.is_err() || session.flush(tls, records_len(n)).await.is_err() {
             return (reset(plain, tls), moved);
         }
         moved += n as u64;
     }
 }
 
-async fn decrypt_pump<T: Conn, P: Conn>(tls: &T, plain: &P, session: &Session, dog: &Watchdog) -> (End, u64) {
+async fn decrypt_pump<T: Conn, P: Conn>(
+    tls: &T,
+    plain: &P,
+    session: &Session,
+    dog: &Watchdog,
+) -> (End, u64) {
     let mut sizer = ReadSizer::default();
     let mut moved = 0u64;
     // Records that arrived with the handshake's last flight are already decrypted.
@@ -160,12 +175,12 @@ async fn decrypt_pump<T: Conn, P: Conn>(tls: &T, plain: &P, session: &Session, d
             Ok(Drained::Open) => {}
             Ok(Drained::CloseNotify) => return finish_clean(plain, moved),
             Err(_) => {
-                let _ = session.flush(tls).await;
+                let _ = session.flush(tls, ALERT).await;
                 return (reset(tls, plain), moved);
             }
         }
         // Post-handshake messages (KeyUpdate, tickets) may need an answer.
-        if session.wants_write() && session.flush(tls).await.is_err() {
+        if session.wants_write() && session.flush(tls, buffers::SMALL).await.is_err() {
             return (reset(tls, plain), moved);
         }
     }
@@ -194,7 +209,8 @@ async fn write_decrypted<P: Conn>(
     moved: &mut u64,
 ) -> io::Result<Drained> {
     loop {
-        let mut out = buffers::take(LARGE);
+        // Plaintext is never longer than the ciphertext it came from.
+        let mut out = buffers::take(ciphertext.len().clamp(buffers::SMALL, LARGE));
         let mut filled = 0;
         let state = loop {
             let state = session.drain(&mut out, &mut filled)?;
@@ -207,6 +223,7 @@ async fn write_decrypted<P: Conn>(
             }
             ciphertext = &ciphertext[used..];
         };
+        let out_len = out.len();
         if filled > 0 {
             let (result, buf) = plain.write_all(out, filled).await;
             buffers::give(buf);
@@ -215,7 +232,7 @@ async fn write_decrypted<P: Conn>(
         } else {
             buffers::give(out);
         }
-        if state == Drained::CloseNotify || ciphertext.is_empty() && filled < LARGE {
+        if state == Drained::CloseNotify || ciphertext.is_empty() && filled < out_len {
             return Ok(state);
         }
     }

@@ -10,6 +10,17 @@ use rustls::Connection;
 use crate::io::buffers::{self, LARGE};
 use crate::io::{Conn, buffers::ReadSizer};
 
+/// Buffer size for handshake reads and writes: a post-quantum ClientHello or a server's
+/// first flight fits; bigger flights take a few more reads.
+const HANDSHAKE_IO: usize = 4 * 1024;
+/// Enough for alerts and close_notify.
+pub(crate) const ALERT: usize = 64;
+
+/// Bytes of TLS records that carry `plaintext` bytes: 5 header + 1 type + 16 tag per record.
+pub(crate) fn records_len(plaintext: usize) -> usize {
+    plaintext + (plaintext / (16 * 1024) + 1) * 22
+}
+
 /// How a handshake failed.
 #[derive(Debug)]
 pub(crate) enum HandshakeError {
@@ -56,14 +67,20 @@ impl Session {
 
     /// Runs the handshake to completion. `inspect_first_flight` (client side) classifies the
     /// peer's first bytes to tell a TLS server from a peer that does not speak TLS.
-    pub async fn handshake<C: Conn>(&self, tcp: &C, inspect_first_flight: bool) -> Result<(), HandshakeError> {
+    pub async fn handshake<C: Conn>(
+        &self,
+        tcp: &C,
+        inspect_first_flight: bool,
+    ) -> Result<(), HandshakeError> {
         let mut received_any = false;
         loop {
-            self.flush(tcp).await.map_err(HandshakeError::Io)?;
+            self.flush(tcp, HANDSHAKE_IO)
+                .await
+                .map_err(HandshakeError::Io)?;
             if !self.conn.borrow().is_handshaking() {
                 return Ok(());
             }
-            let (result, buf) = tcp.read(16 * 1024).await;
+            let (result, buf) = tcp.read(HANDSHAKE_IO).await;
             let n = match result {
                 Ok(n) if n > 0 => n,
                 Ok(_) if !received_any => return Err(HandshakeError::ClosedEarly),
@@ -72,7 +89,9 @@ impl Session {
                 Err(e) => return Err(HandshakeError::Io(e)),
             };
             if inspect_first_flight && !received_any {
-                if let Detection::Cleartext | Detection::Reject(_) = classify_server_flight(&buf[..n]) {
+                if let Detection::Cleartext | Detection::Reject(_) =
+                    classify_server_flight(&buf[..n])
+                {
                     buffers::give(buf);
                     return Err(HandshakeError::NotTls);
                 }
@@ -82,7 +101,7 @@ impl Session {
             buffers::give(buf);
             if let Err(e) = fed {
                 // Best effort: tell the peer why (the alert rustls queued).
-                let _ = self.flush(tcp).await;
+                let _ = self.flush(tcp, ALERT).await;
                 return Err(HandshakeError::Tls(e));
             }
         }
@@ -99,18 +118,21 @@ impl Session {
         Ok(())
     }
 
-    /// Writes every queued TLS record to `tcp`, several records per write.
-    pub async fn flush<C: Conn>(&self, tcp: &C) -> io::Result<()> {
+    /// Writes every queued TLS record to `tcp`, several records per write. `size_hint` is
+    /// about how many bytes are queued: buffers stay small for small flushes, which matters
+    /// on io_uring, where a buffer is held until the kernel completes the write.
+    pub async fn flush<C: Conn>(&self, tcp: &C, size_hint: usize) -> io::Result<()> {
         let _writing = self.writing.lock().await;
         loop {
-            let mut buf = buffers::take(LARGE * 2);
+            let mut buf = buffers::take(size_hint.min(LARGE * 2));
+            let capacity = buf.len();
             let len = {
                 let mut conn = self.conn.borrow_mut();
                 let mut cursor: &mut [u8] = &mut buf;
                 while conn.wants_write() && !cursor.is_empty() {
                     conn.write_tls(&mut cursor)?;
                 }
-                LARGE * 2 - cursor.len()
+                capacity - cursor.len()
             };
             if len == 0 {
                 buffers::give(buf);
@@ -170,7 +192,10 @@ impl Session {
 }
 
 /// Reads the ciphertext side with an adaptive size (shared by relay pumps).
-pub(crate) async fn read_sized<C: Conn>(tcp: &C, sizer: &mut ReadSizer) -> (io::Result<usize>, Vec<u8>) {
+pub(crate) async fn read_sized<C: Conn>(
+    tcp: &C,
+    sizer: &mut ReadSizer,
+) -> (io::Result<usize>, Vec<u8>) {
     let (result, buf) = tcp.read(sizer.next()).await;
     if let Ok(n) = result {
         sizer.record(n);

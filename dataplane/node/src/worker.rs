@@ -78,7 +78,10 @@ fn run_epoll(plan: WorkerPlan) -> io::Result<()> {
 }
 
 async fn serve<D: Driver>(plan: WorkerPlan) -> io::Result<()> {
-    plan.node.crypto.warm_up_thread().map_err(io::Error::other)?;
+    plan.node
+        .crypto
+        .warm_up_thread()
+        .map_err(io::Error::other)?;
     let mut loops = JoinSet::new();
     for (socket, listener) in plan.outbound {
         let socket = D::listener(socket)?;
@@ -100,10 +103,8 @@ async fn serve<D: Driver>(plan: WorkerPlan) -> io::Result<()> {
 
 /// Accepts forever. On errors such as descriptor exhaustion it backs off (without spinning)
 /// and logs at most once per backoff step.
-async fn accept_loop<D, F>(
-    socket: D::Listener,
-    serve: impl Fn(D::Conn, std::net::SocketAddr) -> F,
-) where
+async fn accept_loop<D, F>(socket: D::Listener, serve: impl Fn(D::Conn, std::net::SocketAddr) -> F)
+where
     D: Driver,
     F: Future<Output = ()> + 'static,
 {

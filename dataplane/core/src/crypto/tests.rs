@@ -62,7 +62,9 @@ fn pki(name: &str) -> Pki {
 /// Runs a client/server handshake in memory; returns the client.
 fn handshake(client_groups: &[KxGroup], pki: &Pki) -> Result<ClientConnection, rustls::Error> {
     let server_policy = policy(KxGroup::DEFAULT);
-    let server_config = server_policy.server(pki.chain.clone(), pki.key.clone_key()).unwrap();
+    let server_config = server_policy
+        .server(pki.chain.clone(), pki.key.clone_key())
+        .unwrap();
     let client_config = policy(client_groups).unauthenticated_client().unwrap();
     let mut client = ClientConnection::new(client_config, "gw.test".try_into().unwrap())?;
     let mut server = ServerConnection::new(server_config)?;
@@ -99,13 +101,28 @@ fn chain_verdicts_name_the_rfc_8460_reason() {
     let other: ServerName<'_> = "other.test".try_into().unwrap();
     let now = UnixTime::now();
     assert_eq!(verifier.check(&good.chain, &name, now), Ok(()));
-    assert_eq!(verifier.check(&good.chain, &other, now), Err(Reason::CertificateHostMismatch));
+    assert_eq!(
+        verifier.check(&good.chain, &other, now),
+        Err(Reason::CertificateHostMismatch)
+    );
     // rcgen certificates are valid until 4096.
     let far_future = UnixTime::since_unix_epoch(std::time::Duration::from_secs(100_000_000_000));
-    assert_eq!(verifier.check(&good.chain, &name, far_future), Err(Reason::CertificateExpired));
+    assert_eq!(
+        verifier.check(&good.chain, &name, far_future),
+        Err(Reason::CertificateExpired)
+    );
     let stranger = pki("gw.test");
-    assert_eq!(verifier.check(&stranger.chain, &name, now), Err(Reason::CertificateNotTrusted));
-    assert_eq!(verifier.check(&[], &name, now), Err(Reason::ValidationFailure));
+    assert_eq!(
+        verifier.check(&stranger.chain, &name, now),
+        Err(Reason::CertificateNotTrusted)
+    );
+    assert_eq!(
+        verifier.check(&[], &name, now),
+        Err(Reason::ValidationFailure)
+    );
     let no_roots = ChainVerifier::new(RootCertStore::empty(), &policy);
-    assert_eq!(no_roots.check(&good.chain, &name, now), Err(Reason::CertificateNotTrusted));
+    assert_eq!(
+        no_roots.check(&good.chain, &name, now),
+        Err(Reason::CertificateNotTrusted)
+    );
 }

@@ -72,7 +72,9 @@ fn every_policy_and_event_has_the_designed_outcome() {
         };
         for tls in TLS_RESULTS {
             let established = match tls {
-                TlsResult::Established { chain: Ok(()) } => Some(relay(Authenticated(Method::Pkix), R::None)),
+                TlsResult::Established { chain: Ok(()) } => {
+                    Some(relay(Authenticated(Method::Pkix), R::None))
+                }
                 TlsResult::Established { chain: Err(r) } => Some(relay(Encrypted, r)),
                 _ => None,
             };
@@ -97,7 +99,11 @@ fn every_policy_and_event_has_the_designed_outcome() {
             };
             for policy in [open, strict_open, Policy::Encrypt, Policy::Cleartext] {
                 let (_, done) = run(policy, tls, connects);
-                assert_eq!(done, expected(policy), "{policy:?} {tls:?} connects={connects}");
+                assert_eq!(
+                    done,
+                    expected(policy),
+                    "{policy:?} {tls:?} connects={connects}"
+                );
             }
         }
     }

@@ -34,18 +34,30 @@ fn defaults_are_opportunistic_with_post_quantum_first() {
 #[test]
 fn peers_may_be_addresses_including_ipv6() {
     let config = parse(&OUT.replace("gw.example.net:7443", "[::1]:7443")).unwrap();
-    assert_eq!(config.outbound[0].peer.host, Host::Ip("::1".parse().unwrap()));
+    assert_eq!(
+        config.outbound[0].peer.host,
+        Host::Ip("::1".parse().unwrap())
+    );
     assert_eq!(config.outbound[0].peer.to_string(), "[::1]:7443");
 }
 
 #[test]
 fn errors_name_file_key_and_reason() {
-    let err = parse(&format!("{OUT}[[outbound]]\nlisten = \"127.0.0.1:7001\"\npeer = \"x.test:1\"\n")).unwrap_err();
-    assert_eq!(err.to_string(), "/etc/osgate/osgate.toml: outbound[1].listen: 127.0.0.1:7001 is configured twice");
+    let err = parse(&format!(
+        "{OUT}[[outbound]]\nlisten = \"127.0.0.1:7001\"\npeer = \"x.test:1\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/osgate/osgate.toml: outbound[1].listen: 127.0.0.1:7001 is configured twice"
+    );
     let err = parse(&format!("[node]\nidle_timeout_ms = 0\n{OUT}")).unwrap_err();
     assert_eq!(err.key, "node.idle_timeout_ms");
     let err = parse(&format!("[node]\ntls_groups = []\n{OUT}")).unwrap_err();
-    assert_eq!((err.key.as_str(), err.reason.as_str()), ("node.tls_groups", "at least one group is needed"));
+    assert_eq!(
+        (err.key.as_str(), err.reason.as_str()),
+        ("node.tls_groups", "at least one group is needed")
+    );
     let err = parse("[node]\nworkers = -1\n").unwrap_err();
     assert_eq!(err.key, "node.workers");
 }
@@ -55,8 +67,14 @@ fn relative_paths_are_relative_to_the_config_file() {
     let validator = Validator {
         path: Path::new("/etc/osgate/osgate.toml"),
     };
-    assert_eq!(validator.resolve("keys/node.crt"), Path::new("/etc/osgate/keys/node.crt"));
-    assert_eq!(validator.resolve("/abs/node.crt"), Path::new("/abs/node.crt"));
+    assert_eq!(
+        validator.resolve("keys/node.crt"),
+        Path::new("/etc/osgate/keys/node.crt")
+    );
+    assert_eq!(
+        validator.resolve("/abs/node.crt"),
+        Path::new("/abs/node.crt")
+    );
 }
 
 /// Every example under deploy/examples parses, with keys made for it where it names some.

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 pub const SMALL: usize = 2 * 1024;
 /// The largest read: several TLS records per syscall (DESIGN: 64–256 KiB).
 pub const LARGE: usize = 128 * 1024;
-/// Buffers kept per size class per thread.
-const KEEP: usize = 64;
+/// Bytes of idle buffers kept per size class per thread (at least one buffer).
+const KEEP_BYTES: usize = 1024 * 1024;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<Vec<u8>>>> = const { RefCell::new(Vec::new()) };
@@ -40,7 +40,7 @@ pub fn give(mut buf: Vec<u8>) {
         if pool.len() <= class {
             pool.resize_with(class + 1, Vec::new);
         }
-        if pool[class].len() < KEEP {
+        if pool[class].len() < (KEEP_BYTES >> class).max(1) {
             pool[class].push(buf);
         }
     });
