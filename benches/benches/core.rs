@@ -1,6 +1,6 @@
 //! Benches of the sans-IO core: first-byte classification, in-memory TLS handshakes with
 //! osgate's crypto policy, and the record path (encrypt + decrypt) at relay buffer sizes.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 use std::io::{Read, Write};

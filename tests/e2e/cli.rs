@@ -56,10 +56,8 @@ fn unreadable_key_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let pem = certs::self_signed(dir.path(), "node", "gw.test");
     std::fs::write(&pem.key, "not a key").unwrap();
-    let body = format!(
-        "[[inbound]]\nlisten = \"0.0.0.0:7443\"\nbackend = \"127.0.0.1:8080\"\ncertificate = \"node.crt\"\nprivate_key = \"node.key\"\n"
-    );
-    let (code, err) = check(dir.path(), &body);
+    let body = "[[inbound]]\nlisten = \"0.0.0.0:7443\"\nbackend = \"127.0.0.1:8080\"\ncertificate = \"node.crt\"\nprivate_key = \"node.key\"\n";
+    let (code, err) = check(dir.path(), body);
     assert_eq!(code, 64);
     assert!(
         err.contains("inbound[0].private_key: cannot read a PEM private key from"),

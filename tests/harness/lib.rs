@@ -3,7 +3,12 @@
 //!
 //! Synchronisation is by events, never by sleeping: a node is ready when it logs that it
 //! started; an outcome is waited for on the node's JSON log stream.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_debug_implementations
+)]
 
 pub mod certs;
 pub mod node;

@@ -127,7 +127,7 @@ async fn terminate<D: Driver>(
     let session = Session::new(server.into());
     let handshake = match session.feed_handshake(&first) {
         Ok(()) => session.handshake(&**client, false).await.map_err(|e| {
-            tracing::debug!(target: "osgate::tls", error = ?e, "inbound TLS handshake failed");
+            tracing::debug!(target: "osgate::tls", error = %e, "inbound TLS handshake failed");
         }),
         Err(_) => {
             let _ = session.flush(&**client, crate::tls::ALERT).await;

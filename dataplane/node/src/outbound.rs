@@ -125,7 +125,7 @@ async fn try_tls<D: Driver>(
     let fired = dog.fired();
     drop(dog);
     if let Err(e) = &handshake {
-        tracing::debug!(target: "osgate::tls", peer = %listener.peer, error = ?e, "TLS handshake failed");
+        tracing::debug!(target: "osgate::tls", peer = %listener.peer, error = %e, "TLS handshake failed");
     }
     let result = match handshake {
         Ok(()) => TlsResult::Established {

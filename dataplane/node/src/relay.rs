@@ -85,10 +85,14 @@ async fn copy<S: Conn, D: Conn>(src: &S, dst: &D, dog: &Watchdog) -> (End, u64) 
     }
 }
 
-/// Tears both sockets down so the other pump ends too.
+/// Ends both sides as an abort: the pending reads of the other pump complete (shutdown of
+/// the read side sends nothing), and the final close sends RST, never a FIN that would pass
+/// for a clean end.
 fn reset<S: Conn, D: Conn>(src: &S, dst: &D) -> End {
-    src.shutdown(Shutdown::Both);
-    dst.shutdown(Shutdown::Both);
+    src.abort_on_close();
+    dst.abort_on_close();
+    src.shutdown(Shutdown::Read);
+    dst.shutdown(Shutdown::Read);
     End::Reset
 }
 
@@ -195,9 +199,7 @@ fn finish_clean<P: Conn>(plain: &P, moved: u64) -> (End, u64) {
 /// clean end, or a truncation attack would pass as a complete message.
 fn truncated<T: Conn, P: Conn>(session: &Session, tls: &T, plain: &P, moved: u64) -> (End, u64) {
     session.eof();
-    plain.abort_on_close();
-    tls.shutdown(Shutdown::Both);
-    plain.shutdown(Shutdown::Both);
+    reset(tls, plain);
     (End::Truncated, moved)
 }
 

@@ -22,15 +22,19 @@ pub(crate) fn records_len(plaintext: usize) -> usize {
 }
 
 /// How a handshake failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum HandshakeError {
     /// The peer answered our ClientHello with bytes that are not TLS.
+    #[error("the peer does not speak TLS")]
     NotTls,
     /// EOF or reset before the peer sent a single byte.
+    #[error("the peer closed before answering")]
     ClosedEarly,
     /// The peer speaks TLS, but the handshake failed.
+    #[error("TLS: {0}")]
     Tls(rustls::Error),
     /// EOF or a socket error after the peer started speaking TLS.
+    #[error("I/O: {0}")]
     Io(io::Error),
 }
 

@@ -1,5 +1,3 @@
-use std::sync::Arc;
-
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::{ClientConnection, ServerConnection};
 

@@ -29,7 +29,7 @@ pub fn take(size: usize) -> Vec<u8> {
 /// Returns a buffer from [`take`] to the pool.
 pub fn give(mut buf: Vec<u8>) {
     let cap = buf.capacity();
-    if !cap.is_power_of_two() || cap < SMALL || cap > LARGE * 2 {
+    if !cap.is_power_of_two() || !(SMALL..=LARGE * 2).contains(&cap) {
         return;
     }
     if buf.len() < cap {
