@@ -22,6 +22,7 @@ per_driver!(
     one_byte_then_silence_is_closed_at_deadline,
     tls_lookalike_garbage_is_rejected_and_counted,
     alert_after_client_hello_closes_promptly,
+    hundreds_of_stalled_clients_are_closed_while_others_are_served,
 );
 
 const PEEK_MS: u64 = 400;
@@ -288,4 +289,46 @@ fn alert_after_client_hello_closes_promptly(io: Io) {
     let rec = node.outcome("inbound");
     assert_eq!(rec["achieved"], "refused");
     assert!(backend.try_result().is_none());
+}
+
+/// CONFORMANCE A.3 / F.35: stalled clients (silent, or one byte of a TLS header) are closed
+/// at their deadline, nothing piles up, and the listener keeps serving others meanwhile.
+fn hundreds_of_stalled_clients_are_closed_while_others_are_served(io: Io) {
+    const STALLED: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::read_then_reply(5));
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+    let addr = node.addr("inbound[0]");
+    let mut stalled: Vec<TcpStream> = (0..STALLED)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            if i % 2 == 1 {
+                s.write_all(&[0x16]).unwrap();
+            }
+            s
+        })
+        .collect();
+    assert_eq!(
+        s_client(addr, &[], b"hello"),
+        "got 5 bytes",
+        "served while others stall"
+    );
+    for s in &mut stalled {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+    }
+    let mut silent = 0;
+    for _ in 0..=STALLED {
+        let rec = node.outcome("inbound");
+        if rec["reason"] == "client-silent" {
+            silent += 1;
+        }
+    }
+    assert_eq!(silent, STALLED);
+    assert_eq!(
+        node.metric("osgate_connections_active", &[("direction", "inbound")]),
+        0.0
+    );
 }

@@ -111,44 +111,41 @@ impl Node {
 
     /// Waits for a log event matching `pred` (already seen or new) and returns it.
     pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(found) = self.log.iter().find(|v| pred(v)) {
-            return found.clone();
-        }
         let deadline = Instant::now() + WAIT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(value) => {
-                    self.log.push(value.clone());
-                    if pred(&value) {
-                        return value;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no matching event in {WAIT:?}; log: {:#?}", self.log)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("node exited; log: {:#?}", self.log)
-                }
+            if let Some(found) = self.log.iter().find(|v| pred(v)) {
+                return found.clone();
             }
+            self.receive(deadline);
         }
     }
 
     /// The next outcome record of `direction` not yet returned by this function.
     pub fn outcome(&mut self, direction: &str) -> Value {
-        let index = self
-            .log
-            .iter()
-            .position(|v| is_outcome(v, direction) && v["taken"] != true);
-        if let Some(i) = index {
-            self.log[i]["taken"] = Value::Bool(true);
-            return self.log[i].clone();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let untaken = self
+                .log
+                .iter()
+                .position(|v| is_outcome(v, direction) && v["taken"] != true);
+            if let Some(i) = untaken {
+                self.log[i]["taken"] = Value::Bool(true);
+                return self.log[i].clone();
+            }
+            self.receive(deadline);
         }
-        let found = self.wait_for(|v| is_outcome(v, direction));
-        if let Some(last) = self.log.last_mut() {
-            last["taken"] = Value::Bool(true);
+    }
+
+    /// Appends the next log event, failing the test at `deadline` or if the node exited.
+    fn receive(&mut self, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(left) {
+            Ok(value) => self.log.push(value),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no matching event in {WAIT:?}; log: {:#?}", self.log)
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!("node exited; log: {:#?}", self.log),
         }
-        found
     }
 
     /// The node's Prometheus exposition.
