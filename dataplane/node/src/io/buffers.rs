@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 /// The smallest read: what an idle connection's in-flight read holds (io_uring).
-pub const SMALL: usize = 2 * 1024;
+pub const SMALL: usize = 1024;
 /// The largest read: several TLS records per syscall (DESIGN: 64–256 KiB).
 pub const LARGE: usize = 128 * 1024;
 /// Bytes of idle buffers kept per size class per thread (at least one buffer).
