@@ -282,6 +282,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--only", default="", help="comma-separated name prefixes")
+    parser.add_argument("--tests", default="bulk,http", help="bulk, http, or both")
     args = parser.parse_args()
     for tool in ["nginx", "haproxy", "stunnel4", "iperf3", "wrk"]:
         if shutil.which(tool) is None:
@@ -304,6 +305,8 @@ def main():
                 continue
             row = {"name": name}
             for test, backend in [("bulk", iperf_port), ("http", http_port)]:
+                if test not in args.tests.split(","):
+                    continue
                 procs = Procs(work)
                 try:
                     port = start(procs, work, backend)
@@ -326,9 +329,11 @@ def main():
     print("| pair | bulk up Gbit/s | bulk down Gbit/s | new conns/s (full handshake) | keep-alive req/s | keep-alive p99 ms |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['name']} | {r['up']:.2f} | {r['down']:.2f} | {r['new']:.0f} | {r['ka']:.0f} | {r['p99']:.2f} |")
+        cell = lambda key, fmt: format(r[key], fmt) if key in r else "-"
+        print(f"| {r['name']} | {cell('up', '.2f')} | {cell('down', '.2f')} | {cell('new', '.0f')} | "
+              f"{cell('ka', '.0f')} | {cell('p99', '.2f')} |")
     base = next((r for r in rows if r["name"].startswith("nginx")), None)
-    if base:
+    if base and args.tests == "bulk,http":
         print("\nratios to nginx stream:")
         for r in rows:
             print(f"  {r['name']}: bulk {r['up'] / base['up']:.2f}x / {r['down'] / base['down']:.2f}x, "

@@ -1,7 +1,9 @@
 //! Relaying: both directions at once, half-close honoured, no unbounded buffering.
 //!
-//! Each direction is one pump: read a buffer, (en|de)crypt, write it, repeat — so at most one
-//! buffer per direction is in flight and a slow reader backpressures the writer through TCP.
+//! Each direction is one pump: read a buffer, (en|de)crypt it, and write it *while* reading
+//! the next one — at most one read and one write per direction are in flight, so a slow reader
+//! backpressures the writer through TCP, and on io_uring the next read does not wait for the
+//! previous write's completion.
 //! A FIN on one side becomes a FIN (cleartext) or close_notify + FIN (TLS) on the other, and
 //! the other direction keeps flowing until it ends too (RFC 8446 §6.1).
 
@@ -58,30 +60,58 @@ pub(crate) async fn plain<A: Conn, B: Conn>(
     (close_of(end_ab, end_ba, dog), Moved { forward, backward })
 }
 
+/// A buffer waiting to be written: `(buffer, length)`.
+type Pending = Option<(Vec<u8>, usize)>;
+
+/// Writes `pending` (if any) while reading the next buffer from `src`.
+async fn write_while_reading<S: Conn, D: Conn>(
+    src: &S,
+    dst: &D,
+    sizer: &mut ReadSizer,
+    pending: Pending,
+) -> (io::Result<usize>, Vec<u8>, io::Result<usize>) {
+    match pending {
+        Some((buf, len)) => {
+            let ((written, buf), (read, read_buf)) =
+                tokio::join!(dst.write_all(buf, len), read_sized(src, sizer));
+            buffers::give(buf);
+            (read, read_buf, written.map(|()| len))
+        }
+        None => {
+            let (read, read_buf) = read_sized(src, sizer).await;
+            (read, read_buf, Ok(0))
+        }
+    }
+}
+
 async fn copy<S: Conn, D: Conn>(src: &S, dst: &D, dog: &Watchdog) -> (End, u64) {
     let mut sizer = ReadSizer::default();
     let mut moved = 0u64;
+    let mut pending = None;
     loop {
-        let (result, buf) = read_sized(src, &mut sizer).await;
-        let n = match result {
+        let (read, buf, written) = write_while_reading(src, dst, &mut sizer, pending.take()).await;
+        match written {
+            Ok(n) => moved += n as u64,
+            Err(_) => {
+                buffers::give(buf);
+                return (reset(src, dst), moved);
+            }
+        }
+        match read {
             Ok(0) => {
                 buffers::give(buf);
                 dst.shutdown(Shutdown::Write);
                 return (End::Clean, moved);
             }
-            Ok(n) => n,
+            Ok(n) => {
+                dog.touch();
+                pending = Some((buf, n));
+            }
             Err(_) => {
                 buffers::give(buf);
                 return (reset(src, dst), moved);
             }
-        };
-        dog.touch();
-        let (result, buf) = dst.write_all(buf, n).await;
-        buffers::give(buf);
-        if result.is_err() {
-            return (reset(src, dst), moved);
         }
-        moved += n as u64;
     }
 }
 
@@ -119,9 +149,23 @@ async fn encrypt_pump<P: Conn, T: Conn>(
 ) -> (End, u64) {
     let mut sizer = ReadSizer::default();
     let mut moved = 0u64;
+    // Plaintext bytes encrypted into rustls' queue and not yet written.
+    let mut queued = 0usize;
     loop {
-        let (result, buf) = read_sized(plain, &mut sizer).await;
-        let n = match result {
+        let (flushed, (read, buf)) = if queued > 0 {
+            tokio::join!(
+                session.flush(tls, records_len(queued)),
+                read_sized(plain, &mut sizer)
+            )
+        } else {
+            (Ok(()), read_sized(plain, &mut sizer).await)
+        };
+        if flushed.is_err() {
+            buffers::give(buf);
+            return (reset(plain, tls), moved);
+        }
+        moved += queued as u64;
+        let n = match read {
             Ok(0) => {
                 buffers::give(buf);
                 session.send_close_notify();
@@ -138,10 +182,10 @@ async fn encrypt_pump<P: Conn, T: Conn>(
         dog.touch();
         let encrypted = session.encrypt(&buf[..n]);
         buffers::give(buf);
-        if encrypted.is_err() || session.flush(tls, records_len(n)).await.is_err() {
+        if encrypted.is_err() {
             return (reset(plain, tls), moved);
         }
-        moved += n as u64;
+        queued = n;
     }
 }
 
@@ -154,14 +198,22 @@ async fn decrypt_pump<T: Conn, P: Conn>(
     let mut sizer = ReadSizer::default();
     let mut moved = 0u64;
     // Records that arrived with the handshake's last flight are already decrypted.
-    match write_decrypted(session, plain, &[], &mut moved).await {
-        Ok(Drained::Open) => {}
-        Ok(Drained::CloseNotify) => return finish_clean(plain, moved),
+    let mut pending = match decrypt(session, plain, &[], &mut moved).await {
+        Ok(Decrypted::More(pending)) => pending,
+        Ok(Decrypted::CloseNotify) => return finish_clean(plain, moved),
         Err(_) => return (reset(tls, plain), moved),
-    }
+    };
     loop {
-        let (result, buf) = read_sized(tls, &mut sizer).await;
-        let n = match result {
+        let (read, buf, written) =
+            write_while_reading(tls, plain, &mut sizer, pending.take()).await;
+        match written {
+            Ok(n) => moved += n as u64,
+            Err(_) => {
+                buffers::give(buf);
+                return (reset(tls, plain), moved);
+            }
+        }
+        let n = match read {
             Ok(0) => {
                 buffers::give(buf);
                 return truncated(session, tls, plain, moved);
@@ -173,17 +225,17 @@ async fn decrypt_pump<T: Conn, P: Conn>(
             }
         };
         dog.touch();
-        let drained = write_decrypted(session, plain, &buf[..n], &mut moved).await;
+        let decrypted = decrypt(session, plain, &buf[..n], &mut moved).await;
         buffers::give(buf);
-        match drained {
-            Ok(Drained::Open) => {}
-            Ok(Drained::CloseNotify) => return finish_clean(plain, moved),
+        match decrypted {
+            Ok(Decrypted::More(next)) => pending = next,
+            Ok(Decrypted::CloseNotify) => return finish_clean(plain, moved),
             Err(_) => {
                 let _ = session.flush(tls, ALERT).await;
                 return (reset(tls, plain), moved);
             }
         }
-        // Post-handshake messages (KeyUpdate, tickets) may need an answer.
+        // Post-handshake messages (KeyUpdate) may need an answer.
         if session.wants_write() && session.flush(tls, buffers::SMALL).await.is_err() {
             return (reset(tls, plain), moved);
         }
@@ -203,13 +255,22 @@ fn truncated<T: Conn, P: Conn>(session: &Session, tls: &T, plain: &P, moved: u64
     (End::Truncated, moved)
 }
 
-/// Decrypts `ciphertext` and writes the plaintext to `plain` in large writes.
-async fn write_decrypted<P: Conn>(
+/// What decrypting one read produced.
+enum Decrypted {
+    /// Plaintext to write next (overlapped with the next read), if any.
+    More(Pending),
+    /// The peer sent close_notify; everything before it has been written.
+    CloseNotify,
+}
+
+/// Decrypts `ciphertext`. Plaintext that does not fit one buffer is written here; the last
+/// buffer is returned for the caller to write while it reads on.
+async fn decrypt<P: Conn>(
     session: &Session,
     plain: &P,
     mut ciphertext: &[u8],
     moved: &mut u64,
-) -> io::Result<Drained> {
+) -> io::Result<Decrypted> {
     loop {
         // Plaintext is never longer than the ciphertext it came from.
         let mut out = buffers::take(ciphertext.len().clamp(buffers::SMALL, LARGE));
@@ -225,17 +286,17 @@ async fn write_decrypted<P: Conn>(
             }
             ciphertext = &ciphertext[used..];
         };
-        let out_len = out.len();
-        if filled > 0 {
-            let (result, buf) = plain.write_all(out, filled).await;
-            buffers::give(buf);
-            result?;
-            *moved += filled as u64;
-        } else {
-            buffers::give(out);
+        let drained_all = ciphertext.is_empty() && filled < out.len();
+        if state == Drained::Open && drained_all {
+            let pending = (filled > 0).then_some((out, filled));
+            return Ok(Decrypted::More(pending));
         }
-        if state == Drained::CloseNotify || ciphertext.is_empty() && filled < out_len {
-            return Ok(state);
+        let (result, buf) = plain.write_all(out, filled).await;
+        buffers::give(buf);
+        result?;
+        *moved += filled as u64;
+        if state == Drained::CloseNotify {
+            return Ok(Decrypted::CloseNotify);
         }
     }
 }
