@@ -278,11 +278,44 @@ def wrk(port, seconds, connections, close):
     return rps, p99_ms, (errors.group(0) if errors else "")
 
 
+def measure(name, start, work, args, iperf_port, http_port):
+    row = {"name": name}
+    for test, backend in [("bulk", iperf_port), ("http", http_port)]:
+        if test not in args.tests.split(","):
+            continue
+        procs = Procs(work)
+        try:
+            port = start(procs, work, backend)
+            if test == "bulk":
+                row["up"] = iperf(port, args.seconds, reverse=False)
+                row["down"] = iperf(port, args.seconds, reverse=True)
+            else:
+                wrk(port, 1, 32, close=False)  # warm-up, not measured
+                row["new"], _, row["new_err"] = wrk(port, args.seconds, 32, close=True)
+                row["ka"], row["p99"], row["ka_err"] = wrk(port, args.seconds, 64, close=False)
+        finally:
+            procs.stop()
+    return row
+
+
+def median_row(name, rows):
+    out = {"name": name}
+    for key in ("up", "down", "new", "ka", "p99"):
+        values = sorted(r[key] for r in rows if key in r)
+        if values:
+            out[key] = values[len(values) // 2]
+    for key in ("new_err", "ka_err"):
+        out[key] = " ".join(r.get(key, "") for r in rows).strip()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--only", default="", help="comma-separated name prefixes")
     parser.add_argument("--tests", default="bulk,http", help="bulk, http, or both")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds, each in a rotated order; the table shows medians")
     args = parser.parse_args()
     for tool in ["nginx", "haproxy", "stunnel4", "iperf3", "wrk"]:
         if shutil.which(tool) is None:
@@ -298,34 +331,24 @@ def main():
                     "--name", "gw.test"], check=True)
     backends = Procs(work)
     http_port, iperf_port = start_backends(backends, work)
-    rows = []
+    names = [n for n in CONTENDERS
+             if not args.only or any(n.startswith(p) for p in args.only.split(","))]
+    samples = {name: [] for name in names}
     try:
-        for name, start in CONTENDERS.items():
-            if args.only and not any(name.startswith(p) for p in args.only.split(",")):
-                continue
-            row = {"name": name}
-            for test, backend in [("bulk", iperf_port), ("http", http_port)]:
-                if test not in args.tests.split(","):
-                    continue
-                procs = Procs(work)
-                try:
-                    port = start(procs, work, backend)
-                    if test == "bulk":
-                        row["up"] = iperf(port, args.seconds, reverse=False)
-                        row["down"] = iperf(port, args.seconds, reverse=True)
-                    else:
-                        wrk(port, 1, 32, close=False)  # warm-up, not measured
-                        row["new"], _, row["new_err"] = wrk(port, args.seconds, 32, close=True)
-                        row["ka"], row["p99"], row["ka_err"] = wrk(port, args.seconds, 64, close=False)
-                finally:
-                    procs.stop()
-            rows.append(row)
-            print(f"done: {row}", file=sys.stderr, flush=True)
+        for round_index in range(args.rounds):
+            # Rotate the order each round, so drift over time does not favour one position.
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                row = measure(name, CONTENDERS[name], work, args, iperf_port, http_port)
+                samples[name].append(row)
+                print(f"round {round_index + 1}: {row}", file=sys.stderr, flush=True)
     finally:
         backends.stop()
         shutil.rmtree(work, ignore_errors=True)
+    rows = [median_row(name, samples[name]) for name in names]
 
-    print(f"\nloopback, 2 cores, {args.seconds}s per measurement; every pair: 2 workers per node, TLS 1.3, no resumption\n")
+    print(f"\nloopback, 2 cores, {args.seconds}s per measurement, median of {args.rounds} round(s); "
+          "every pair: 2 workers per node, TLS 1.3, no resumption\n")
     print("| pair | bulk up Gbit/s | bulk down Gbit/s | new conns/s (full handshake) | keep-alive req/s | keep-alive p99 ms |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:

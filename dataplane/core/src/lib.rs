@@ -8,3 +8,5 @@ pub mod crypto;
 pub mod detect;
 pub mod ladder;
 pub mod outcome;
+pub mod pin;
+pub mod policy;
