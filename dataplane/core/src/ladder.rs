@@ -1,43 +1,52 @@
-//! The outbound ladder: from policy and the events of each attempt to the next step.
+//! The outbound ladder: from explicit policy, capability evidence and the events of each
+//! attempt to the next step (DESIGN.md, "Fallback rules"; RFC 7435 §3).
 //!
-//! RFC 7435 §3: "the primary goal is to ensure that the communication is at least encrypted
-//! when possible … and authenticated when possible". The rows of the fallback table in
-//! DESIGN.md that need no capability evidence live here:
+//! | what we know before connecting              | no TLS / handshake fails | authentication fails |
+//! |---------------------------------------------|--------------------------|----------------------|
+//! | nothing (`opportunistic`)                   | cleartext retry if allowed, reason recorded | stay `encrypted` |
+//! | TLS committed (`encrypt`, ratchet)          | refuse (ratchet: suspected downgrade) | stay `encrypted` |
+//! | authentication expected (`authenticate`, pins, TOFU pin) | refuse | **refuse** |
 //!
-//! | policy          | peer offers no TLS            | handshake fails               | chain does not validate |
-//! |-----------------|-------------------------------|-------------------------------|-------------------------|
-//! | `opportunistic` | cleartext, reason recorded    | cleartext retry if allowed    | stay `encrypted`        |
-//! | `encrypt`       | refuse                        | refuse                        | stay `encrypted`        |
-//! | `cleartext`     | (TLS is never tried)          | —                             | —                       |
-//!
-//! Authentication failure never yields cleartext: a failed chain check only ever decides
-//! between `authenticated`/`pkix` and `encrypted`.
+//! Authentication failure never yields cleartext, and never `encrypted` where authentication
+//! was expected. `cleartext` never tries TLS; `deny` never connects.
 
-use crate::outcome::{Level, Method, Reason};
+use crate::outcome::{Level as Achieved, Method, Reason};
+use crate::policy::Level;
 
-/// Explicit outbound policy for a peer.
+/// What the ladder is to enforce for one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Policy {
-    /// Best effort: TLS when the peer speaks it, cleartext otherwise (if allowed).
-    Opportunistic { allow_cleartext_fallback: bool },
-    /// TLS is mandatory; unauthenticated TLS is acceptable.
-    Encrypt,
-    /// Never try TLS.
-    Cleartext,
+pub struct Plan {
+    /// The enforced explicit policy (or the listener's default).
+    pub level: Level,
+    /// For `opportunistic`: whether a peer without TLS may be retried in cleartext.
+    pub allow_cleartext_fallback: bool,
+    /// The peer completed TLS before (the ratchet): TLS is now mandatory for it.
+    pub ratchet: bool,
+    /// Evidence names a key the peer must prove (operator pins, a TOFU pin).
+    pub auth_expected: bool,
 }
 
-impl Policy {
-    pub const OPPORTUNISTIC: Self = Self::Opportunistic {
-        allow_cleartext_fallback: true,
-    };
-
-    /// The policy's name, as in configs and outcome records (`desired`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Opportunistic { .. } => "opportunistic",
-            Self::Encrypt => "encrypt",
-            Self::Cleartext => "cleartext",
+impl Plan {
+    /// A plan from policy alone, with no evidence.
+    pub const fn policy(level: Level, allow_cleartext_fallback: bool) -> Self {
+        Self {
+            level,
+            allow_cleartext_fallback,
+            ratchet: false,
+            auth_expected: false,
         }
+    }
+
+    pub const OPPORTUNISTIC: Self = Self::policy(Level::Opportunistic, true);
+
+    /// Authentication is required: by policy or by evidence.
+    pub fn requires_authentication(&self) -> bool {
+        self.level == Level::Authenticate || self.auth_expected
+    }
+
+    /// TLS is required: by policy, by the ratchet, or because authentication is.
+    pub fn requires_tls(&self) -> bool {
+        self.requires_authentication() || self.level == Level::Encrypt || self.ratchet
     }
 }
 
@@ -49,9 +58,22 @@ pub enum Step {
     /// Open a (new) TCP connection to the peer and relay in cleartext.
     TryCleartext,
     /// Relay at this level; `reason` says why it is not better.
-    Relay { achieved: Level, reason: Reason },
+    Relay { achieved: Achieved, reason: Reason },
     /// Close the client connection; not one application byte crosses.
-    Refuse(Reason),
+    /// `downgrade_suspected`: a peer remembered as TLS-capable failed to do TLS.
+    Refuse {
+        reason: Reason,
+        downgrade_suspected: bool,
+    },
+}
+
+impl Step {
+    const fn refuse(reason: Reason) -> Self {
+        Self::Refuse {
+            reason,
+            downgrade_suspected: false,
+        }
+    }
 }
 
 /// How a TLS attempt ended.
@@ -61,86 +83,103 @@ pub enum TlsResult {
     Unreachable,
     /// Non-TLS bytes, EOF or reset in reply to our ClientHello.
     PeerNoTls,
-    /// The peer speaks TLS, but the handshake failed (alert, no common parameters, bad
-    /// handshake signature).
+    /// The peer speaks TLS, but the handshake failed (alert, no common parameters, a version
+    /// below the floor, a bad handshake signature).
     HandshakeFailed,
     /// The handshake did not complete in time.
     HandshakeTimeout,
-    /// The handshake completed. `chain` is the PKIX verdict for the peer's name: `Ok` when
-    /// the chain validates, else the reason it does not.
-    Established { chain: Result<(), Reason> },
+    /// The handshake completed; `auth` is the strongest method the peer's key passed, or
+    /// why none did ([`crate::auth::authenticate`]).
+    Established { auth: Result<Method, Reason> },
 }
 
 /// The ladder for one outbound connection: which attempt it waits on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ladder {
-    AwaitingTls(Policy),
-    AwaitingCleartext(Policy, Reason),
+    AwaitingTls(Plan),
+    AwaitingCleartext(Reason),
     Done,
 }
 
 impl Ladder {
-    /// Starts the ladder for `policy`; returns it with the first step.
-    pub fn start(policy: Policy) -> (Self, Step) {
-        match policy {
-            Policy::Cleartext => (
-                Self::AwaitingCleartext(policy, Reason::PolicyCleartext),
+    /// Starts the ladder for `plan`; returns it with the first step.
+    pub fn start(plan: Plan) -> (Self, Step) {
+        match plan.level {
+            Level::Deny => (Self::Done, Step::refuse(Reason::PolicyDeny)),
+            Level::Cleartext => (
+                Self::AwaitingCleartext(Reason::PolicyCleartext),
                 Step::TryCleartext,
             ),
-            _ => (Self::AwaitingTls(policy), Step::TryTls),
+            _ => (Self::AwaitingTls(plan), Step::TryTls),
         }
     }
 
     /// Feeds the result of the TLS attempt.
     pub fn on_tls(self, result: TlsResult) -> (Self, Step) {
-        let Self::AwaitingTls(policy) = self else {
-            return (Self::Done, Step::Refuse(Reason::ValidationFailure));
+        let Self::AwaitingTls(plan) = self else {
+            return (Self::Done, Step::refuse(Reason::ValidationFailure));
         };
-        let fallback_reason = match result {
-            TlsResult::Unreachable => return (Self::Done, Step::Refuse(Reason::Unreachable)),
-            TlsResult::Established { chain } => return (Self::Done, established(chain)),
+        let failure = match result {
+            TlsResult::Unreachable => return (Self::Done, Step::refuse(Reason::Unreachable)),
+            TlsResult::Established { auth } => return (Self::Done, established(plan, auth)),
             TlsResult::PeerNoTls => Reason::PeerNoTls,
             TlsResult::HandshakeFailed => Reason::TlsHandshakeFailed,
             TlsResult::HandshakeTimeout => Reason::HandshakeTimeout,
         };
-        match policy {
-            Policy::Opportunistic {
-                allow_cleartext_fallback: true,
-            } => (
-                Self::AwaitingCleartext(policy, fallback_reason),
-                Step::TryCleartext,
-            ),
-            _ => (Self::Done, Step::Refuse(fallback_reason)),
+        if plan.requires_tls() {
+            let step = Step::Refuse {
+                reason: failure,
+                downgrade_suspected: plan.ratchet,
+            };
+            return (Self::Done, step);
         }
+        if plan.allow_cleartext_fallback {
+            return (Self::AwaitingCleartext(failure), Step::TryCleartext);
+        }
+        (Self::Done, Step::refuse(failure))
     }
 
     /// Feeds the result of the cleartext attempt: `connected` or not.
     pub fn on_cleartext(self, connected: bool) -> (Self, Step) {
-        let Self::AwaitingCleartext(_, reason) = self else {
-            return (Self::Done, Step::Refuse(Reason::ValidationFailure));
+        let Self::AwaitingCleartext(reason) = self else {
+            return (Self::Done, Step::refuse(Reason::ValidationFailure));
         };
         let step = if connected {
             Step::Relay {
-                achieved: Level::Cleartext,
+                achieved: Achieved::Cleartext,
                 reason,
             }
         } else {
-            Step::Refuse(Reason::Unreachable)
+            Step::refuse(Reason::Unreachable)
         };
         (Self::Done, step)
     }
 }
 
-fn established(chain: Result<(), Reason>) -> Step {
-    match chain {
-        Ok(()) => Step::Relay {
-            achieved: Level::Authenticated(Method::Pkix),
+fn established(plan: Plan, auth: Result<Method, Reason>) -> Step {
+    match auth {
+        Ok(method) => Step::Relay {
+            achieved: Achieved::Authenticated(method),
             reason: Reason::None,
         },
+        Err(reason) if plan.requires_authentication() => Step::refuse(reason),
         Err(reason) => Step::Relay {
-            achieved: Level::Encrypted,
+            achieved: Achieved::Encrypted,
             reason,
         },
+    }
+}
+
+/// Runs a whole ladder against fixed results: what `plan` would do if the TLS attempt ended
+/// with `tls` and a cleartext attempt with `cleartext_connects`. Used for report-only rules.
+pub fn simulate(plan: Plan, tls: TlsResult, cleartext_connects: bool) -> Step {
+    let (mut ladder, mut step) = Ladder::start(plan);
+    loop {
+        (ladder, step) = match step {
+            Step::TryTls => ladder.on_tls(tls),
+            Step::TryCleartext => ladder.on_cleartext(cleartext_connects),
+            done => return done,
+        };
     }
 }
 

@@ -4,6 +4,7 @@
 //! runtime, no clock reads. The node's I/O drivers are thin pumps around it, which is what makes
 //! the RFC 7435 fallback rules testable exhaustively.
 
+pub mod auth;
 pub mod crypto;
 pub mod detect;
 pub mod ladder;

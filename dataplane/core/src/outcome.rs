@@ -136,6 +136,16 @@ pub enum Reason {
     CleartextDenied,
     /// A node-wide or per-source connection cap was hit.
     ConnectionLimit,
+    /// Explicit policy says `deny`.
+    PolicyDeny,
+    /// The peer's key is none of the operator's pins.
+    PinMismatch,
+    /// The peer's key differs from the key pinned on first use (TOFU).
+    KeyChanged,
+    /// The pin store cannot be read, so pinned peers cannot be checked.
+    PinStoreUnavailable,
+    /// An operator revoked the peer's pin.
+    PinRevoked,
 }
 
 impl Reason {
@@ -158,6 +168,11 @@ impl Reason {
             Self::MalformedClientHello => "malformed-client-hello",
             Self::CleartextDenied => "cleartext-denied",
             Self::ConnectionLimit => "connection-limit",
+            Self::PolicyDeny => "policy-deny",
+            Self::PinMismatch => "pin-mismatch",
+            Self::KeyChanged => "key-changed",
+            Self::PinStoreUnavailable => "pin-store-unavailable",
+            Self::PinRevoked => "pin-revoked",
         }
     }
 }
@@ -219,6 +234,14 @@ pub struct Outcome {
     pub bytes_down: u64,
     pub handshake: Option<Duration>,
     pub duration: Duration,
+    /// The explicit policy rule enforced (`policy[N]`), or `listener` for its default.
+    pub policy: String,
+    /// The SPKI pin of the key the peer presented, when TLS completed.
+    pub peer_key: Option<String>,
+    /// A peer remembered as TLS-capable failed to do TLS (the ratchet refused it).
+    pub downgrade_suspected: bool,
+    /// What a more specific report-only rule would have done: (rule, achieved, reason).
+    pub report_only: Option<(String, Level, Reason)>,
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use osgate_core::crypto::KxGroup;
-use osgate_core::ladder::Policy;
+use osgate_core::crypto::{KxGroup, TlsFloor};
+use osgate_core::outcome::Method;
+use osgate_core::pin::SpkiPin;
+use osgate_core::policy::{Level, PolicySet, Rule, Selector};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -117,7 +119,17 @@ pub struct NodeConfig {
 pub struct Outbound {
     pub listen: SocketAddr,
     pub peer: HostPort,
-    pub policy: Policy,
+    /// The listener's default when no `[[policy]]` rule matches the peer.
+    pub level: Level,
+    pub allow_cleartext_fallback: bool,
+}
+
+/// `[tofu]`: pins learned on first use, and the ratchet, in one store.
+#[derive(Clone, Debug)]
+pub struct TofuConfig {
+    pub store: PathBuf,
+    pub enforce: bool,
+    pub ratchet: Duration,
 }
 
 /// The certificate chain and key an inbound listener presents.
@@ -149,6 +161,9 @@ pub struct Config {
     pub node: NodeConfig,
     pub outbound: Vec<Outbound>,
     pub inbound: Vec<Inbound>,
+    pub policy: PolicySet,
+    /// `None`: TOFU and the ratchet are off.
+    pub tofu: Option<TofuConfig>,
 }
 
 impl Config {
@@ -199,10 +214,23 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, o)| self.inbound(i, o))
             .collect::<Result<Vec<_>, _>>()?;
+        let policy = file
+            .policy
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| self.rule(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tofu = file.tofu.map(|t| TofuConfig {
+            store: self.resolve(&t.store),
+            enforce: t.mode == raw::TofuMode::Enforce,
+            ratchet: Duration::from_secs(t.ratchet_hours * 3600),
+        });
         let config = Config {
             node,
             outbound,
             inbound,
+            policy: PolicySet::new(policy),
+            tofu,
         };
         self.distinct_listeners(&config)?;
         Ok(config)
@@ -240,32 +268,94 @@ impl Validator<'_> {
 
     fn outbound(&self, i: usize, o: raw::Outbound) -> Result<Outbound, ConfigError> {
         let key = |field: &str| format!("outbound[{i}].{field}");
-        let policy = match o.policy.as_str() {
-            "opportunistic" => Policy::Opportunistic {
-                allow_cleartext_fallback: o.allow_cleartext_fallback.unwrap_or(true),
-            },
-            "encrypt" | "cleartext" if o.allow_cleartext_fallback.is_some() => {
-                return Err(self.error(
-                    key("allow_cleartext_fallback"),
-                    "only meaningful with policy = \"opportunistic\"",
-                ));
-            }
-            "encrypt" => Policy::Encrypt,
-            "cleartext" => Policy::Cleartext,
-            other => {
+        let level = match Level::from_name(&o.policy) {
+            Some(level @ (Level::Opportunistic | Level::Encrypt | Level::Cleartext)) => level,
+            _ => {
                 return Err(self.error(
                     key("policy"),
                     format!(
-                        "unknown policy `{other}`; expected opportunistic, encrypt or cleartext"
+                        "unknown policy `{}`; expected opportunistic, encrypt or cleartext (finer rules go in [[policy]])",
+                        o.policy
                     ),
                 ));
             }
         };
+        if o.allow_cleartext_fallback.is_some() && level != Level::Opportunistic {
+            return Err(self.error(
+                key("allow_cleartext_fallback"),
+                "only meaningful with policy = \"opportunistic\"",
+            ));
+        }
         Ok(Outbound {
             listen: self.socket_addr(&key("listen"), &o.listen)?,
             peer: HostPort::parse(&o.peer).map_err(|r| self.error(key("peer"), r))?,
-            policy,
+            level,
+            allow_cleartext_fallback: o.allow_cleartext_fallback.unwrap_or(true),
         })
+    }
+
+    fn rule(&self, i: usize, p: raw::Policy) -> Result<Rule, ConfigError> {
+        let key = |field: &str| format!("policy[{i}].{field}");
+        let selector =
+            Selector::parse(&p.selector).map_err(|e| self.error(key("match"), e.to_string()))?;
+        let level = Level::from_name(&p.level).ok_or_else(|| {
+            self.error(
+                key("level"),
+                format!(
+                    "unknown level `{}`; expected opportunistic, encrypt, authenticate, cleartext or deny",
+                    p.level
+                ),
+            )
+        })?;
+        let methods = p
+            .methods
+            .iter()
+            .map(|m| {
+                method(m).ok_or_else(|| {
+                    self.error(
+                        key("methods"),
+                        format!("unknown method `{m}`; expected dane, pinned, fleet, tofu or pkix"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(m) = methods
+            .iter()
+            .find(|m| matches!(m, Method::Dane | Method::Fleet))
+        {
+            return Err(self.error(
+                key("methods"),
+                format!(
+                    "method `{}` is not available yet in this version",
+                    m.as_str()
+                ),
+            ));
+        }
+        let pins = p
+            .pins
+            .iter()
+            .map(|text| SpkiPin::parse(text).map_err(|e| self.error(key("pins"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let min_tls = match p.min_tls.as_deref() {
+            None | Some("1.2") => TlsFloor::Tls12,
+            Some("1.3") => TlsFloor::Tls13,
+            Some(other) => {
+                return Err(self.error(key("min_tls"), format!("`{other}` is not 1.2 or 1.3")));
+            }
+        };
+        let rule = Rule {
+            id: format!("policy[{i}]"),
+            selector,
+            level,
+            methods,
+            pins,
+            min_tls,
+            allow_cleartext_fallback: p.allow_cleartext_fallback.unwrap_or(true),
+            report_only: p.report_only,
+        };
+        rule.validate(p.allow_cleartext_fallback.is_some(), p.min_tls.is_some())
+            .map_err(|e| self.error(format!("policy[{i}]"), e.to_string()))?;
+        Ok(rule)
     }
 
     fn inbound(&self, i: usize, o: raw::Inbound) -> Result<Inbound, ConfigError> {
@@ -372,6 +462,17 @@ impl Validator<'_> {
         }
         Ok(())
     }
+}
+
+fn method(name: &str) -> Option<Method> {
+    Some(match name {
+        "dane" => Method::Dane,
+        "pinned" => Method::Pinned,
+        "fleet" => Method::Fleet,
+        "tofu" => Method::Tofu,
+        "pkix" => Method::Pkix,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

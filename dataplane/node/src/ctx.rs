@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::gauge;
-use osgate_core::crypto::{ChainVerifier, CryptoPolicy};
-use osgate_core::ladder::Policy;
+use osgate_core::crypto::{ChainVerifier, CryptoPolicy, TlsFloor};
 use osgate_core::outcome::Direction;
+use osgate_core::policy::{Level, PolicySet};
 use rustls_pki_types::ServerName;
 
 use crate::config::{Host, HostPort, Timeouts};
@@ -18,16 +18,41 @@ use crate::metrics as m;
 pub(crate) struct Node {
     pub crypto: CryptoPolicy,
     pub timeouts: Timeouts,
-    pub client_tls: Arc<rustls::ClientConfig>,
+    pub client_tls: ClientConfigs,
     pub chain: ChainVerifier,
+    pub policy: PolicySet,
+    /// TOFU pins and the ratchet; `None` when `[tofu]` is not configured.
+    pub store: Option<crate::store::Store>,
+    /// `[tofu] mode = "enforce"`: learn and check pins (else only the ratchet).
+    pub tofu_enforce: bool,
+}
+
+/// Client configs by TLS floor and policy class. Each has its own session cache, so a
+/// session made where authentication was optional is never resumed where it is required
+/// (CONFORMANCE B.11).
+#[derive(Debug)]
+pub(crate) struct ClientConfigs {
+    /// `[floor][authentication required]`: TLS 1.2+ then TLS 1.3.
+    pub by_class: [[Arc<rustls::ClientConfig>; 2]; 2],
+}
+
+impl ClientConfigs {
+    pub fn get(&self, floor: TlsFloor, authentication_required: bool) -> Arc<rustls::ClientConfig> {
+        let floor = usize::from(floor == TlsFloor::Tls13);
+        self.by_class[floor][usize::from(authentication_required)].clone()
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct OutboundListener {
     pub listen: String,
     pub peer: HostPort,
+    /// `host:port`, lower case: the key of policy matching and of the capability store.
+    pub peer_key: String,
     pub server_name: ServerName<'static>,
-    pub policy: Policy,
+    /// The listener's default level and fallback, when no `[[policy]]` rule matches.
+    pub level: Level,
+    pub allow_cleartext_fallback: bool,
 }
 
 #[derive(Debug)]

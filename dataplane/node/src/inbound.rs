@@ -54,6 +54,10 @@ pub(crate) async fn serve<D: Driver>(
         bytes_down: 0,
         handshake: None,
         duration: Duration::ZERO,
+        policy: "listener".into(),
+        peer_key: None,
+        downgrade_suspected: false,
+        report_only: None,
     };
     let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);
     dog.guard(&client);

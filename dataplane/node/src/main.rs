@@ -14,8 +14,10 @@ mod listener;
 mod metrics;
 mod node;
 mod outbound;
+mod pins;
 mod relay;
 mod report;
+mod store;
 mod sys;
 mod tls;
 mod watchdog;
@@ -46,6 +48,14 @@ enum Command {
     },
     /// Validate a config file and exit (0 when valid, 64 when not).
     CheckConfig { file: PathBuf },
+    /// Manage the capability store (TOFU pins and the ratchet).
+    Pins {
+        /// The store file (`[tofu] store` in the node config).
+        #[arg(long)]
+        store: PathBuf,
+        #[command(subcommand)]
+        command: pins::PinsCommand,
+    },
     /// Create a private key and a self-signed certificate for an inbound listener.
     Keygen {
         #[arg(long)]
@@ -80,6 +90,21 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Pins { store, command } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match pins::run(command, &store, now) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pins: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen { cert, key, names } => match keygen::generate(&names, &cert, &key) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -21,6 +21,14 @@ pub const DETECT_REJECTED_TOTAL: &str = "osgate_detect_rejected_total";
 pub const RELAY_CLOSES_TOTAL: &str = "osgate_relay_closes_total";
 /// Connections that reached cleartext although policy demanded encryption. Must stay 0.
 pub const CLEARTEXT_DESPITE_POLICY_TOTAL: &str = "osgate_cleartext_despite_policy_total";
+/// TOFU decisions by `decision` (`match`, `learned`, `key-changed`, `store-unavailable`).
+pub const TOFU_CHECKS_TOTAL: &str = "osgate_tofu_checks_total";
+/// Peers remembered as TLS-capable that failed to do TLS, refused.
+pub const DOWNGRADE_SUSPECTED_TOTAL: &str = "osgate_downgrade_suspected_total";
+/// Policy decisions by `level` and `report_only` (`true` for rules only reported).
+pub const POLICY_DECISIONS_TOTAL: &str = "osgate_policy_decisions_total";
+/// 1 when the capability store (TOFU pins, ratchet) is readable, 0 when it is not.
+pub const PIN_STORE_AVAILABLE: &str = "osgate_pin_store_available";
 /// Accept errors by `kind` (e.g. descriptor exhaustion).
 pub const ACCEPT_ERRORS_TOTAL: &str = "osgate_accept_errors_total";
 
@@ -74,4 +82,17 @@ fn describe() {
         "Connections carried in cleartext although policy required encryption. Always 0 unless there is a bug."
     );
     describe_counter!(ACCEPT_ERRORS_TOTAL, "accept() failures, by kind.");
+    describe_counter!(TOFU_CHECKS_TOTAL, "Trust-on-first-use checks, by decision.");
+    describe_counter!(
+        DOWNGRADE_SUSPECTED_TOTAL,
+        "Connections refused because a peer that did TLS before did not (suspected downgrade)."
+    );
+    describe_counter!(
+        POLICY_DECISIONS_TOTAL,
+        "Explicit policy decisions, by level and report_only."
+    );
+    describe_gauge!(
+        PIN_STORE_AVAILABLE,
+        "1 when the capability store is readable, 0 when it is not."
+    );
 }

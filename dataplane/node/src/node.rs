@@ -8,9 +8,10 @@ use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
 use crate::config::{Config, Host, IoChoice};
-use crate::ctx::{InboundListener, Node, OutboundListener};
+use crate::ctx::{ClientConfigs, InboundListener, Node, OutboundListener};
 use crate::listener::{BindError, bind_reuseport};
 use crate::metrics as m;
+use crate::store::Store;
 use crate::worker::{self, DriverKind, WorkerPlan};
 
 /// Why a node could not start (config problems are caught earlier, by [`Config::load`]).
@@ -79,13 +80,11 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
     let node = Arc::new(Node {
         crypto: crypto.clone(),
         timeouts: config.node.timeouts,
-        client_tls: crypto
-            .unauthenticated_client()
-            .map_err(|source| StartError::Tls {
-                what: "outbound client".into(),
-                source,
-            })?,
+        client_tls: client_configs(config)?,
         chain: ChainVerifier::new(roots, &crypto),
+        policy: config.policy.clone(),
+        store: open_store(config),
+        tofu_enforce: config.tofu.as_ref().is_some_and(|t| t.enforce),
     });
     let mut plans: Vec<WorkerPlan> = (0..workers)
         .map(|_| WorkerPlan {
@@ -107,8 +106,10 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         let shared = Arc::new(OutboundListener {
             listen: outbound.listen.to_string(),
             peer: outbound.peer.clone(),
+            peer_key: outbound.peer.to_string().to_ascii_lowercase(),
             server_name,
-            policy: outbound.policy,
+            level: outbound.level,
+            allow_cleartext_fallback: outbound.allow_cleartext_fallback,
         });
         let sockets = bind_reuseport(outbound.listen, workers)?;
         log_listening(format!("outbound[{i}]"), &sockets);
@@ -137,6 +138,41 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         }
     }
     Ok(plans)
+}
+
+fn client_configs(config: &Config) -> Result<ClientConfigs, StartError> {
+    let make = |floor| {
+        CryptoPolicy::new(&config.node.tls_groups, floor)
+            .and_then(|p| {
+                p.with_resumption(config.node.tls_resumption)
+                    .unauthenticated_client()
+            })
+            .map_err(|source| StartError::Tls {
+                what: "outbound client".into(),
+                source,
+            })
+    };
+    Ok(ClientConfigs {
+        by_class: [
+            [make(TlsFloor::Tls12)?, make(TlsFloor::Tls12)?],
+            [make(TlsFloor::Tls13)?, make(TlsFloor::Tls13)?],
+        ],
+    })
+}
+
+/// Opens the capability store; an unusable one is loud, and makes TOFU refuse (never
+/// "verification off").
+fn open_store(config: &Config) -> Option<Store> {
+    let tofu = config.tofu.as_ref()?;
+    let (store, error) = Store::open(tofu.store.clone(), tofu.ratchet.as_secs());
+    match error {
+        Some(e) => {
+            tracing::error!(target: "osgate::node", error = %e, "capability store unavailable: TOFU-checked peers will be refused until it is repaired");
+            gauge!(m::PIN_STORE_AVAILABLE).set(0.0);
+        }
+        None => gauge!(m::PIN_STORE_AVAILABLE).set(1.0),
+    }
+    Some(store)
 }
 
 /// Logs the bound address (useful with port 0) under the listener's config key.

@@ -50,6 +50,13 @@ pub fn emit(outcome: &Outcome) {
         bytes_down = outcome.bytes_down,
         handshake_ms = outcome.handshake.map(|d| d.as_secs_f64() * 1e3),
         duration_ms = outcome.duration.as_secs_f64() * 1e3,
+        policy = %outcome.policy,
+        peer_key = outcome.peer_key.as_deref(),
+        downgrade_suspected = outcome.downgrade_suspected,
+        report_only_policy = outcome.report_only.as_ref().map(|r| r.0.as_str()),
+        report_only_achieved = outcome.report_only.as_ref().map(|r| r.1.as_str()),
+        report_only_method = outcome.report_only.as_ref().map(|r| r.1.method_str()),
+        report_only_reason = outcome.report_only.as_ref().map(|r| r.2.as_str()),
         "connection {achieved}",
     );
 }

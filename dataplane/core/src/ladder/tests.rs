@@ -2,123 +2,145 @@ use proptest::prelude::*;
 
 use super::*;
 
-const POLICIES: [Policy; 4] = [
-    Policy::Opportunistic {
-        allow_cleartext_fallback: true,
-    },
-    Policy::Opportunistic {
-        allow_cleartext_fallback: false,
-    },
-    Policy::Encrypt,
-    Policy::Cleartext,
+const LEVELS: [Level; 5] = [
+    Level::Opportunistic,
+    Level::Encrypt,
+    Level::Authenticate,
+    Level::Cleartext,
+    Level::Deny,
 ];
 
-const TLS_RESULTS: [TlsResult; 8] = [
+const TLS_RESULTS: [TlsResult; 9] = [
     TlsResult::Unreachable,
     TlsResult::PeerNoTls,
     TlsResult::HandshakeFailed,
     TlsResult::HandshakeTimeout,
-    TlsResult::Established { chain: Ok(()) },
     TlsResult::Established {
-        chain: Err(Reason::CertificateNotTrusted),
+        auth: Ok(Method::Pkix),
     },
     TlsResult::Established {
-        chain: Err(Reason::CertificateHostMismatch),
+        auth: Ok(Method::Pinned),
     },
     TlsResult::Established {
-        chain: Err(Reason::CertificateExpired),
+        auth: Ok(Method::Tofu),
+    },
+    TlsResult::Established {
+        auth: Err(Reason::CertificateNotTrusted),
+    },
+    TlsResult::Established {
+        auth: Err(Reason::KeyChanged),
     },
 ];
 
-/// Runs the ladder to its end: the TLS attempt gets `tls`, a cleartext attempt `connects`.
-fn run(policy: Policy, tls: TlsResult, connects: bool) -> (Vec<Step>, Step) {
-    let (mut ladder, mut step) = Ladder::start(policy);
-    let mut attempts = Vec::new();
-    loop {
-        match step {
-            Step::TryTls => {
-                attempts.push(step);
-                (ladder, step) = ladder.on_tls(tls);
+fn plans() -> Vec<Plan> {
+    let mut plans = Vec::new();
+    for level in LEVELS {
+        for allow_cleartext_fallback in [true, false] {
+            for ratchet in [true, false] {
+                for auth_expected in [true, false] {
+                    plans.push(Plan {
+                        level,
+                        allow_cleartext_fallback,
+                        ratchet,
+                        auth_expected,
+                    });
+                }
             }
-            Step::TryCleartext => {
-                attempts.push(step);
-                (ladder, step) = ladder.on_cleartext(connects);
-            }
-            done => return (attempts, done),
         }
     }
+    plans
 }
 
-fn relay(achieved: Level, reason: Reason) -> Step {
-    Step::Relay { achieved, reason }
-}
-
-/// The whole table: every policy × TLS result × cleartext connect outcome, spelled out.
-#[test]
-fn every_policy_and_event_has_the_designed_outcome() {
-    use Level::*;
-    use Reason as R;
-    let open = Policy::OPPORTUNISTIC;
-    let strict_open = Policy::Opportunistic {
-        allow_cleartext_fallback: false,
+/// The DESIGN.md fallback table, row by row, as the expected step.
+fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
+    let refuse = |reason, downgrade_suspected| Step::Refuse {
+        reason,
+        downgrade_suspected,
     };
-    for connects in [true, false] {
-        let fallback = |reason| {
-            if connects {
-                relay(Cleartext, reason)
-            } else {
-                Step::Refuse(R::Unreachable)
+    let cleartext = |reason| {
+        if connects {
+            Step::Relay {
+                achieved: Achieved::Cleartext,
+                reason,
             }
-        };
+        } else {
+            refuse(Reason::Unreachable, false)
+        }
+    };
+    let authentication_expected = plan.level == Level::Authenticate || plan.auth_expected;
+    let encryption_committed = plan.level == Level::Encrypt || plan.ratchet;
+    match plan.level {
+        Level::Deny => return refuse(Reason::PolicyDeny, false),
+        Level::Cleartext => return cleartext(Reason::PolicyCleartext),
+        _ => {}
+    }
+    let failure = match tls {
+        TlsResult::Unreachable => return refuse(Reason::Unreachable, false),
+        TlsResult::Established { auth: Ok(method) } => {
+            return Step::Relay {
+                achieved: Achieved::Authenticated(method),
+                reason: Reason::None,
+            };
+        }
+        // Authentication fails: refuse where it was expected, else stay encrypted.
+        TlsResult::Established { auth: Err(reason) } if authentication_expected => {
+            return refuse(reason, false);
+        }
+        TlsResult::Established { auth: Err(reason) } => {
+            return Step::Relay {
+                achieved: Achieved::Encrypted,
+                reason,
+            };
+        }
+        TlsResult::PeerNoTls => Reason::PeerNoTls,
+        TlsResult::HandshakeFailed => Reason::TlsHandshakeFailed,
+        TlsResult::HandshakeTimeout => Reason::HandshakeTimeout,
+    };
+    // No TLS or a failed handshake.
+    if authentication_expected || encryption_committed {
+        refuse(failure, plan.ratchet)
+    } else if plan.allow_cleartext_fallback {
+        cleartext(failure)
+    } else {
+        refuse(failure, false)
+    }
+}
+
+/// Every plan (level × fallback × ratchet × evidence) × TLS result × cleartext connect.
+#[test]
+fn every_plan_and_event_has_the_designed_outcome() {
+    let mut cases = 0;
+    for plan in plans() {
         for tls in TLS_RESULTS {
-            let established = match tls {
-                TlsResult::Established { chain: Ok(()) } => {
-                    Some(relay(Authenticated(Method::Pkix), R::None))
-                }
-                TlsResult::Established { chain: Err(r) } => Some(relay(Encrypted, r)),
-                _ => None,
-            };
-            let failure = match tls {
-                TlsResult::PeerNoTls => Some(R::PeerNoTls),
-                TlsResult::HandshakeFailed => Some(R::TlsHandshakeFailed),
-                TlsResult::HandshakeTimeout => Some(R::HandshakeTimeout),
-                _ => None,
-            };
-            let expected = |policy| match (policy, established, failure) {
-                (Policy::Cleartext, _, _) => {
-                    if connects {
-                        relay(Cleartext, R::PolicyCleartext)
-                    } else {
-                        Step::Refuse(R::Unreachable)
-                    }
-                }
-                (_, Some(step), _) => step,
-                (p, None, Some(reason)) if p == open => fallback(reason),
-                (_, None, Some(reason)) => Step::Refuse(reason),
-                (_, None, None) => Step::Refuse(R::Unreachable),
-            };
-            for policy in [open, strict_open, Policy::Encrypt, Policy::Cleartext] {
-                let (_, done) = run(policy, tls, connects);
+            for connects in [true, false] {
                 assert_eq!(
-                    done,
-                    expected(policy),
-                    "{policy:?} {tls:?} connects={connects}"
+                    simulate(plan, tls, connects),
+                    expected(plan, tls, connects),
+                    "{plan:?} {tls:?} connects={connects}"
                 );
+                cases += 1;
             }
         }
     }
+    assert_eq!(cases, 5 * 2 * 2 * 2 * 9 * 2);
 }
 
 #[test]
-fn cleartext_policy_never_attempts_tls() {
-    for tls in TLS_RESULTS {
-        let (attempts, _) = run(Policy::Cleartext, tls, true);
-        assert_eq!(attempts, [Step::TryCleartext]);
-    }
+fn cleartext_never_tries_tls_and_deny_never_connects() {
+    let (_, first) = Ladder::start(Plan::policy(Level::Cleartext, false));
+    assert_eq!(first, Step::TryCleartext);
+    let (_, first) = Ladder::start(Plan::policy(Level::Deny, false));
+    assert!(matches!(
+        first,
+        Step::Refuse {
+            reason: Reason::PolicyDeny,
+            ..
+        }
+    ));
 }
 
-fn any_policy() -> impl Strategy<Value = Policy> {
-    proptest::sample::select(POLICIES.to_vec())
+fn any_plan() -> impl Strategy<Value = Plan> {
+    proptest::sample::select(plans())
 }
 
 fn any_tls() -> impl Strategy<Value = TlsResult> {
@@ -126,33 +148,53 @@ fn any_tls() -> impl Strategy<Value = TlsResult> {
 }
 
 proptest! {
-    /// RFC 7435 §3 / DESIGN: authentication failure never produces cleartext.
+    /// Authentication failure never yields cleartext, and never `encrypted` where
+    /// authentication was expected.
     #[test]
-    fn a_completed_handshake_never_ends_in_cleartext(policy in any_policy(), tls in any_tls(), connects: bool) {
-        let (_, done) = run(policy, tls, connects);
-        if matches!(tls, TlsResult::Established { .. }) && policy != Policy::Cleartext {
-            prop_assert!(matches!(done, Step::Relay { achieved: Level::Encrypted | Level::Authenticated(_), .. }), "{:?}", done);
+    fn failed_authentication_is_never_downgraded(plan in any_plan(), tls in any_tls(), connects: bool) {
+        if let TlsResult::Established { auth: Err(_) } = tls {
+            let step = simulate(plan, tls, connects);
+            if plan.requires_authentication() && plan.level != Level::Cleartext && plan.level != Level::Deny {
+                prop_assert!(matches!(step, Step::Refuse { .. }), "{:?}", step);
+            }
+            let cleartext = matches!(step, Step::Relay { achieved: Achieved::Cleartext, .. });
+            prop_assert!(!cleartext || plan.level == Level::Cleartext, "{:?}", step);
         }
     }
 
-    /// Only an opportunistic policy that allows fallback ever reaches cleartext after TLS was tried.
+    /// Explicit policy always wins: `cleartext` relays in cleartext whatever the evidence,
+    /// `deny` refuses whatever it is.
     #[test]
-    fn cleartext_only_where_policy_allows(policy in any_policy(), tls in any_tls(), connects: bool) {
-        let (_, done) = run(policy, tls, connects);
-        if let Step::Relay { achieved: Level::Cleartext, reason } = done {
-            let allowed = policy == Policy::Cleartext || policy == Policy::OPPORTUNISTIC;
-            prop_assert!(allowed, "{:?} reached cleartext ({:?})", policy, reason);
+    fn explicit_policy_wins(plan in any_plan(), tls in any_tls()) {
+        let step = simulate(plan, tls, true);
+        match plan.level {
+            Level::Cleartext => prop_assert_eq!(step, Step::Relay { achieved: Achieved::Cleartext, reason: Reason::PolicyCleartext }),
+            Level::Deny => {
+                let denied = matches!(step, Step::Refuse { reason: Reason::PolicyDeny, .. });
+                prop_assert!(denied, "{:?}", step);
+            }
+            _ => {}
+        }
+    }
+
+    /// Cleartext after a TLS attempt only for an opportunistic plan with no commitment.
+    #[test]
+    fn cleartext_only_where_nothing_commits_to_tls(plan in any_plan(), tls in any_tls()) {
+        if let Step::Relay { achieved: Achieved::Cleartext, reason } = simulate(plan, tls, true) {
+            let allowed = plan.level == Level::Cleartext
+                || (plan.level == Level::Opportunistic && plan.allow_cleartext_fallback && !plan.requires_tls());
+            prop_assert!(allowed, "{:?} reached cleartext ({:?})", plan, reason);
             prop_assert_ne!(reason, Reason::None, "cleartext always carries a reason");
         }
     }
 
-    /// At most one TLS attempt and one cleartext attempt, in that order.
+    /// A ratchet failure is always flagged as a suspected downgrade.
     #[test]
-    fn attempts_are_bounded_and_ordered(policy in any_policy(), tls in any_tls(), connects: bool) {
-        let (attempts, _) = run(policy, tls, connects);
-        prop_assert!(attempts.len() <= 2);
-        if attempts.len() == 2 {
-            prop_assert_eq!(attempts, vec![Step::TryTls, Step::TryCleartext]);
+    fn ratchet_failures_are_suspected_downgrades(plan in any_plan(), tls in any_tls()) {
+        let failed = matches!(tls, TlsResult::PeerNoTls | TlsResult::HandshakeFailed | TlsResult::HandshakeTimeout);
+        let step = simulate(plan, tls, true);
+        if plan.ratchet && failed && matches!(plan.level, Level::Opportunistic | Level::Encrypt | Level::Authenticate) {
+            prop_assert!(matches!(step, Step::Refuse { downgrade_suspected: true, .. }), "{:?}", step);
         }
     }
 }

@@ -15,6 +15,48 @@ pub(super) struct File {
     pub outbound: Vec<Outbound>,
     #[serde(default)]
     pub inbound: Vec<Inbound>,
+    #[serde(default)]
+    pub policy: Vec<Policy>,
+    pub tofu: Option<Tofu>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Policy {
+    #[serde(rename = "match")]
+    pub selector: String,
+    pub level: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub pins: Vec<String>,
+    pub min_tls: Option<String>,
+    pub allow_cleartext_fallback: Option<bool>,
+    #[serde(default)]
+    pub report_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Tofu {
+    pub store: String,
+    #[serde(default)]
+    pub mode: TofuMode,
+    /// How long a peer that completed TLS stays committed to TLS (0: no ratchet).
+    #[serde(default = "ratchet_hours")]
+    pub ratchet_hours: u64,
+}
+
+fn ratchet_hours() -> u64 {
+    24 * 30
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TofuMode {
+    #[default]
+    Enforce,
+    Off,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,11 +13,11 @@ fn defaults_are_opportunistic_with_post_quantum_first() {
     let config = parse(OUT).unwrap();
     let out = &config.outbound[0];
     assert_eq!(
-        out.policy,
-        Policy::Opportunistic {
-            allow_cleartext_fallback: true
-        }
+        (out.level, out.allow_cleartext_fallback),
+        (Level::Opportunistic, true)
     );
+    assert!(config.policy.is_empty());
+    assert!(config.tofu.is_none());
     assert_eq!(
         out.peer,
         HostPort {

@@ -1,0 +1,189 @@
+//! Which key the peer proved, from the evidence we hold, strongest source first.
+//!
+//! DESIGN.md: "A weaker source never overrides a failing stronger one." So the first source
+//! that *has* evidence for this peer decides: operator pins, then the TOFU pin, then PKIX. A
+//! mismatching pin is a refusal reason even if a public CA would vouch for the new key.
+
+use crate::outcome::{Method, Reason};
+use crate::pin::SpkiPin;
+
+/// The TOFU state of one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tofu {
+    /// TOFU is turned off.
+    Off,
+    /// No key pinned for this peer yet.
+    Unknown,
+    Pinned(SpkiPin),
+    /// An operator revoked the pin: refused until a new key is pinned.
+    Revoked,
+    /// The pin store cannot be read: never "verification off".
+    StoreUnavailable,
+}
+
+/// Evidence about one peer, before connecting.
+#[derive(Clone, Copy, Debug)]
+pub struct Evidence<'a> {
+    /// Operator pins from the policy rule.
+    pub pins: &'a [SpkiPin],
+    pub tofu: Tofu,
+}
+
+/// The methods that count: those of an `authenticate` rule, or all of them.
+#[derive(Clone, Copy, Debug)]
+pub enum Methods<'a> {
+    All,
+    Only(&'a [Method]),
+}
+
+impl Methods<'_> {
+    fn allows(&self, method: Method) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(list) => list.contains(&method),
+        }
+    }
+}
+
+impl Evidence<'_> {
+    /// Whether the evidence names a key the peer must prove.
+    pub fn expects_authentication(&self, methods: Methods<'_>) -> bool {
+        let pins = methods.allows(Method::Pinned) && !self.pins.is_empty();
+        let tofu = methods.allows(Method::Tofu)
+            && matches!(
+                self.tofu,
+                Tofu::Pinned(_) | Tofu::Revoked | Tofu::StoreUnavailable
+            );
+        pins || tofu
+    }
+}
+
+/// The strongest method the `presented` key passes, or why it passes none. `pkix` checks
+/// the chain for the peer's name; it runs only when no stronger source has evidence.
+pub fn authenticate(
+    methods: Methods<'_>,
+    evidence: &Evidence<'_>,
+    presented: Option<SpkiPin>,
+    pkix: impl FnOnce() -> Result<(), Reason>,
+) -> Result<Method, Reason> {
+    let Some(presented) = presented else {
+        return Err(Reason::ValidationFailure);
+    };
+    if methods.allows(Method::Pinned) && !evidence.pins.is_empty() {
+        return match evidence.pins.contains(&presented) {
+            true => Ok(Method::Pinned),
+            false => Err(Reason::PinMismatch),
+        };
+    }
+    if methods.allows(Method::Tofu) {
+        match evidence.tofu {
+            Tofu::Pinned(pin) if pin == presented => return Ok(Method::Tofu),
+            Tofu::Pinned(_) => return Err(Reason::KeyChanged),
+            Tofu::Revoked => return Err(Reason::PinRevoked),
+            Tofu::StoreUnavailable => return Err(Reason::PinStoreUnavailable),
+            Tofu::Off | Tofu::Unknown => {}
+        }
+    }
+    if methods.allows(Method::Pkix) {
+        return pkix().map(|()| Method::Pkix);
+    }
+    Err(Reason::CertificateNotTrusted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(n: u8) -> SpkiPin {
+        SpkiPin::of_spki(&[n])
+    }
+
+    const PKIX_OK: fn() -> Result<(), Reason> = || Ok(());
+    const PKIX_BAD: fn() -> Result<(), Reason> = || Err(Reason::CertificateNotTrusted);
+
+    #[test]
+    fn stronger_evidence_decides_and_weaker_never_overrides_it() {
+        let pins = [pin(1), pin(2)];
+        let with_pins = Evidence {
+            pins: &pins,
+            tofu: Tofu::Pinned(pin(3)),
+        };
+        assert_eq!(
+            authenticate(Methods::All, &with_pins, Some(pin(2)), PKIX_BAD),
+            Ok(Method::Pinned)
+        );
+        assert_eq!(
+            authenticate(Methods::All, &with_pins, Some(pin(3)), PKIX_OK),
+            Err(Reason::PinMismatch)
+        );
+
+        let tofu = Evidence {
+            pins: &[],
+            tofu: Tofu::Pinned(pin(3)),
+        };
+        assert_eq!(
+            authenticate(Methods::All, &tofu, Some(pin(3)), PKIX_BAD),
+            Ok(Method::Tofu)
+        );
+        assert_eq!(
+            authenticate(Methods::All, &tofu, Some(pin(4)), PKIX_OK),
+            Err(Reason::KeyChanged)
+        );
+
+        let revoked = Evidence {
+            pins: &[],
+            tofu: Tofu::Revoked,
+        };
+        assert_eq!(
+            authenticate(Methods::All, &revoked, Some(pin(3)), PKIX_OK),
+            Err(Reason::PinRevoked)
+        );
+
+        let broken = Evidence {
+            pins: &[],
+            tofu: Tofu::StoreUnavailable,
+        };
+        assert_eq!(
+            authenticate(Methods::All, &broken, Some(pin(4)), PKIX_OK),
+            Err(Reason::PinStoreUnavailable)
+        );
+
+        let nothing = Evidence {
+            pins: &[],
+            tofu: Tofu::Unknown,
+        };
+        assert_eq!(
+            authenticate(Methods::All, &nothing, Some(pin(4)), PKIX_OK),
+            Ok(Method::Pkix)
+        );
+        assert_eq!(
+            authenticate(Methods::All, &nothing, Some(pin(4)), PKIX_BAD),
+            Err(Reason::CertificateNotTrusted)
+        );
+        assert_eq!(
+            authenticate(Methods::All, &nothing, None, PKIX_OK),
+            Err(Reason::ValidationFailure)
+        );
+    }
+
+    #[test]
+    fn an_authenticate_rule_counts_only_its_methods() {
+        let tofu = Evidence {
+            pins: &[],
+            tofu: Tofu::Pinned(pin(3)),
+        };
+        let pkix_only = Methods::Only(&[Method::Pkix]);
+        assert_eq!(
+            authenticate(pkix_only, &tofu, Some(pin(9)), PKIX_OK),
+            Ok(Method::Pkix)
+        );
+        assert!(!tofu.expects_authentication(pkix_only));
+        assert!(tofu.expects_authentication(Methods::All));
+        let pinned_only = Methods::Only(&[Method::Pinned]);
+        assert_eq!(
+            authenticate(pinned_only, &tofu, Some(pin(3)), PKIX_OK),
+            Err(Reason::CertificateNotTrusted),
+            "no pins and no other allowed method: nothing proves the key"
+        );
+    }
+}

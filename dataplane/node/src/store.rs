@@ -1,0 +1,355 @@
+//! The capability store: TOFU pins and the ratchet, in one durable file.
+//!
+//! Durable means: every change is written to a temporary file, fsynced, renamed over the
+//! store and the folder fsynced, so a kill -9 at any point leaves the old or the new store,
+//! never a torn one. The last line is a SHA-256 of everything before it, so truncation and
+//! corruption are detected at load. A store that is missing, truncated or corrupt is
+//! *unavailable*: peers that TOFU would check are refused (never "verification off") until
+//! it is repaired (`osgate pins init` creates an empty one).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use osgate_core::auth::Tofu;
+use osgate_core::pin::SpkiPin;
+
+const HEADER: &str = "# osgate capability store v1";
+
+/// How far a pin has come (CONFORMANCE D.29).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinState {
+    /// Learned on first use by this node.
+    Learned,
+    /// Added or approved by an operator.
+    Approved,
+    /// Revoked: the peer is refused until an operator re-pins it.
+    Revoked,
+}
+
+impl PinState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Learned => "learned",
+            Self::Approved => "approved",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "learned" => Self::Learned,
+            "approved" => Self::Approved,
+            "revoked" => Self::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// One peer's pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinRecord {
+    pub pin: SpkiPin,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub state: PinState,
+}
+
+/// The store's contents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contents {
+    /// By `host:port`.
+    pub pins: BTreeMap<String, PinRecord>,
+    /// `host:port` → Unix time until which TLS is mandatory.
+    pub ratchet: BTreeMap<String, u64>,
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path}: cannot read the capability store: {source} (create one with `osgate pins init`)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the capability store is corrupt or truncated: {why}")]
+    Corrupt { path: PathBuf, why: String },
+    #[error("{path}: cannot write the capability store: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Contents {
+    pub fn load(path: &Path) -> Result<Self, StoreError> {
+        let text = std::fs::read_to_string(path).map_err(|source| StoreError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|why| StoreError::Corrupt {
+            path: path.to_owned(),
+            why,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let body_end = text
+            .trim_end_matches('\n')
+            .rfind('\n')
+            .ok_or("no checksum line")?;
+        let (body, last) = text.split_at(body_end + 1);
+        let checksum = last
+            .trim_end()
+            .strip_prefix("checksum ")
+            .ok_or("no checksum line")?;
+        if checksum != SpkiPin::of_spki(body.as_bytes()).to_string() {
+            return Err("checksum mismatch".into());
+        }
+        let mut lines = body.lines();
+        if lines.next() != Some(HEADER) {
+            return Err("unknown header".into());
+        }
+        let mut contents = Self::default();
+        for (n, line) in lines.enumerate() {
+            contents
+                .parse_line(line)
+                .ok_or_else(|| format!("line {} is malformed", n + 2))?;
+        }
+        Ok(contents)
+    }
+
+    fn parse_line(&mut self, line: &str) -> Option<()> {
+        let fields: Vec<&str> = line.split(' ').collect();
+        match fields.as_slice() {
+            ["pin", peer, pin, first, last, state] => {
+                let record = PinRecord {
+                    pin: SpkiPin::parse(pin).ok()?,
+                    first_seen: first.parse().ok()?,
+                    last_seen: last.parse().ok()?,
+                    state: PinState::parse(state)?,
+                };
+                self.pins.insert((*peer).to_owned(), record);
+            }
+            ["ratchet", peer, until] => {
+                self.ratchet.insert((*peer).to_owned(), until.parse().ok()?);
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    fn render(&self) -> String {
+        let mut body = format!("{HEADER}\n");
+        for (peer, r) in &self.pins {
+            let _ = writeln!(
+                body,
+                "pin {peer} {} {} {} {}",
+                r.pin,
+                r.first_seen,
+                r.last_seen,
+                r.state.as_str()
+            );
+        }
+        for (peer, until) in &self.ratchet {
+            let _ = writeln!(body, "ratchet {peer} {until}");
+        }
+        // A SHA-256 of the body, written in the same form as pins.
+        let checksum = SpkiPin::of_spki(body.as_bytes());
+        body + &format!("checksum {checksum}\n")
+    }
+
+    /// Writes the store atomically (temp file, fsync, rename, fsync of the folder).
+    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        let error = |source| StoreError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(error)?;
+        file.write_all(self.render().as_bytes()).map_err(error)?;
+        file.sync_all().map_err(error)?;
+        std::fs::rename(&tmp, path).map_err(error)?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(error)
+    }
+}
+
+/// The store as a running node uses it.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    /// `None`: unavailable (logged loudly at start).
+    contents: Mutex<Option<Contents>>,
+    ratchet_ttl_secs: u64,
+}
+
+impl Store {
+    pub fn open(path: PathBuf, ratchet_ttl_secs: u64) -> (Self, Option<StoreError>) {
+        let (contents, error) = match Contents::load(&path) {
+            Ok(contents) => (Some(contents), None),
+            Err(e) => (None, Some(e)),
+        };
+        let store = Self {
+            path,
+            contents: Mutex::new(contents),
+            ratchet_ttl_secs,
+        };
+        (store, error)
+    }
+
+    /// The TOFU state of `peer`.
+    pub fn tofu(&self, peer: &str) -> Tofu {
+        match &*self.lock() {
+            None => Tofu::StoreUnavailable,
+            Some(c) => match c.pins.get(peer) {
+                None => Tofu::Unknown,
+                Some(r) if r.state == PinState::Revoked => Tofu::Revoked,
+                Some(r) => Tofu::Pinned(r.pin),
+            },
+        }
+    }
+
+    /// Whether `peer` completed TLS before and the memory has not expired at `now`.
+    /// An unavailable store commits every peer to TLS.
+    pub fn ratchet(&self, peer: &str, now: u64) -> bool {
+        match &*self.lock() {
+            None => true,
+            Some(c) => c.ratchet.get(peer).is_some_and(|until| *until > now),
+        }
+    }
+
+    /// Records a TLS connection to `peer` at `now`: extends the ratchet, and pins `pin` if the
+    /// peer has none yet (`learn`). Persists only when something changed.
+    pub fn record_tls(
+        &self,
+        peer: &str,
+        pin: Option<SpkiPin>,
+        learn: bool,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let Some(contents) = guard.as_mut() else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if self.ratchet_ttl_secs > 0 {
+            let until = now + self.ratchet_ttl_secs;
+            let old = contents.ratchet.insert(peer.to_owned(), until);
+            // Rewrite the file only when the expiry moves by more than a tenth of the TTL.
+            changed |= old.is_none_or(|o| until.saturating_sub(o) > self.ratchet_ttl_secs / 10);
+        }
+        if let (Some(pin), true) = (pin, learn) {
+            if !contents.pins.contains_key(peer) {
+                contents.pins.insert(
+                    peer.to_owned(),
+                    PinRecord {
+                        pin,
+                        first_seen: now,
+                        last_seen: now,
+                        state: PinState::Learned,
+                    },
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            contents.save(&self.path)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Contents>> {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.contents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(n: u8) -> SpkiPin {
+        SpkiPin::of_spki(&[n])
+    }
+
+    #[test]
+    fn round_trips_and_detects_truncation_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let mut contents = Contents::default();
+        contents.pins.insert(
+            "a.test:443".into(),
+            PinRecord {
+                pin: pin(1),
+                first_seen: 10,
+                last_seen: 20,
+                state: PinState::Learned,
+            },
+        );
+        contents.ratchet.insert("a.test:443".into(), 99);
+        contents.save(&path).unwrap();
+        assert_eq!(Contents::load(&path).unwrap(), contents);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 10]).unwrap();
+        assert!(matches!(
+            Contents::load(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::write(&path, text.replace("learned", "approved")).unwrap();
+        assert!(matches!(
+            Contents::load(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            Contents::load(&path),
+            Err(StoreError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unavailable_store_never_turns_verification_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, error) = Store::open(dir.path().join("missing"), 3600);
+        assert!(error.is_some());
+        assert_eq!(store.tofu("a.test:443"), Tofu::StoreUnavailable);
+        assert!(store.ratchet("a.test:443", 0));
+    }
+
+    #[test]
+    fn learns_once_and_ratchets_with_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        Contents::default().save(&path).unwrap();
+        let (store, error) = Store::open(path.clone(), 100);
+        assert!(error.is_none());
+        assert_eq!(store.tofu("a.test:443"), Tofu::Unknown);
+        store
+            .record_tls("a.test:443", Some(pin(1)), true, 1000)
+            .unwrap();
+        store
+            .record_tls("a.test:443", Some(pin(2)), true, 1001)
+            .unwrap();
+        assert_eq!(
+            store.tofu("a.test:443"),
+            Tofu::Pinned(pin(1)),
+            "never silently re-pinned"
+        );
+        assert!(store.ratchet("a.test:443", 1099));
+        assert!(!store.ratchet("a.test:443", 1101));
+        let reloaded = Contents::load(&path).unwrap();
+        assert_eq!(reloaded.pins["a.test:443"].pin, pin(1));
+    }
+}
