@@ -142,3 +142,12 @@ pub fn server_config(pem: &Pem) -> std::sync::Arc<rustls::ServerConfig> {
     .unwrap();
     std::sync::Arc::new(config)
 }
+
+/// The SPKI pin (`sha256/...`) of the certificate in `pem`.
+pub fn pin_of(pem: &Pem) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_file(&pem.cert).unwrap();
+    osgate_core::pin::SpkiPin::of_certificate(&cert)
+        .unwrap()
+        .to_string()
+}

@@ -19,7 +19,11 @@ pub struct SServer {
 
 impl SServer {
     pub fn start(pem: &Pem, extra: &[&str]) -> Self {
-        let addr = free_port();
+        Self::start_on(free_port(), pem, extra)
+    }
+
+    /// Starts on `addr` (e.g. to replace another server on the same port).
+    pub fn start_on(addr: SocketAddr, pem: &Pem, extra: &[&str]) -> Self {
         let mut child = Command::new("openssl")
             .args(["s_server", "-quiet", "-accept"])
             .arg(addr.to_string())

@@ -119,7 +119,15 @@ pub struct Server<T> {
 
 impl<T: Send + 'static> Server<T> {
     pub fn start(handler: impl Fn(TcpStream) -> T + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// Starts on `addr` (e.g. to replace another server on the same port).
+    pub fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(TcpStream) -> T + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, results) = channel();
         let handler = std::sync::Arc::new(handler);

@@ -82,7 +82,7 @@ impl Selector {
         };
         if let Some(suffix) = text.strip_prefix("*.") {
             return valid_name(suffix)
-                .map(|s| Self::Suffix(s))
+                .map(Self::Suffix)
                 .ok_or_else(|| error("the suffix is not a DNS name"));
         }
         if let Some((addr, prefix)) = text.split_once('/') {

@@ -96,7 +96,8 @@ fn main() -> ExitCode {
                 .map_or(0, |d| d.as_secs());
             match pins::run(command, &store, now) {
                 Ok(out) => {
-                    print!("{out}");
+                    // The command's output, for people and scripts (logs go to stderr).
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

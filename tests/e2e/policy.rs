@@ -1,0 +1,317 @@
+//! The security engine end to end: explicit policy, pins, TOFU and the ratchet, against
+//! OpenSSL servers and plain TCP servers (CONFORMANCE B and D).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+
+use osgate_tests::certs::{self, pin_of};
+use osgate_tests::node::osgate;
+use osgate_tests::openssl::SServer;
+use osgate_tests::peers::{self, Server};
+use osgate_tests::{Io, Node, WAIT, per_driver};
+
+per_driver!(
+    pinned_key_authenticates,
+    wrong_pin_is_refused_and_nothing_is_sent,
+    authenticate_pkix_with_untrusted_chain_is_refused_not_downgraded,
+    deny_never_connects,
+    explicit_cleartext_rule_overrides_the_listener,
+    tls13_floor_refuses_a_tls12_peer,
+    tofu_pins_on_first_use_then_refuses_a_changed_key,
+    ratchet_refuses_a_peer_that_stops_doing_tls,
+    missing_store_refuses_rather_than_turning_verification_off,
+    report_only_rule_is_reported_but_not_enforced,
+);
+
+/// An outbound node to `peer` with `extra` config (policy rules, `[tofu]`).
+fn node(dir: &Path, io: Io, peer: SocketAddr, extra: &str) -> Node {
+    Node::start(
+        dir,
+        io,
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"opportunistic\"\n\n{extra}"
+        ),
+    )
+}
+
+/// Sends `payload`, half-closes, returns what came back (empty when refused).
+fn call(node: &Node, payload: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(payload).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got);
+    got
+}
+
+fn rule(peer: SocketAddr, body: &str) -> String {
+    format!("[[policy]]\nmatch = \"{}\"\n{body}\n", peer.ip())
+}
+
+fn assert_outcome(
+    node: &mut Node,
+    achieved: &str,
+    method: &str,
+    reason: &str,
+) -> serde_json::Value {
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (
+            out["achieved"].as_str(),
+            out["method"].as_str(),
+            out["reason"].as_str()
+        ),
+        (Some(achieved), Some(method), Some(reason)),
+        "{out}"
+    );
+    assert_eq!(
+        node.metric("osgate_cleartext_despite_policy_total", &[]),
+        0.0
+    );
+    out
+}
+
+fn pinned_key_authenticates(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
+    let server = SServer::start(&pem, &[]);
+    let extra = rule(
+        server.addr,
+        &format!(
+            "level = \"authenticate\"\nmethods = [\"pinned\"]\npins = [\"{}\"]",
+            pin_of(&pem)
+        ),
+    );
+    let mut node = node(dir.path(), io, server.addr, &extra);
+    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
+    client.write_all(b"hello pinned\n").unwrap();
+    assert_eq!(server.wait_line("hello"), "hello pinned");
+    drop(client);
+    let out = assert_outcome(&mut node, "authenticated", "pinned", "none");
+    assert_eq!(out["policy"], "policy[0]");
+    assert_eq!(out["peer_key"], pin_of(&pem));
+    assert_eq!(
+        node.metric(
+            "osgate_policy_decisions_total",
+            &[("level", "authenticate"), ("report_only", "false")]
+        ),
+        1.0
+    );
+}
+
+fn wrong_pin_is_refused_and_nothing_is_sent(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
+    let other = certs::self_signed(dir.path(), "other", "127.0.0.1");
+    let server = Server::start_on(osgate_tests::node::free_port(), {
+        let config = certs::server_config(&pem);
+        move |tcp| {
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut got = Vec::new();
+            let _ = tls.read_to_end(&mut got);
+            got
+        }
+    });
+    let extra = rule(
+        server.addr,
+        &format!(
+            "level = \"authenticate\"\nmethods = [\"pinned\"]\npins = [\"{}\"]",
+            pin_of(&other)
+        ),
+    );
+    let mut node = node(dir.path(), io, server.addr, &extra);
+    assert_eq!(call(&node, b"SECRET"), b"");
+    assert_outcome(&mut node, "refused", "none", "pin-mismatch");
+    assert_eq!(server.result(), b"", "no application byte reached the peer");
+    assert!(
+        server.try_result().is_none(),
+        "no retry, in TLS or cleartext"
+    );
+}
+
+fn authenticate_pkix_with_untrusted_chain_is_refused_not_downgraded(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(&certs::self_signed(dir.path(), "peer", "127.0.0.1"), &[]);
+    let extra = rule(
+        server.addr,
+        "level = \"authenticate\"\nmethods = [\"pkix\"]",
+    );
+    let mut node = node(dir.path(), io, server.addr, &extra);
+    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_outcome(&mut node, "refused", "none", "certificate-not-trusted");
+}
+
+fn deny_never_connects(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(peers::record);
+    let mut node = node(
+        dir.path(),
+        io,
+        server.addr,
+        &rule(server.addr, "level = \"deny\""),
+    );
+    assert_eq!(call(&node, b"x"), b"");
+    assert_outcome(&mut node, "refused", "none", "policy-deny");
+    assert!(server.try_result().is_none());
+}
+
+fn explicit_cleartext_rule_overrides_the_listener(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(peers::record);
+    let mut node = Node::start(
+        dir.path(),
+        io,
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\npolicy = \"encrypt\"\n\n{}",
+            server.addr,
+            rule(server.addr, "level = \"cleartext\"")
+        ),
+    );
+    call(&node, b"plain by policy");
+    assert_eq!(server.result(), b"plain by policy");
+    assert_outcome(&mut node, "cleartext", "none", "policy-cleartext");
+}
+
+fn tls13_floor_refuses_a_tls12_peer(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(
+        &certs::self_signed(dir.path(), "peer", "127.0.0.1"),
+        &["-tls1_2"],
+    );
+    let extra = rule(server.addr, "level = \"encrypt\"\nmin_tls = \"1.3\"");
+    let mut node = node(dir.path(), io, server.addr, &extra);
+    assert_eq!(call(&node, b"x\n"), b"");
+    assert_outcome(&mut node, "refused", "none", "tls-handshake-failed");
+}
+
+fn init_store(dir: &Path) -> String {
+    let store = dir.join("capabilities");
+    let (code, err) = osgate(&["pins", "--store", store.to_str().unwrap(), "init"]);
+    assert_eq!(code, 0, "{err}");
+    format!("[tofu]\nstore = \"{}\"\n", store.display())
+}
+
+fn pins_list(dir: &Path) -> String {
+    let store = dir.join("capabilities");
+    let out = std::process::Command::new(osgate_tests::node::osgate_bin())
+        .args(["pins", "--store", store.to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn send_line(server: &SServer, node: &Node, line: &str) {
+    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
+    client.write_all(format!("{line}\n").as_bytes()).unwrap();
+    assert_eq!(server.wait_line(line), line);
+}
+
+fn tofu_pins_on_first_use_then_refuses_a_changed_key(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let tofu = init_store(dir.path());
+    let first_key = certs::self_signed(dir.path(), "first", "127.0.0.1");
+    let server = SServer::start(&first_key, &[]);
+    let addr = server.addr;
+    let mut node = node(dir.path(), io, addr, &tofu);
+
+    send_line(&server, &node, "first contact");
+    assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
+    assert!(
+        pins_list(dir.path()).contains(&pin_of(&first_key)),
+        "{}",
+        pins_list(dir.path())
+    );
+    send_line(&server, &node, "same key");
+    assert_outcome(&mut node, "authenticated", "tofu", "none");
+    drop(server);
+
+    let second_key = certs::self_signed(dir.path(), "second", "127.0.0.1");
+    let impostor = SServer::start_on(addr, &second_key, &[]);
+    assert_eq!(call(&node, b"SECRET\n"), b"");
+    let out = assert_outcome(&mut node, "refused", "none", "key-changed");
+    assert_eq!(
+        out["peer_key"],
+        pin_of(&second_key),
+        "the record names the new key"
+    );
+    assert!(
+        pins_list(dir.path()).contains(&pin_of(&first_key)),
+        "the old pin stays"
+    );
+    assert_eq!(
+        node.metric("osgate_tofu_checks_total", &[("decision", "key-changed")]),
+        1.0
+    );
+    assert_eq!(
+        node.metric("osgate_tofu_checks_total", &[("decision", "learned")]),
+        1.0
+    );
+    drop(impostor);
+}
+
+fn ratchet_refuses_a_peer_that_stops_doing_tls(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let tofu = init_store(dir.path()) + "mode = \"off\"\n";
+    let server = SServer::start(&certs::self_signed(dir.path(), "peer", "127.0.0.1"), &[]);
+    let addr = server.addr;
+    let mut node = node(dir.path(), io, addr, &tofu);
+    send_line(&server, &node, "tls works");
+    assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
+    drop(server);
+
+    let plain = Server::start_on(addr, |mut stream| {
+        let _ = stream.write_all(b"220 plain now\r\n");
+        peers::record(stream)
+    });
+    assert_eq!(call(&node, b"SECRET"), b"");
+    let out = assert_outcome(&mut node, "refused", "none", "peer-no-tls");
+    assert_eq!(out["downgrade_suspected"], true);
+    assert_eq!(node.metric("osgate_downgrade_suspected_total", &[]), 1.0);
+    let seen = plain.result();
+    assert!(!seen.windows(6).any(|w| w == b"SECRET"));
+    assert!(plain.try_result().is_none(), "no cleartext retry");
+}
+
+fn missing_store_refuses_rather_than_turning_verification_off(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(&certs::self_signed(dir.path(), "peer", "127.0.0.1"), &[]);
+    let tofu = format!(
+        "[tofu]\nstore = \"{}\"\n",
+        dir.path().join("missing").display()
+    );
+    let mut node = node(dir.path(), io, server.addr, &tofu);
+    node.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("capability store unavailable"))
+    });
+    assert_eq!(node.metric("osgate_pin_store_available", &[]), 0.0);
+    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_outcome(&mut node, "refused", "none", "pin-store-unavailable");
+}
+
+fn report_only_rule_is_reported_but_not_enforced(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(&certs::self_signed(dir.path(), "peer", "127.0.0.1"), &[]);
+    let extra = rule(
+        server.addr,
+        "level = \"authenticate\"\nmethods = [\"pkix\"]\nreport_only = true",
+    );
+    let mut node = node(dir.path(), io, server.addr, &extra);
+    send_line(&server, &node, "still flows");
+    let out = assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
+    assert_eq!(out["policy"], "listener");
+    assert_eq!(out["report_only_policy"], "policy[0]");
+    assert_eq!(out["report_only_achieved"], "refused");
+    assert_eq!(out["report_only_reason"], "certificate-not-trusted");
+    assert_eq!(
+        node.metric("osgate_policy_decisions_total", &[("report_only", "true")]),
+        1.0
+    );
+}
