@@ -219,6 +219,33 @@ impl ChainVerifier {
     }
 }
 
+/// DANE-TA (RFC 7671 §5.2): validates `chain[0]` up to `chain[anchor]`, which a TLSA record
+/// matched, as the only trust anchor — with the name checked, as PKIX does.
+pub fn check_dane_ta(
+    policy: &CryptoPolicy,
+    chain: &[CertificateDer<'_>],
+    anchor: usize,
+    name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), Reason> {
+    let (Some(end_entity), Some(anchor_cert)) = (chain.first(), chain.get(anchor)) else {
+        return Err(Reason::ValidationFailure);
+    };
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(anchor_cert.clone().into_owned())
+        .map_err(|_| Reason::TlsaInvalid)?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), policy.provider.clone())
+            .build()
+            .map_err(|_| Reason::TlsaInvalid)?;
+    let intermediates = chain.get(1..anchor).unwrap_or_default();
+    verifier
+        .verify_server_cert(end_entity, intermediates, name, &[], now)
+        .map(|_| ())
+        .map_err(|e| chain_reason(&e))
+}
+
 fn chain_reason(error: &rustls::Error) -> Reason {
     use CertificateError as E;
     match error {
@@ -255,6 +282,19 @@ pub fn tls_params(state: &CommonState) -> TlsParams {
             .and_then(|g| g.name().as_str())
             .unwrap_or("none"),
         resumed: matches!(state.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+    }
+}
+
+/// Digests, from aws-lc-rs.
+pub mod sha {
+    use aws_lc_rs::digest;
+
+    pub fn sha256(data: &[u8]) -> Vec<u8> {
+        digest::digest(&digest::SHA256, data).as_ref().to_vec()
+    }
+
+    pub fn sha512(data: &[u8]) -> Vec<u8> {
+        digest::digest(&digest::SHA512, data).as_ref().to_vec()
     }
 }
 

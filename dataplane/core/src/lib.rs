@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod crypto;
+pub mod dane;
 pub mod detect;
 pub mod ladder;
 pub mod outcome;

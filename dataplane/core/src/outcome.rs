@@ -146,6 +146,8 @@ pub enum Reason {
     PinStoreUnavailable,
     /// An operator revoked the peer's pin.
     PinRevoked,
+    /// No usable TLSA record matches the peer's chain (RFC 8460 `tlsa-invalid`).
+    TlsaInvalid,
 }
 
 impl Reason {
@@ -173,6 +175,7 @@ impl Reason {
             Self::KeyChanged => "key-changed",
             Self::PinStoreUnavailable => "pin-store-unavailable",
             Self::PinRevoked => "pin-revoked",
+            Self::TlsaInvalid => "tlsa-invalid",
         }
     }
 }

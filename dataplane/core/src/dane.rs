@@ -1,0 +1,132 @@
+//! DANE TLSA matching (RFC 6698, RFC 7671, RFC 7672), sans-IO: records in, verdict out.
+//!
+//! RFC 7672 §3.1: "SMTP clients MUST NOT use TLSA records with certificate usages PKIX-TA(0)
+//! and PKIX-EE(1)" — the same holds here: only DANE-TA(2) and DANE-EE(3) are usable.
+//! RFC 7671 §5.1: with DANE-EE "the validity period of the server certificate … and the
+//! server name … MUST be ignored". RFC 7671 §9 (digest algorithm agility): for each usage and
+//! selector, only the strongest digest algorithm present is used.
+
+use rustls_pki_types::CertificateDer;
+
+use crate::crypto::sha;
+
+/// One TLSA record (RFC 6698 §2.1).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tlsa {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
+}
+
+/// DANE-TA(2): the record names a trust anchor in the chain.
+const DANE_TA: u8 = 2;
+/// DANE-EE(3): the record names the server's own certificate or key.
+const DANE_EE: u8 = 3;
+
+impl Tlsa {
+    /// Usable per RFC 7672 §3.1 and RFC 6698 §2.1: usage 2 or 3, selector 0 (full
+    /// certificate) or 1 (SPKI), matching 0 (full), 1 (SHA-256, 32 bytes) or 2 (SHA-512,
+    /// 64 bytes) with a digest of the right length.
+    pub fn is_usable(&self) -> bool {
+        let usage = matches!(self.usage, DANE_TA | DANE_EE);
+        let selector = matches!(self.selector, 0 | 1);
+        let data = match self.matching {
+            0 => !self.data.is_empty(),
+            1 => self.data.len() == 32,
+            2 => self.data.len() == 64,
+            _ => false,
+        };
+        usage && selector && data
+    }
+
+    /// Whether this record matches `cert` (selector and matching type applied).
+    fn matches(&self, cert: &CertificateDer<'_>) -> bool {
+        let selected: Vec<u8> = match self.selector {
+            0 => cert.as_ref().to_vec(),
+            _ => match rustls::server::ParsedCertificate::try_from(cert) {
+                Ok(parsed) => parsed.subject_public_key_info().as_ref().to_vec(),
+                Err(_) => return false,
+            },
+        };
+        match self.matching {
+            0 => selected == self.data,
+            1 => sha::sha256(&selected).as_slice() == self.data.as_slice(),
+            2 => sha::sha512(&selected).as_slice() == self.data.as_slice(),
+            _ => false,
+        }
+    }
+}
+
+/// A secure TLSA RRset, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsaSet {
+    /// At least one usable record: authentication is expected (usable after digest agility).
+    Usable(Vec<Tlsa>),
+    /// Records exist but none is usable: TLS is mandatory, authentication is not possible
+    /// (RFC 7672 §2.2: "MUST NOT fall back to cleartext").
+    Unusable,
+}
+
+impl TlsaSet {
+    /// Classifies a secure RRset, applying digest agility (RFC 7671 §9): per usage and
+    /// selector, records whose matching type is weaker than the strongest present are
+    /// dropped; full-value (matching 0) records are always kept.
+    pub fn classify(records: &[Tlsa]) -> Self {
+        let usable: Vec<&Tlsa> = records.iter().filter(|r| r.is_usable()).collect();
+        let strongest = |usage, selector| {
+            usable
+                .iter()
+                .filter(|r| r.usage == usage && r.selector == selector && r.matching != 0)
+                .map(|r| r.matching)
+                .max()
+        };
+        let kept: Vec<Tlsa> = usable
+            .iter()
+            .filter(|r| r.matching == 0 || Some(r.matching) == strongest(r.usage, r.selector))
+            .map(|r| (*r).clone())
+            .collect();
+        if kept.is_empty() {
+            Self::Unusable
+        } else {
+            Self::Usable(kept)
+        }
+    }
+}
+
+/// How a presented chain fared against a usable TLSA set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match<'a> {
+    /// A DANE-EE record matches the end-entity certificate: authenticated, no further checks.
+    EndEntity(&'a Tlsa),
+    /// A DANE-TA record matches chain certificate `index` (1 = first intermediate): the
+    /// caller must still validate the chain to that certificate, with the name.
+    TrustAnchor(&'a Tlsa, usize),
+    NoMatch,
+}
+
+/// Matches `chain` (end entity first) against `records` (from [`TlsaSet::Usable`]).
+/// DANE-EE is tried first: it needs no path validation.
+pub fn match_chain<'a>(records: &'a [Tlsa], chain: &[CertificateDer<'_>]) -> Match<'a> {
+    let Some(end_entity) = chain.first() else {
+        return Match::NoMatch;
+    };
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.usage == DANE_EE && r.matches(end_entity))
+    {
+        return Match::EndEntity(r);
+    }
+    for (index, cert) in chain.iter().enumerate().skip(1) {
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.usage == DANE_TA && r.matches(cert))
+        {
+            return Match::TrustAnchor(r, index);
+        }
+    }
+    Match::NoMatch
+}
+
+#[cfg(test)]
+mod tests;
