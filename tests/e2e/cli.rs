@@ -37,6 +37,17 @@ fn config_errors_exit_64_naming_file_key_and_reason() {
             "[[inbound]]\nlisten = \"0.0.0.0:7443\"\nbackend = \"127.0.0.1:8080\"\ncertificate = \"missing.crt\"\nprivate_key = \"missing.key\"\n".to_owned(),
             "inbound[0].certificate: cannot read PEM certificates from",
         ),
+        (format!("{OUT}[[policy]]\nmatch = \"a b\"\nlevel = \"deny\"\n"), "policy[0].match: `a b` is not a selector"),
+        (format!("{OUT}[[policy]]\nmatch = \"a.test\"\nlevel = \"paranoid\"\n"), "policy[0].level: unknown level `paranoid`"),
+        (format!("{OUT}[[policy]]\nmatch = \"a.test\"\nlevel = \"authenticate\"\n"), "policy[0]: level = \"authenticate\" needs at least one method"),
+        (
+            format!("{OUT}[[policy]]\nmatch = \"a.test\"\nlevel = \"authenticate\"\nmethods = [\"pkix\"]\nallow_cleartext_fallback = true\n"),
+            "policy[0]: allow_cleartext_fallback is only meaningful with level = \"opportunistic\"",
+        ),
+        (format!("{OUT}[[policy]]\nmatch = \"a.test\"\nlevel = \"authenticate\"\nmethods = [\"pinned\"]\n"), "policy[0]: method \"pinned\" needs at least one pin"),
+        (format!("{OUT}[[policy]]\nmatch = \"a.test\"\nlevel = \"encrypt\"\npins = [\"sha1/x\"]\n"), "policy[0].pins: `sha1/x` is not a pin"),
+        (format!("{OUT}[[policy]]\nmatch = \"a.test\"\nlevel = \"encrypt\"\nmin_tls = \"1.1\"\n"), "policy[0].min_tls: `1.1` is not 1.2 or 1.3"),
+        (format!("{OUT}[tofu]\nstore = \"x\"\nmode = \"sometimes\"\n"), "tofu.mode: unknown variant `sometimes`"),
         ("[[outbound]\n".to_owned(), "-: "),
         (String::new(), "-: no [[outbound]] or [[inbound]] listener is configured"),
     ];
