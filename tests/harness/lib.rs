@@ -11,6 +11,7 @@
 )]
 
 pub mod certs;
+pub mod dns;
 pub mod node;
 pub mod openssl;
 pub mod peers;

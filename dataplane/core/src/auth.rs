@@ -3,6 +3,7 @@
 //! DESIGN.md: "A weaker source never overrides a failing stronger one." So the first source
 //! that *has* evidence for this peer decides: operator pins, then the TOFU pin, then PKIX. A
 //! mismatching pin is a refusal reason even if a public CA would vouch for the new key.
+//! Order: operator pins > DANE (a secure, usable TLSA set) > TOFU pin > PKIX.
 
 use crate::outcome::{Method, Reason};
 use crate::pin::SpkiPin;
@@ -26,6 +27,8 @@ pub enum Tofu {
 pub struct Evidence<'a> {
     /// Operator pins from the policy rule.
     pub pins: &'a [SpkiPin],
+    /// A secure, usable TLSA set was found for the peer.
+    pub dane: bool,
     pub tofu: Tofu,
 }
 
@@ -49,22 +52,30 @@ impl Evidence<'_> {
     /// Whether the evidence names a key the peer must prove.
     pub fn expects_authentication(&self, methods: Methods<'_>) -> bool {
         let pins = methods.allows(Method::Pinned) && !self.pins.is_empty();
+        let dane = methods.allows(Method::Dane) && self.dane;
         let tofu = methods.allows(Method::Tofu)
             && matches!(
                 self.tofu,
                 Tofu::Pinned(_) | Tofu::Revoked | Tofu::StoreUnavailable
             );
-        pins || tofu
+        pins || dane || tofu
     }
 }
 
-/// The strongest method the `presented` key passes, or why it passes none. `pkix` checks
-/// the chain for the peer's name; it runs only when no stronger source has evidence.
+/// Checks that need the whole chain, run only when no stronger source has evidence.
+pub trait ChainChecks {
+    /// Matches the chain against the peer's usable TLSA set (RFC 7671).
+    fn dane(&self) -> Result<(), Reason>;
+    /// Validates the chain for the peer's name against trusted roots.
+    fn pkix(&self) -> Result<(), Reason>;
+}
+
+/// The strongest method the `presented` key passes, or why it passes none.
 pub fn authenticate(
     methods: Methods<'_>,
     evidence: &Evidence<'_>,
     presented: Option<SpkiPin>,
-    pkix: impl FnOnce() -> Result<(), Reason>,
+    checks: &dyn ChainChecks,
 ) -> Result<Method, Reason> {
     let Some(presented) = presented else {
         return Err(Reason::ValidationFailure);
@@ -74,6 +85,9 @@ pub fn authenticate(
             true => Ok(Method::Pinned),
             false => Err(Reason::PinMismatch),
         };
+    }
+    if methods.allows(Method::Dane) && evidence.dane {
+        return checks.dane().map(|()| Method::Dane);
     }
     if methods.allows(Method::Tofu) {
         match evidence.tofu {
@@ -85,7 +99,7 @@ pub fn authenticate(
         }
     }
     if methods.allows(Method::Pkix) {
-        return pkix().map(|()| Method::Pkix);
+        return checks.pkix().map(|()| Method::Pkix);
     }
     Err(Reason::CertificateNotTrusted)
 }
@@ -98,14 +112,39 @@ mod tests {
         SpkiPin::of_spki(&[n])
     }
 
-    const PKIX_OK: fn() -> Result<(), Reason> = || Ok(());
-    const PKIX_BAD: fn() -> Result<(), Reason> = || Err(Reason::CertificateNotTrusted);
+    struct Checks {
+        dane: Result<(), Reason>,
+        pkix: Result<(), Reason>,
+    }
+
+    impl ChainChecks for Checks {
+        fn dane(&self) -> Result<(), Reason> {
+            self.dane
+        }
+        fn pkix(&self) -> Result<(), Reason> {
+            self.pkix
+        }
+    }
+
+    const PKIX_OK: &Checks = &Checks {
+        dane: Err(Reason::TlsaInvalid),
+        pkix: Ok(()),
+    };
+    const PKIX_BAD: &Checks = &Checks {
+        dane: Err(Reason::TlsaInvalid),
+        pkix: Err(Reason::CertificateNotTrusted),
+    };
+    const DANE_OK: &Checks = &Checks {
+        dane: Ok(()),
+        pkix: Err(Reason::CertificateNotTrusted),
+    };
 
     #[test]
     fn stronger_evidence_decides_and_weaker_never_overrides_it() {
         let pins = [pin(1), pin(2)];
         let with_pins = Evidence {
             pins: &pins,
+            dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };
         assert_eq!(
@@ -119,6 +158,7 @@ mod tests {
 
         let tofu = Evidence {
             pins: &[],
+            dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };
         assert_eq!(
@@ -132,6 +172,7 @@ mod tests {
 
         let revoked = Evidence {
             pins: &[],
+            dane: false,
             tofu: Tofu::Revoked,
         };
         assert_eq!(
@@ -141,6 +182,7 @@ mod tests {
 
         let broken = Evidence {
             pins: &[],
+            dane: false,
             tofu: Tofu::StoreUnavailable,
         };
         assert_eq!(
@@ -150,6 +192,7 @@ mod tests {
 
         let nothing = Evidence {
             pins: &[],
+            dane: false,
             tofu: Tofu::Unknown,
         };
         assert_eq!(
@@ -167,9 +210,38 @@ mod tests {
     }
 
     #[test]
+    fn dane_outranks_tofu_and_pkix_and_a_mismatch_is_not_overridden() {
+        let dane = Evidence {
+            pins: &[],
+            dane: true,
+            tofu: Tofu::Pinned(pin(3)),
+        };
+        assert_eq!(
+            authenticate(Methods::All, &dane, Some(pin(9)), DANE_OK),
+            Ok(Method::Dane)
+        );
+        assert_eq!(
+            authenticate(Methods::All, &dane, Some(pin(3)), PKIX_OK),
+            Err(Reason::TlsaInvalid)
+        );
+        assert!(dane.expects_authentication(Methods::Only(&[Method::Dane])));
+        let pins = [pin(1)];
+        let both = Evidence {
+            pins: &pins,
+            dane: true,
+            tofu: Tofu::Unknown,
+        };
+        assert_eq!(
+            authenticate(Methods::All, &both, Some(pin(1)), PKIX_BAD),
+            Ok(Method::Pinned)
+        );
+    }
+
+    #[test]
     fn an_authenticate_rule_counts_only_its_methods() {
         let tofu = Evidence {
             pins: &[],
+            dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };
         let pkix_only = Methods::Only(&[Method::Pkix]);

@@ -4,8 +4,8 @@
 //! | what we know before connecting              | no TLS / handshake fails | authentication fails |
 //! |---------------------------------------------|--------------------------|----------------------|
 //! | nothing (`opportunistic`)                   | cleartext retry if allowed, reason recorded | stay `encrypted` |
-//! | TLS committed (`encrypt`, ratchet)          | refuse (ratchet: suspected downgrade) | stay `encrypted` |
-//! | authentication expected (`authenticate`, pins, TOFU pin) | refuse | **refuse** |
+//! | TLS committed (`encrypt`, ratchet, unusable secure TLSA) | refuse (ratchet: suspected downgrade) | stay `encrypted` |
+//! | authentication expected (`authenticate`, pins, usable secure TLSA, TOFU pin) | refuse | **refuse** |
 //!
 //! Authentication failure never yields cleartext, and never `encrypted` where authentication
 //! was expected. `cleartext` never tries TLS; `deny` never connects.
@@ -22,6 +22,9 @@ pub struct Plan {
     pub allow_cleartext_fallback: bool,
     /// The peer completed TLS before (the ratchet): TLS is now mandatory for it.
     pub ratchet: bool,
+    /// Other evidence commits the peer to TLS: a secure TLSA set with no usable record
+    /// (RFC 7672 §2.2: TLS is mandatory, authentication impossible).
+    pub tls_committed: bool,
     /// Evidence names a key the peer must prove (operator pins, a TOFU pin).
     pub auth_expected: bool,
 }
@@ -33,6 +36,7 @@ impl Plan {
             level,
             allow_cleartext_fallback,
             ratchet: false,
+            tls_committed: false,
             auth_expected: false,
         }
     }
@@ -46,7 +50,10 @@ impl Plan {
 
     /// TLS is required: by policy, by the ratchet, or because authentication is.
     pub fn requires_tls(&self) -> bool {
-        self.requires_authentication() || self.level == Level::Encrypt || self.ratchet
+        self.requires_authentication()
+            || self.level == Level::Encrypt
+            || self.ratchet
+            || self.tls_committed
     }
 }
 

@@ -148,6 +148,12 @@ pub enum Reason {
     PinRevoked,
     /// No usable TLSA record matches the peer's chain (RFC 8460 `tlsa-invalid`).
     TlsaInvalid,
+    /// A DANE-relevant lookup did not validate (RFC 8460 `dnssec-invalid`).
+    DnssecInvalid,
+    /// A DANE-relevant lookup failed (SERVFAIL, timeout): never read as "no TLSA".
+    DnsLookupFailed,
+    /// Policy requires DANE, but DNSSEC validation is unavailable (RFC 8460 `dane-required`).
+    DaneRequired,
 }
 
 impl Reason {
@@ -176,6 +182,9 @@ impl Reason {
             Self::PinStoreUnavailable => "pin-store-unavailable",
             Self::PinRevoked => "pin-revoked",
             Self::TlsaInvalid => "tlsa-invalid",
+            Self::DnssecInvalid => "dnssec-invalid",
+            Self::DnsLookupFailed => "dns-lookup-failed",
+            Self::DaneRequired => "dane-required",
         }
     }
 }
@@ -243,6 +252,8 @@ pub struct Outcome {
     pub peer_key: Option<String>,
     /// A peer remembered as TLS-capable failed to do TLS (the ratchet refused it).
     pub downgrade_suspected: bool,
+    /// The DANE lookup's result label, when one was made (`secure-usable`, `no-tlsa`, …).
+    pub dane: Option<&'static str>,
     /// What a more specific report-only rule would have done: (rule, achieved, reason).
     pub report_only: Option<(String, Level, Reason)>,
 }

@@ -124,6 +124,17 @@ pub struct Outbound {
     pub allow_cleartext_fallback: bool,
 }
 
+/// `[dns]`: the validating resolver DANE uses.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub servers: Vec<SocketAddr>,
+    /// DNSKEY records (zone-file lines) to validate from.
+    pub trust_anchor: PathBuf,
+    /// The owner of the first trust anchor: the zone the start-up self-test queries.
+    pub anchor_zone: String,
+    pub timeout: Duration,
+}
+
 /// `[tofu]`: pins learned on first use, and the ratchet, in one store.
 #[derive(Clone, Debug)]
 pub struct TofuConfig {
@@ -164,6 +175,8 @@ pub struct Config {
     pub policy: PolicySet,
     /// `None`: TOFU and the ratchet are off.
     pub tofu: Option<TofuConfig>,
+    /// `None`: DANE is off.
+    pub dns: Option<DnsConfig>,
 }
 
 impl Config {
@@ -225,12 +238,14 @@ impl Validator<'_> {
             enforce: t.mode == raw::TofuMode::Enforce,
             ratchet: Duration::from_secs(t.ratchet_hours * 3600),
         });
+        let dns = file.dns.map(|d| self.dns(d)).transpose()?;
         let config = Config {
             node,
             outbound,
             inbound,
             policy: PolicySet::new(policy),
             tofu,
+            dns,
         };
         self.distinct_listeners(&config)?;
         Ok(config)
@@ -319,10 +334,7 @@ impl Validator<'_> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(m) = methods
-            .iter()
-            .find(|m| matches!(m, Method::Dane | Method::Fleet))
-        {
+        if let Some(m) = methods.iter().find(|m| matches!(m, Method::Fleet)) {
             return Err(self.error(
                 key("methods"),
                 format!(
@@ -379,6 +391,51 @@ impl Validator<'_> {
                 key: private_key,
             },
             cleartext_allowed: matches!(o.cleartext, raw::Cleartext::Allow),
+        })
+    }
+
+    fn dns(&self, d: raw::Dns) -> Result<DnsConfig, ConfigError> {
+        if d.servers.is_empty() {
+            return Err(self.error("dns.servers", "at least one server is needed"));
+        }
+        let servers = d
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        self.error(
+                            "dns.servers",
+                            format!("`{s}` is not an IP address (with optional port)"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let trust_anchor = self.resolve(&d.trust_anchor);
+        let text = std::fs::read_to_string(&trust_anchor).map_err(|e| {
+            self.error(
+                "dns.trust_anchor",
+                format!("cannot read {}: {e}", trust_anchor.display()),
+            )
+        })?;
+        let anchor_zone = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with(';'))
+            .and_then(|l| l.split_whitespace().next())
+            .ok_or_else(|| {
+                self.error(
+                    "dns.trust_anchor",
+                    format!("{} holds no DNSKEY", trust_anchor.display()),
+                )
+            })?
+            .to_owned();
+        Ok(DnsConfig {
+            servers,
+            trust_anchor,
+            anchor_zone,
+            timeout: self.duration("dns.timeout_ms", d.timeout_ms)?,
         })
     }
 

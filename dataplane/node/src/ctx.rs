@@ -25,6 +25,19 @@ pub(crate) struct Node {
     pub store: Option<crate::store::Store>,
     /// `[tofu] mode = "enforce"`: learn and check pins (else only the ratchet).
     pub tofu_enforce: bool,
+    /// `[dns]`: DANE is on when set.
+    pub dns: Option<crate::config::DnsConfig>,
+    /// The start-up self-test validated the trust anchor's zone.
+    pub dnssec_validating: bool,
+}
+
+/// A worker's validating resolver.
+#[derive(Debug)]
+pub(crate) struct WorkerDns {
+    pub dns: crate::dns::Dns,
+    /// DNSSEC validation works (the node's start-up self-test): without it, DANE-requiring
+    /// peers are refused and DANE is not looked up for others (CONFORMANCE C.22).
+    pub validating: bool,
 }
 
 /// Client configs by TLS floor and policy class. Each has its own session cache, so a

@@ -57,6 +57,7 @@ pub(crate) async fn serve<D: Driver>(
         policy: "listener".into(),
         peer_key: None,
         downgrade_suspected: false,
+        dane: None,
         report_only: None,
     };
     let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);

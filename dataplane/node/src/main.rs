@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod config;
 mod ctx;
+mod dns;
 mod inbound;
 mod io;
 mod keygen;

@@ -29,6 +29,12 @@ pub const DOWNGRADE_SUSPECTED_TOTAL: &str = "osgate_downgrade_suspected_total";
 pub const POLICY_DECISIONS_TOTAL: &str = "osgate_policy_decisions_total";
 /// 1 when the capability store (TOFU pins, ratchet) is readable, 0 when it is not.
 pub const PIN_STORE_AVAILABLE: &str = "osgate_pin_store_available";
+/// DANE lookups by `result` (`secure-usable`, `secure-unusable`, `no-tlsa`, `insecure-address`,
+/// `insecure-tlsa`, `bogus`, `failed`).
+pub const DANE_LOOKUPS_TOTAL: &str = "osgate_dane_lookups_total";
+/// 1 when the start-up self-test validated the trust anchor's zone, 0 when DNSSEC validation
+/// does not work (then DANE-requiring peers are refused).
+pub const DNSSEC_VALIDATION_AVAILABLE: &str = "osgate_dnssec_validation_available";
 /// Accept errors by `kind` (e.g. descriptor exhaustion).
 pub const ACCEPT_ERRORS_TOTAL: &str = "osgate_accept_errors_total";
 

@@ -85,6 +85,8 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         policy: config.policy.clone(),
         store: open_store(config),
         tofu_enforce: config.tofu.as_ref().is_some_and(|t| t.enforce),
+        dns: config.dns.clone(),
+        dnssec_validating: dnssec_self_test(config)?,
     });
     let mut plans: Vec<WorkerPlan> = (0..workers)
         .map(|_| WorkerPlan {
@@ -173,6 +175,30 @@ fn open_store(config: &Config) -> Option<Store> {
         None => gauge!(m::PIN_STORE_AVAILABLE).set(1.0),
     }
     Some(store)
+}
+
+/// The start-up self-test (CONFORMANCE C.22): the trust anchor's own zone must validate as
+/// secure, or DANE-requiring peers are refused. The gauge says which.
+fn dnssec_self_test(config: &Config) -> Result<bool, StartError> {
+    let Some(dns) = &config.dns else {
+        return Ok(false);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Worker)?;
+    let validating = runtime.block_on(async {
+        let resolver = crate::dns::Dns::new(&dns.servers, &dns.trust_anchor, dns.timeout)?;
+        Ok::<_, String>(resolver.self_test(&dns.anchor_zone).await)
+    });
+    let validating = validating.map_err(|e| StartError::Worker(std::io::Error::other(e)))?;
+    gauge!(m::DNSSEC_VALIDATION_AVAILABLE).set(if validating { 1.0 } else { 0.0 });
+    if validating {
+        tracing::info!(target: "osgate::dns", zone = %dns.anchor_zone, "DNSSEC validation works: DANE is on");
+    } else {
+        tracing::error!(target: "osgate::dns", zone = %dns.anchor_zone, "DNSSEC validation is unavailable: DANE-requiring peers will be refused");
+    }
+    Ok(validating)
 }
 
 /// Logs the bound address (useful with port 0) under the listener's config key.

@@ -7,18 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use osgate_core::auth::{Evidence, Methods, Tofu, authenticate};
-use osgate_core::crypto::{TlsFloor, tls_params};
+use osgate_core::auth::{ChainChecks, Evidence, Methods, Tofu, authenticate};
+use osgate_core::crypto::{TlsFloor, check_dane_ta, tls_params};
+use osgate_core::dane::{Match, Tlsa, TlsaSet, match_chain};
 use osgate_core::ladder::{Ladder, Plan, Step, TlsResult, simulate};
-use osgate_core::outcome::{Close, Direction, Level as Achieved, Outcome, Reason, TlsParams};
+use osgate_core::outcome::{
+    Close, Direction, Level as Achieved, Method, Outcome, Reason, TlsParams,
+};
 use osgate_core::pin::SpkiPin;
 use osgate_core::policy::{Level, Peer, Rule};
 use rustls::ClientConnection;
-use rustls_pki_types::UnixTime;
+use rustls_pki_types::{ServerName, UnixTime};
 use tokio::time::Instant;
 
 use crate::config::Host;
-use crate::ctx::{self, Active, Node, OutboundListener};
+use crate::ctx::{self, Active, Node, OutboundListener, WorkerDns};
+use crate::dns::Dane;
 use crate::io::{Conn, Driver};
 use crate::metrics as m;
 use crate::tls::{HandshakeError, Session};
@@ -41,13 +45,18 @@ struct Decision<'a> {
     methods: Methods<'a>,
     evidence: Evidence<'a>,
     floor: TlsFloor,
+    /// SNI and the name checked: the TLSA base domain when DANE applies (RFC 7672 §3.2.2).
+    server_name: ServerName<'static>,
+    /// The usable TLSA records, when DANE applies.
+    tlsa: &'a [Tlsa],
 }
 
 fn decide<'a>(
     rule: Option<&'a Rule>,
-    listener: &OutboundListener,
+    listener: &'a OutboundListener,
     node: &Node,
     now: u64,
+    dane: Option<&'a Dane>,
 ) -> Decision<'a> {
     let (level, fallback) = match rule {
         Some(r) => (r.level, r.allow_cleartext_fallback),
@@ -61,8 +70,20 @@ fn decide<'a>(
         Some(store) if node.tofu_enforce => store.tofu(&listener.peer_key),
         _ => Tofu::Off,
     };
+    let (tlsa, base, tls_committed): (&[Tlsa], Option<&str>, bool) = match dane {
+        Some(Dane::Records {
+            set: TlsaSet::Usable(records),
+            base,
+        }) => (records.as_slice(), Some(base.as_str()), false),
+        Some(Dane::Records {
+            set: TlsaSet::Unusable,
+            ..
+        }) => (&[], None, true),
+        _ => (&[], None, false),
+    };
     let evidence = Evidence {
         pins: rule.map_or(&[], |r| r.pins.as_slice()),
+        dane: !tlsa.is_empty(),
         tofu,
     };
     let ratchet = node
@@ -73,15 +94,83 @@ fn decide<'a>(
         level,
         allow_cleartext_fallback: fallback,
         ratchet,
+        tls_committed,
         auth_expected: evidence.expects_authentication(methods),
     };
     let floor = rule.map_or(TlsFloor::Tls12, |r| r.min_tls);
+    let server_name = base
+        .and_then(|b| ServerName::try_from(b.to_owned()).ok())
+        .unwrap_or_else(|| listener.server_name.clone());
     Decision {
         rule,
         plan,
         methods,
         evidence,
         floor,
+        server_name,
+        tlsa,
+    }
+}
+
+/// What DNS said before connecting.
+struct Lookup {
+    /// The address to connect to (`None`: resolve with the system resolver).
+    addr: Option<SocketAddr>,
+    dane: Option<Dane>,
+    /// A DANE-relevant lookup failed: refuse (never read as "no TLSA").
+    refuse: Option<Reason>,
+}
+
+/// Looks up the peer's addresses and TLSA records with DNSSEC, where DANE applies: `[dns]`
+/// is configured, the peer is a name, and explicit policy allows TLS.
+async fn lookup(
+    listener: &OutboundListener,
+    rule: Option<&Rule>,
+    dns: Option<&WorkerDns>,
+) -> Lookup {
+    let mut out = Lookup {
+        addr: None,
+        dane: None,
+        refuse: None,
+    };
+    let level = rule.map_or(listener.level, |r| r.level);
+    let (Some(dns), Host::Name(host)) = (dns, &listener.peer.host) else {
+        return out;
+    };
+    if matches!(level, Level::Cleartext | Level::Deny) {
+        return out;
+    }
+    let requires_dane =
+        rule.is_some_and(|r| r.level == Level::Authenticate && r.methods == [Method::Dane]);
+    let addresses = match dns.dns.addresses(host).await {
+        Ok(addresses) => addresses,
+        Err(failed) => {
+            out.refuse = Some(refusal(&failed));
+            out.dane = Some(failed);
+            return out;
+        }
+    };
+    out.addr = addresses
+        .ips
+        .first()
+        .map(|ip| SocketAddr::new(*ip, listener.peer.port));
+    if !dns.validating {
+        out.refuse = requires_dane.then_some(Reason::DaneRequired);
+        return out;
+    }
+    let dane = dns.dns.dane(host, listener.peer.port, &addresses).await;
+    counter!(m::DANE_LOOKUPS_TOTAL, "result" => dane.label()).increment(1);
+    if let Dane::Failed { .. } = dane {
+        out.refuse = Some(refusal(&dane));
+    }
+    out.dane = Some(dane);
+    out
+}
+
+fn refusal(failed: &Dane) -> Reason {
+    match failed {
+        Dane::Failed { bogus: true } => Reason::DnssecInvalid,
+        _ => Reason::DnsLookupFailed,
     }
 }
 
@@ -90,6 +179,7 @@ pub(crate) async fn serve<D: Driver>(
     client: D::Conn,
     listener: Arc<OutboundListener>,
     node: Arc<Node>,
+    dns: Option<Rc<WorkerDns>>,
 ) {
     let started = Instant::now();
     let now = UnixTime::now().as_secs();
@@ -97,7 +187,14 @@ pub(crate) async fn serve<D: Driver>(
     let client = Rc::new(client);
     let peer = policy_peer(&listener);
     let selected = node.policy.select(&peer);
-    let decision = decide(selected.enforced, &listener, &node, now);
+    let found = lookup(&listener, selected.enforced, dns.as_deref()).await;
+    let decision = decide(
+        selected.enforced,
+        &listener,
+        &node,
+        now,
+        found.dane.as_ref(),
+    );
     let mut outcome = Outcome {
         direction: Direction::Outbound,
         listener: listener.listen.clone(),
@@ -116,11 +213,24 @@ pub(crate) async fn serve<D: Driver>(
             .map_or_else(|| "listener".to_owned(), |r| r.id.clone()),
         peer_key: None,
         downgrade_suspected: false,
+        dane: found.dane.as_ref().map(Dane::label),
         report_only: None,
     };
     count_policy(decision.rule, false);
-    let addr = ctx::resolve(&listener.peer).await.ok();
-    let (mut ladder, mut step) = Ladder::start(decision.plan);
+    let addr = match found.addr {
+        Some(addr) => Some(addr),
+        None => ctx::resolve(&listener.peer).await.ok(),
+    };
+    let (mut ladder, mut step) = match found.refuse {
+        Some(reason) => (
+            Ladder::Done,
+            Step::Refuse {
+                reason,
+                downgrade_suspected: false,
+            },
+        ),
+        None => Ladder::start(decision.plan),
+    };
     let mut tls: Option<Established<D::Conn>> = None;
     let mut tls_result = None;
     let mut clear: Option<Rc<D::Conn>> = None;
@@ -277,7 +387,7 @@ fn report_only(
     cleartext_connects: bool,
 ) -> (String, Achieved, Reason) {
     count_policy(Some(rule), true);
-    let decision = decide(Some(rule), listener, node, now);
+    let decision = decide(Some(rule), listener, node, now, None);
     // Without an observed TLS attempt, the best guess is that TLS would have been offered
     // and the peer would have refused it.
     let tls = tls.unwrap_or(TlsResult::PeerNoTls);
@@ -308,7 +418,7 @@ async fn try_tls<D: Driver>(
     let config = node
         .client_tls
         .get(decision.floor, decision.plan.requires_authentication());
-    let session = match ClientConnection::new(config, listener.server_name.clone()) {
+    let session = match ClientConnection::new(config, decision.server_name.clone()) {
         Ok(client) => Session::new(client.into()),
         Err(_) => return (TlsResult::HandshakeFailed, None),
     };
@@ -335,9 +445,12 @@ async fn try_tls<D: Driver>(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(SpkiPin::of_certificate);
-    let auth = authenticate(decision.methods, &decision.evidence, presented, || {
-        check_chain(&session, listener, node)
-    });
+    let checks = Checks {
+        session: &session,
+        decision,
+        node,
+    };
+    let auth = authenticate(decision.methods, &decision.evidence, presented, &checks);
     count_tofu(&decision.evidence, auth);
     let params = tls_params(&session.conn());
     let established = Established {
@@ -350,9 +463,9 @@ async fn try_tls<D: Driver>(
     (TlsResult::Established { auth }, Some(established))
 }
 
-fn count_tofu(evidence: &Evidence<'_>, auth: Result<osgate_core::outcome::Method, Reason>) {
+fn count_tofu(evidence: &Evidence<'_>, auth: Result<Method, Reason>) {
     let decision = match (evidence.tofu, auth) {
-        (_, Ok(osgate_core::outcome::Method::Tofu)) => "match",
+        (_, Ok(Method::Tofu)) => "match",
         (_, Err(Reason::KeyChanged)) => "key-changed",
         (Tofu::StoreUnavailable, _) => "store-unavailable",
         _ => return,
@@ -360,9 +473,35 @@ fn count_tofu(evidence: &Evidence<'_>, auth: Result<osgate_core::outcome::Method
     counter!(m::TOFU_CHECKS_TOTAL, "decision" => decision).increment(1);
 }
 
-fn check_chain(session: &Session, listener: &OutboundListener, node: &Node) -> Result<(), Reason> {
-    let conn = session.conn();
-    let chain = conn.peer_certificates().unwrap_or_default();
-    node.chain
-        .check(chain, &listener.server_name, UnixTime::now())
+/// The chain checks of one established session.
+struct Checks<'a> {
+    session: &'a Session,
+    decision: &'a Decision<'a>,
+    node: &'a Node,
+}
+
+impl ChainChecks for Checks<'_> {
+    fn dane(&self) -> Result<(), Reason> {
+        let conn = self.session.conn();
+        let chain = conn.peer_certificates().unwrap_or_default();
+        match match_chain(self.decision.tlsa, chain) {
+            Match::EndEntity(_) => Ok(()),
+            Match::TrustAnchor(_, anchor) => check_dane_ta(
+                &self.node.crypto,
+                chain,
+                anchor,
+                &self.decision.server_name,
+                UnixTime::now(),
+            ),
+            Match::NoMatch => Err(Reason::TlsaInvalid),
+        }
+    }
+
+    fn pkix(&self) -> Result<(), Reason> {
+        let conn = self.session.conn();
+        let chain = conn.peer_certificates().unwrap_or_default();
+        self.node
+            .chain
+            .check(chain, &self.decision.server_name, UnixTime::now())
+    }
 }

@@ -82,12 +82,14 @@ async fn serve<D: Driver>(plan: WorkerPlan) -> io::Result<()> {
         .crypto
         .warm_up_thread()
         .map_err(io::Error::other)?;
+    let dns = worker_dns(&plan.node).await?.map(std::rc::Rc::new);
     let mut loops = JoinSet::new();
     for (socket, listener) in plan.outbound {
         let socket = D::listener(socket)?;
         let node = plan.node.clone();
+        let dns = dns.clone();
         loops.spawn_local(accept_loop::<D, _>(socket, move |conn, _peer| {
-            outbound::serve::<D>(conn, listener.clone(), node.clone())
+            outbound::serve::<D>(conn, listener.clone(), node.clone(), dns.clone())
         }));
     }
     for (socket, listener) in plan.inbound {
@@ -99,6 +101,19 @@ async fn serve<D: Driver>(plan: WorkerPlan) -> io::Result<()> {
     }
     while loops.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Builds this worker's resolver (hickory's connections stay on this worker's runtime).
+async fn worker_dns(node: &crate::ctx::Node) -> io::Result<Option<crate::ctx::WorkerDns>> {
+    let Some(config) = &node.dns else {
+        return Ok(None);
+    };
+    let dns = crate::dns::Dns::new(&config.servers, &config.trust_anchor, config.timeout)
+        .map_err(io::Error::other)?;
+    Ok(Some(crate::ctx::WorkerDns {
+        dns,
+        validating: node.dnssec_validating,
+    }))
 }
 
 /// Accepts forever. On errors such as descriptor exhaustion it backs off (without spinning)

@@ -37,13 +37,16 @@ fn plans() -> Vec<Plan> {
     for level in LEVELS {
         for allow_cleartext_fallback in [true, false] {
             for ratchet in [true, false] {
-                for auth_expected in [true, false] {
-                    plans.push(Plan {
-                        level,
-                        allow_cleartext_fallback,
-                        ratchet,
-                        auth_expected,
-                    });
+                for tls_committed in [true, false] {
+                    for auth_expected in [true, false] {
+                        plans.push(Plan {
+                            level,
+                            allow_cleartext_fallback,
+                            ratchet,
+                            tls_committed,
+                            auth_expected,
+                        });
+                    }
                 }
             }
         }
@@ -68,7 +71,7 @@ fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
         }
     };
     let authentication_expected = plan.level == Level::Authenticate || plan.auth_expected;
-    let encryption_committed = plan.level == Level::Encrypt || plan.ratchet;
+    let encryption_committed = plan.level == Level::Encrypt || plan.ratchet || plan.tls_committed;
     match plan.level {
         Level::Deny => return refuse(Reason::PolicyDeny, false),
         Level::Cleartext => return cleartext(Reason::PolicyCleartext),
@@ -106,7 +109,8 @@ fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
     }
 }
 
-/// Every plan (level × fallback × ratchet × evidence) × TLS result × cleartext connect.
+/// Every plan (level × fallback × ratchet × TLS commitment × authentication expected) × TLS
+/// result × cleartext connect.
 #[test]
 fn every_plan_and_event_has_the_designed_outcome() {
     let mut cases = 0;
@@ -122,7 +126,7 @@ fn every_plan_and_event_has_the_designed_outcome() {
             }
         }
     }
-    assert_eq!(cases, 5 * 2 * 2 * 2 * 9 * 2);
+    assert_eq!(cases, 5 * 2 * 2 * 2 * 2 * 9 * 2);
 }
 
 #[test]

@@ -18,6 +18,20 @@ pub(super) struct File {
     #[serde(default)]
     pub policy: Vec<Policy>,
     pub tofu: Option<Tofu>,
+    pub dns: Option<Dns>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Dns {
+    pub servers: Vec<String>,
+    pub trust_anchor: String,
+    #[serde(default = "dns_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn dns_timeout_ms() -> u64 {
+    2_000
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,248 @@
+//! DNSSEC-validated lookups for DANE (RFC 7672 §2), with hickory-resolver on aws-lc-rs.
+//!
+//! The outcomes are kept distinct end to end: secure records, secure denial, insecure
+//! (unsigned) answers, bogus answers and failed lookups. RFC 7672 §2.1: a lookup error "MUST
+//! NOT" be read as "no TLSA records" — it refuses the connection.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::{Resolver, TokioResolver};
+use osgate_core::dane::{Tlsa, TlsaSet};
+
+/// What DANE says about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dane {
+    /// DANE does not apply: `why` is a bounded label (`insecure-address`, `insecure-tlsa`,
+    /// `no-tlsa`).
+    NotApplicable { why: &'static str },
+    /// A secure TLSA RRset at `_port._tcp.<base>`.
+    Records { set: TlsaSet, base: String },
+    /// The lookup failed; `bogus` when DNSSEC validation failed (`dnssec-invalid`).
+    Failed { bogus: bool },
+}
+
+impl Dane {
+    /// The label of `osgate_dane_lookups_total{result}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotApplicable { why } => why,
+            Self::Records {
+                set: TlsaSet::Usable(_),
+                ..
+            } => "secure-usable",
+            Self::Records {
+                set: TlsaSet::Unusable,
+                ..
+            } => "secure-unusable",
+            Self::Failed { bogus: true } => "bogus",
+            Self::Failed { bogus: false } => "failed",
+        }
+    }
+}
+
+/// The validating resolver of one worker thread.
+#[derive(Clone)]
+pub struct Dns {
+    resolver: TokioResolver,
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dns")
+    }
+}
+
+impl Dns {
+    /// A resolver that asks `servers` and validates from the DNSKEYs in `trust_anchor`.
+    pub fn new(
+        servers: &[SocketAddr],
+        trust_anchor: &Path,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let anchors = TrustAnchors::from_file(trust_anchor).map_err(|e| {
+            format!(
+                "{}: not a DNSKEY trust anchor file: {e}",
+                trust_anchor.display()
+            )
+        })?;
+        let name_servers = servers
+            .iter()
+            .map(|addr| {
+                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                for connection in &mut server.connections {
+                    connection.port = addr.port();
+                }
+                server
+            })
+            .collect();
+        let mut options = ResolverOpts::default();
+        options.timeout = timeout;
+        options.attempts = 1;
+        options.validate = true;
+        options.edns0 = true;
+        let resolver = Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(name_servers),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(options)
+        .with_trust_anchor(Arc::new(anchors))
+        .build()
+        .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        Ok(Self { resolver })
+    }
+
+    /// Whether validation works: the trust anchor's own zone must validate as secure.
+    pub async fn self_test(&self, zone: &str) -> bool {
+        match self.resolver.lookup(fqdn(zone), RecordType::SOA).await {
+            Ok(lookup) => {
+                let proofs: Vec<Proof> = lookup.answers().iter().map(|r| r.proof).collect();
+                tracing::debug!(target: "osgate::dns", zone, ?proofs, "DNSSEC self-test");
+                !proofs.is_empty() && proofs.iter().all(|p| *p == Proof::Secure)
+            }
+            Err(e) => {
+                tracing::debug!(target: "osgate::dns", zone, error = %e, "DNSSEC self-test failed");
+                false
+            }
+        }
+    }
+
+    /// Addresses of `host`, and whether they are DNSSEC-secure, with the CNAME-expanded name.
+    pub async fn addresses(&self, host: &str) -> Result<Addresses, Dane> {
+        let lookup = self
+            .resolver
+            .lookup_ip(fqdn(host))
+            .await
+            .map_err(|e| failed(&e))?;
+        let records = lookup.as_lookup().answers();
+        if records.iter().any(|r| r.proof == Proof::Bogus) {
+            return Err(Dane::Failed { bogus: true });
+        }
+        let secure = !records.is_empty() && records.iter().all(|r| r.proof == Proof::Secure);
+        let expanded = records
+            .iter()
+            .find(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)))
+            .map(|r| r.name.to_ascii().trim_end_matches('.').to_ascii_lowercase());
+        let ips = lookup.iter().collect();
+        Ok(Addresses {
+            ips,
+            secure,
+            expanded,
+        })
+    }
+
+    /// DANE for `host`:`port` whose addresses were looked up as `addresses`
+    /// (RFC 7672 §2.2.2: the CNAME-expanded name first, then the original name).
+    pub async fn dane(&self, host: &str, port: u16, addresses: &Addresses) -> Dane {
+        if !addresses.secure {
+            return Dane::NotApplicable {
+                why: "insecure-address",
+            };
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let mut bases = Vec::new();
+        if let Some(expanded) = &addresses.expanded {
+            bases.push(expanded.clone());
+        }
+        if !bases.contains(&host) {
+            bases.push(host);
+        }
+        let mut last = Dane::NotApplicable { why: "no-tlsa" };
+        for base in bases {
+            last = self.tlsa(&base, port).await;
+            if !matches!(last, Dane::NotApplicable { why: "no-tlsa" }) {
+                return last;
+            }
+        }
+        last
+    }
+
+    async fn tlsa(&self, base: &str, port: u16) -> Dane {
+        let name = fqdn(&format!("_{port}._tcp.{base}"));
+        let lookup = match self.resolver.lookup(name, RecordType::TLSA).await {
+            Ok(lookup) => lookup,
+            Err(e) => return negative(&e),
+        };
+        let answers = lookup.answers();
+        if answers.iter().any(|r| r.proof == Proof::Bogus) {
+            return Dane::Failed { bogus: true };
+        }
+        if !answers.iter().all(|r| r.proof == Proof::Secure) {
+            return Dane::NotApplicable {
+                why: "insecure-tlsa",
+            };
+        }
+        let records: Vec<Tlsa> = answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TLSA(t) => Some(Tlsa {
+                    usage: t.cert_usage.into(),
+                    selector: t.selector.into(),
+                    matching: t.matching.into(),
+                    data: t.cert_data.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return Dane::NotApplicable { why: "no-tlsa" };
+        }
+        Dane::Records {
+            set: TlsaSet::classify(&records),
+            base: base.to_owned(),
+        }
+    }
+}
+
+/// The addresses of a peer.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub ips: Vec<IpAddr>,
+    /// Every address record (and CNAME on the way) validated as secure.
+    pub secure: bool,
+    /// The owner name of the address records (the CNAME-expanded name).
+    pub expanded: Option<String>,
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+/// An error from an address lookup.
+fn failed(error: &NetError) -> Dane {
+    match error {
+        NetError::Dns(DnsError::DnssecBogus) => Dane::Failed { bogus: true },
+        NetError::Dns(DnsError::Nsec { proof, .. }) if *proof == Proof::Bogus => {
+            Dane::Failed { bogus: true }
+        }
+        _ => Dane::Failed { bogus: false },
+    }
+}
+
+/// An error from a TLSA lookup: a secure denial means "no TLSA", an insecure one means DANE
+/// does not apply, anything else is a failure.
+fn negative(error: &NetError) -> Dane {
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(_)) => Dane::NotApplicable { why: "no-tlsa" },
+        NetError::Dns(DnsError::Nsec { proof, .. }) => match proof {
+            Proof::Secure => Dane::NotApplicable { why: "no-tlsa" },
+            Proof::Insecure => Dane::NotApplicable {
+                why: "insecure-tlsa",
+            },
+            _ => Dane::Failed { bogus: true },
+        },
+        NetError::Dns(DnsError::DnssecBogus) => Dane::Failed { bogus: true },
+        _ => Dane::Failed { bogus: false },
+    }
+}

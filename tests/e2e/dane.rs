@@ -1,0 +1,345 @@
+//! DANE end to end (RFC 7672 §2; CONFORMANCE C): a signed zone served by nsd, a trust anchor,
+//! OpenSSL and plain peers, and osgate outbound nodes under both drivers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+
+use osgate_tests::certs::{self, Pem};
+use osgate_tests::dns::{Testbed, Zones, spki_sha256_hex};
+use osgate_tests::node::free_port;
+use osgate_tests::openssl::SServer;
+use osgate_tests::peers::{self, Server};
+use osgate_tests::{Io, Node, WAIT, per_driver};
+
+per_driver!(
+    secure_matching_tlsa_is_authenticated_dane,
+    secure_tlsa_through_a_cname_uses_the_target_as_base,
+    secure_mismatching_tlsa_is_refused_never_downgraded,
+    secure_unusable_tlsa_makes_tls_mandatory,
+    insecure_zone_tlsa_is_ignored,
+    bogus_zone_is_refused_as_dnssec_invalid,
+    secure_denial_of_tlsa_continues_down_the_ladder,
+    unanswered_lookups_refuse_and_are_never_read_as_no_tlsa,
+    dane_required_without_validation_is_refused,
+);
+
+fn tlsa(port: u16, host: &str, data: &str) -> String {
+    format!("_{port}._tcp.{host} IN TLSA 3 1 1 {data}")
+}
+
+/// An outbound node to `peer` (a name) with the testbed's `[dns]` and `extra`.
+fn node(dir: &Path, io: Io, peer: &str, dns: &str, extra: &str) -> Node {
+    Node::start(
+        dir,
+        io,
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"opportunistic\"\n\n{dns}\n{extra}"
+        ),
+    )
+}
+
+fn call(node: &Node, payload: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(payload).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got);
+    got
+}
+
+fn send_line(server: &SServer, node: &Node, line: &str) {
+    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
+    client.write_all(format!("{line}\n").as_bytes()).unwrap();
+    assert_eq!(server.wait_line(line), line);
+}
+
+fn outcome(
+    node: &mut Node,
+    achieved: &str,
+    method: &str,
+    reason: &str,
+    dane: &str,
+) -> serde_json::Value {
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (
+            out["achieved"].as_str(),
+            out["method"].as_str(),
+            out["reason"].as_str(),
+            out["dane"].as_str()
+        ),
+        (Some(achieved), Some(method), Some(reason), Some(dane)),
+        "{out}"
+    );
+    assert_eq!(
+        node.metric("osgate_cleartext_despite_policy_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        node.metric("osgate_dane_lookups_total", &[("result", dane)]),
+        1.0
+    );
+    out
+}
+
+fn peer_key(dir: &Path) -> Pem {
+    certs::self_signed(dir, "peer", "mx.test")
+}
+
+fn secure_matching_tlsa_is_authenticated_dane(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = peer_key(dir.path());
+    let server = SServer::start(&pem, &[]);
+    let port = server.addr.port();
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &spki_sha256_hex(&pem)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
+    send_line(&server, &node, "hello dane");
+    outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
+}
+
+fn secure_tlsa_through_a_cname_uses_the_target_as_base(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = peer_key(dir.path());
+    let server = SServer::start(&pem, &[]);
+    let port = server.addr.port();
+    let zones = Zones {
+        secure: vec![
+            "alias IN CNAME mx".into(),
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &spki_sha256_hex(&pem)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("alias.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    send_line(&server, &node, "via cname");
+    outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
+}
+
+fn secure_mismatching_tlsa_is_refused_never_downgraded(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(&peer_key(dir.path()), &[]);
+    let port = server.addr.port();
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"ab".repeat(32)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    assert_eq!(call(&node, b"SECRET\n"), b"");
+    outcome(
+        &mut node,
+        "refused",
+        "none",
+        "tlsa-invalid",
+        "secure-usable",
+    );
+}
+
+fn secure_unusable_tlsa_makes_tls_mandatory(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(|mut s| {
+        let _ = s.write_all(b"220 plain\r\n");
+        peers::record(s)
+    });
+    let port = plain.addr.port();
+    // PKIX-EE(1) is not usable for DANE: TLS becomes mandatory, authentication impossible.
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            format!("_{port}._tcp.mx IN TLSA 1 1 1 {}", "ab".repeat(32)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    assert_eq!(call(&node, b"SECRET"), b"");
+    outcome(
+        &mut node,
+        "refused",
+        "none",
+        "peer-no-tls",
+        "secure-unusable",
+    );
+    assert!(!plain.result().windows(6).any(|w| w == b"SECRET"));
+    assert!(plain.try_result().is_none(), "never retried in cleartext");
+}
+
+fn insecure_zone_tlsa_is_ignored(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(&peer_key(dir.path()), &[]);
+    let port = server.addr.port();
+    let zones = Zones {
+        insecure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"ab".repeat(32)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.ins.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    send_line(&server, &node, "unsigned zone");
+    outcome(
+        &mut node,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "insecure-address",
+    );
+}
+
+fn bogus_zone_is_refused_as_dnssec_invalid(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(&peer_key(dir.path()), &[]);
+    let port = server.addr.port();
+    let zones = Zones {
+        bogus: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"ab".repeat(32)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.bogus.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    assert_eq!(call(&node, b"SECRET\n"), b"");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("dnssec-invalid")),
+        "{out}"
+    );
+}
+
+fn secure_denial_of_tlsa_continues_down_the_ladder(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(|mut s| {
+        let _ = s.write_all(b"220 plain\r\n");
+        peers::record(s)
+    });
+    let port = plain.addr.port();
+    let zones = Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    assert_eq!(call(&node, b"QUIT\r\n"), b"220 plain\r\n");
+    outcome(&mut node, "cleartext", "none", "peer-no-tls", "no-tlsa");
+}
+
+fn unanswered_lookups_refuse_and_are_never_read_as_no_tlsa(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(peers::record);
+    let anchor = dir.path().join("anchor.key");
+    std::fs::write(&anchor, "test. 3600 IN DNSKEY 257 3 13 9HVjWlF2BTVAX4VyfVahw+ReTOEnilNmJ03bT+LvtvV3ehZGjgSrUNLaK4gLB/OCHbN/6RChNOf7wEQmLpbn1g==\n").unwrap();
+    // A UDP port nobody answers on: every lookup times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns = format!(
+        "[dns]\nservers = [\"{}\"]\ntrust_anchor = \"{}\"\ntimeout_ms = 200\n",
+        silent.local_addr().unwrap(),
+        anchor.display()
+    );
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.test:{}", plain.addr.port()),
+        &dns,
+        "",
+    );
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 0.0);
+    assert_eq!(call(&node, b"SECRET"), b"");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("dns-lookup-failed")),
+        "{out}"
+    );
+    assert!(plain.try_result().is_none(), "nothing was sent anywhere");
+    let _ = free_port();
+}
+
+fn dane_required_without_validation_is_refused(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SServer::start(&peer_key(dir.path()), &[]);
+    let port = server.addr.port();
+    let zones = Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    // A trust anchor that does not match the zone's key: validation cannot succeed.
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, "test. 3600 IN DNSKEY 257 3 13 9HVjWlF2BTVAX4VyfVahw+ReTOEnilNmJ03bT+LvtvV3ehZGjgSrUNLaK4gLB/OCHbN/6RChNOf7wEQmLpbn1g==\n").unwrap();
+    let config = dns.config().replace(
+        &dns.anchor.display().to_string(),
+        &wrong.display().to_string(),
+    );
+    let rule = "[[policy]]\nmatch = \"mx.test\"\nlevel = \"authenticate\"\nmethods = [\"dane\"]\n";
+    let mut node = node(dir.path(), io, &format!("mx.test:{port}"), &config, rule);
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 0.0);
+    assert_eq!(call(&node, b"SECRET\n"), b"");
+    let out = node.outcome("outbound");
+    assert_eq!(out["achieved"], "refused", "{out}");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason == "dane-required" || reason == "dnssec-invalid",
+        "{out}"
+    );
+}
