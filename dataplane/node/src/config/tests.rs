@@ -89,6 +89,11 @@ fn every_deploy_example_parses() {
         &dir.path().join("keys/node.key"),
     )
     .unwrap();
+    std::fs::write(
+        dir.path().join("keys/trust-anchor.key"),
+        ". 3600 IN DNSKEY 257 3 13 9HVjWlF2BTVAX4VyfVahw+ReTOEnilNmJ03bT+LvtvV3ehZGjgSrUNLaK4gLB/OCHbN/6RChNOf7wEQmLpbn1g==\n",
+    )
+    .unwrap();
     let mut parsed = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {
         let path = entry.unwrap().path();
