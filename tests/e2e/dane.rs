@@ -2,8 +2,7 @@
 //! OpenSSL and plain peers, and osgate outbound nodes under both drivers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::Write;
 use std::path::Path;
 
 use osgate_tests::certs::{self, Pem};
@@ -11,7 +10,7 @@ use osgate_tests::dns::{Testbed, Zones, spki_sha256_hex};
 use osgate_tests::node::free_port;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
-use osgate_tests::{Io, Node, WAIT, per_driver};
+use osgate_tests::{Io, Node, per_driver};
 
 per_driver!(
     secure_matching_tlsa_is_authenticated_dane,
@@ -39,22 +38,6 @@ fn node(dir: &Path, io: Io, peer: &str, dns: &str, extra: &str) -> Node {
             "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"opportunistic\"\n\n{dns}\n{extra}"
         ),
     )
-}
-
-fn call(node: &Node, payload: &[u8]) -> Vec<u8> {
-    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.write_all(payload).unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut got = Vec::new();
-    let _ = client.read_to_end(&mut got);
-    got
-}
-
-fn send_line(server: &SServer, node: &Node, line: &str) {
-    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
-    client.write_all(format!("{line}\n").as_bytes()).unwrap();
-    assert_eq!(server.wait_line(line), line);
 }
 
 fn outcome(
@@ -111,7 +94,7 @@ fn secure_matching_tlsa_is_authenticated_dane(io: Io) {
         "",
     );
     assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
-    send_line(&server, &node, "hello dane");
+    server.send_line(node.addr("outbound[0]"), "hello dane");
     outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
 }
 
@@ -136,7 +119,7 @@ fn secure_tlsa_through_a_cname_uses_the_target_as_base(io: Io) {
         &dns.config(),
         "",
     );
-    send_line(&server, &node, "via cname");
+    server.send_line(node.addr("outbound[0]"), "via cname");
     outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
 }
 
@@ -159,7 +142,7 @@ fn secure_mismatching_tlsa_is_refused_never_downgraded(io: Io) {
         &dns.config(),
         "",
     );
-    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     outcome(
         &mut node,
         "refused",
@@ -192,7 +175,7 @@ fn secure_unusable_tlsa_makes_tls_mandatory(io: Io) {
         &dns.config(),
         "",
     );
-    assert_eq!(call(&node, b"SECRET"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET"), b"");
     outcome(
         &mut node,
         "refused",
@@ -223,7 +206,7 @@ fn insecure_zone_tlsa_is_ignored(io: Io) {
         &dns.config(),
         "",
     );
-    send_line(&server, &node, "unsigned zone");
+    server.send_line(node.addr("outbound[0]"), "unsigned zone");
     outcome(
         &mut node,
         "encrypted",
@@ -252,7 +235,7 @@ fn bogus_zone_is_refused_as_dnssec_invalid(io: Io) {
         &dns.config(),
         "",
     );
-    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     let out = node.outcome("outbound");
     assert_eq!(
         (out["achieved"].as_str(), out["reason"].as_str()),
@@ -280,7 +263,10 @@ fn secure_denial_of_tlsa_continues_down_the_ladder(io: Io) {
         &dns.config(),
         "",
     );
-    assert_eq!(call(&node, b"QUIT\r\n"), b"220 plain\r\n");
+    assert_eq!(
+        peers::call(node.addr("outbound[0]"), b"QUIT\r\n"),
+        b"220 plain\r\n"
+    );
     outcome(&mut node, "cleartext", "none", "peer-no-tls", "no-tlsa");
 }
 
@@ -304,7 +290,7 @@ fn unanswered_lookups_refuse_and_are_never_read_as_no_tlsa(io: Io) {
         "",
     );
     assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 0.0);
-    assert_eq!(call(&node, b"SECRET"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET"), b"");
     let out = node.outcome("outbound");
     assert_eq!(
         (out["achieved"].as_str(), out["reason"].as_str()),
@@ -334,7 +320,7 @@ fn dane_required_without_validation_is_refused(io: Io) {
     let rule = "[[policy]]\nmatch = \"mx.test\"\nlevel = \"authenticate\"\nmethods = [\"dane\"]\n";
     let mut node = node(dir.path(), io, &format!("mx.test:{port}"), &config, rule);
     assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 0.0);
-    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     let out = node.outcome("outbound");
     assert_eq!(out["achieved"], "refused", "{out}");
     let reason = out["reason"].as_str().unwrap();

@@ -66,22 +66,12 @@ fn openssl_client_is_terminated_and_relayed(io: Io) {
     );
 }
 
-fn plain_exchange(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let mut client = TcpStream::connect(addr).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.write_all(payload).unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut got = Vec::new();
-    let _ = client.read_to_end(&mut got);
-    got
-}
-
 fn plain_client_is_relayed_where_cleartext_is_allowed(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let backend = Server::start(peers::reply_after_eof);
     let mut node = inbound(dir.path(), io, backend.addr, "allow");
     assert_eq!(
-        plain_exchange(node.addr("inbound[0]"), b"PING"),
+        peers::call(node.addr("inbound[0]"), b"PING"),
         b"got 4 bytes"
     );
     let rec = node.outcome("inbound");
@@ -96,7 +86,7 @@ fn plain_client_is_refused_where_cleartext_is_denied(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let backend = Server::start(peers::record);
     let mut node = inbound(dir.path(), io, backend.addr, "deny");
-    assert_eq!(plain_exchange(node.addr("inbound[0]"), b"PING"), b"");
+    assert_eq!(peers::call(node.addr("inbound[0]"), b"PING"), b"");
     let rec = node.outcome("inbound");
     assert_eq!(
         (rec["achieved"].as_str(), rec["reason"].as_str()),

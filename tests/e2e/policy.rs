@@ -3,14 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 
 use osgate_tests::certs::{self, pin_of};
 use osgate_tests::node::osgate;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
-use osgate_tests::{Io, Node, WAIT, per_driver};
+use osgate_tests::{Io, Node, per_driver};
 
 per_driver!(
     pinned_key_authenticates,
@@ -35,17 +35,6 @@ fn node(dir: &Path, io: Io, peer: SocketAddr, extra: &str) -> Node {
             "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"opportunistic\"\n\n{extra}"
         ),
     )
-}
-
-/// Sends `payload`, half-closes, returns what came back (empty when refused).
-fn call(node: &Node, payload: &[u8]) -> Vec<u8> {
-    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.write_all(payload).unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut got = Vec::new();
-    let _ = client.read_to_end(&mut got);
-    got
 }
 
 fn rule(peer: SocketAddr, body: &str) -> String {
@@ -125,7 +114,7 @@ fn wrong_pin_is_refused_and_nothing_is_sent(io: Io) {
         ),
     );
     let mut node = node(dir.path(), io, server.addr, &extra);
-    assert_eq!(call(&node, b"SECRET"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET"), b"");
     assert_outcome(&mut node, "refused", "none", "pin-mismatch");
     assert_eq!(server.result(), b"", "no application byte reached the peer");
     assert!(
@@ -142,7 +131,7 @@ fn authenticate_pkix_with_untrusted_chain_is_refused_not_downgraded(io: Io) {
         "level = \"authenticate\"\nmethods = [\"pkix\"]",
     );
     let mut node = node(dir.path(), io, server.addr, &extra);
-    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     assert_outcome(&mut node, "refused", "none", "certificate-not-trusted");
 }
 
@@ -155,7 +144,7 @@ fn deny_never_connects(io: Io) {
         server.addr,
         &rule(server.addr, "level = \"deny\""),
     );
-    assert_eq!(call(&node, b"x"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"x"), b"");
     assert_outcome(&mut node, "refused", "none", "policy-deny");
     assert!(server.try_result().is_none());
 }
@@ -173,7 +162,7 @@ fn explicit_cleartext_rule_overrides_the_listener(io: Io) {
             rule(server.addr, "level = \"cleartext\"")
         ),
     );
-    call(&node, b"plain by policy");
+    peers::call(node.addr("outbound[0]"), b"plain by policy");
     assert_eq!(server.result(), b"plain by policy");
     assert_outcome(&mut node, "cleartext", "none", "policy-cleartext");
 }
@@ -186,7 +175,7 @@ fn tls13_floor_refuses_a_tls12_peer(io: Io) {
     );
     let extra = rule(server.addr, "level = \"encrypt\"\nmin_tls = \"1.3\"");
     let mut node = node(dir.path(), io, server.addr, &extra);
-    assert_eq!(call(&node, b"x\n"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"x\n"), b"");
     assert_outcome(&mut node, "refused", "none", "tls-handshake-failed");
 }
 
@@ -206,12 +195,6 @@ fn pins_list(dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn send_line(server: &SServer, node: &Node, line: &str) {
-    let mut client = TcpStream::connect(node.addr("outbound[0]")).unwrap();
-    client.write_all(format!("{line}\n").as_bytes()).unwrap();
-    assert_eq!(server.wait_line(line), line);
-}
-
 fn tofu_pins_on_first_use_then_refuses_a_changed_key(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let tofu = init_store(dir.path());
@@ -220,20 +203,20 @@ fn tofu_pins_on_first_use_then_refuses_a_changed_key(io: Io) {
     let addr = server.addr;
     let mut node = node(dir.path(), io, addr, &tofu);
 
-    send_line(&server, &node, "first contact");
+    server.send_line(node.addr("outbound[0]"), "first contact");
     assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
     assert!(
         pins_list(dir.path()).contains(&pin_of(&first_key)),
         "{}",
         pins_list(dir.path())
     );
-    send_line(&server, &node, "same key");
+    server.send_line(node.addr("outbound[0]"), "same key");
     assert_outcome(&mut node, "authenticated", "tofu", "none");
     drop(server);
 
     let second_key = certs::self_signed(dir.path(), "second", "127.0.0.1");
     let impostor = SServer::start_on(addr, &second_key, &[]);
-    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     let out = assert_outcome(&mut node, "refused", "none", "key-changed");
     assert_eq!(
         out["peer_key"],
@@ -261,7 +244,7 @@ fn ratchet_refuses_a_peer_that_stops_doing_tls(io: Io) {
     let server = SServer::start(&certs::self_signed(dir.path(), "peer", "127.0.0.1"), &[]);
     let addr = server.addr;
     let mut node = node(dir.path(), io, addr, &tofu);
-    send_line(&server, &node, "tls works");
+    server.send_line(node.addr("outbound[0]"), "tls works");
     assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
     drop(server);
 
@@ -269,7 +252,7 @@ fn ratchet_refuses_a_peer_that_stops_doing_tls(io: Io) {
         let _ = stream.write_all(b"220 plain now\r\n");
         peers::record(stream)
     });
-    assert_eq!(call(&node, b"SECRET"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET"), b"");
     let out = assert_outcome(&mut node, "refused", "none", "peer-no-tls");
     assert_eq!(out["downgrade_suspected"], true);
     assert_eq!(node.metric("osgate_downgrade_suspected_total", &[]), 1.0);
@@ -292,7 +275,7 @@ fn missing_store_refuses_rather_than_turning_verification_off(io: Io) {
             .is_some_and(|m| m.starts_with("capability store unavailable"))
     });
     assert_eq!(node.metric("osgate_pin_store_available", &[]), 0.0);
-    assert_eq!(call(&node, b"SECRET\n"), b"");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     assert_outcome(&mut node, "refused", "none", "pin-store-unavailable");
 }
 
@@ -304,7 +287,7 @@ fn report_only_rule_is_reported_but_not_enforced(io: Io) {
         "level = \"authenticate\"\nmethods = [\"pkix\"]\nreport_only = true",
     );
     let mut node = node(dir.path(), io, server.addr, &extra);
-    send_line(&server, &node, "still flows");
+    server.send_line(node.addr("outbound[0]"), "still flows");
     let out = assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
     assert_eq!(out["policy"], "listener");
     assert_eq!(out["report_only_policy"], "policy[0]");

@@ -80,6 +80,13 @@ impl SServer {
         self.lines.recv_timeout(WAIT).expect("a line from s_server")
     }
 
+    /// Sends `line` through `via` (a listener that leads here) and waits until it arrives.
+    pub fn send_line(&self, via: SocketAddr, line: &str) {
+        let mut client = std::net::TcpStream::connect(via).unwrap();
+        client.write_all(format!("{line}\n").as_bytes()).unwrap();
+        assert_eq!(self.wait_line(line), line);
+    }
+
     /// Lines until one contains `needle`.
     pub fn wait_line(&self, needle: &str) -> String {
         loop {

@@ -204,3 +204,15 @@ pub fn read_then_reply(n: usize) -> impl Fn(TcpStream) -> Vec<u8> + Send + Sync 
         got
     }
 }
+
+/// A client: connects to `addr`, sends `payload`, half-closes, and returns everything
+/// received until the other side closes (empty when the connection was refused).
+pub fn call(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(payload).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got);
+    got
+}
