@@ -182,19 +182,33 @@ pub(crate) async fn serve<D: Driver>(
     dns: Option<Rc<WorkerDns>>,
 ) {
     let started = Instant::now();
-    let now = UnixTime::now().as_secs();
     let _active = Active::new(Direction::Outbound);
     let client = Rc::new(client);
-    let peer = policy_peer(&listener);
+    // Setup state (policy, evidence, DNS answers) ends here: an idle tunnel keeps only what
+    // the relay needs.
+    let (mut outcome, connected) = establish::<D>(&listener, &node, dns.as_deref()).await;
+    if let Some((tls, clear)) = connected {
+        relay_to::<D>(&client, tls, clear, &node, started, &mut outcome).await;
+    }
+    outcome.duration = started.elapsed();
+    report::emit(&outcome);
+}
+
+/// The connection to the peer the ladder settled on: TLS, or cleartext.
+type Connected<C> = (Option<Established<C>>, Option<Rc<C>>);
+
+/// Runs policy, evidence and the ladder; returns the outcome so far and, unless refused, the
+/// connection to relay over.
+async fn establish<D: Driver>(
+    listener: &OutboundListener,
+    node: &Node,
+    dns: Option<&WorkerDns>,
+) -> (Outcome, Option<Connected<D::Conn>>) {
+    let now = UnixTime::now().as_secs();
+    let peer = policy_peer(listener);
     let selected = node.policy.select(&peer);
-    let found = lookup(&listener, selected.enforced, dns.as_deref()).await;
-    let decision = decide(
-        selected.enforced,
-        &listener,
-        &node,
-        now,
-        found.dane.as_ref(),
-    );
+    let found = lookup(listener, selected.enforced, dns).await;
+    let decision = decide(selected.enforced, listener, node, now, found.dane.as_ref());
     let mut outcome = Outcome {
         direction: Direction::Outbound,
         listener: listener.listen.clone(),
@@ -234,16 +248,16 @@ pub(crate) async fn serve<D: Driver>(
     let mut tls: Option<Established<D::Conn>> = None;
     let mut tls_result = None;
     let mut clear: Option<Rc<D::Conn>> = None;
-    loop {
+    let connected = loop {
         match step {
             Step::TryTls => {
-                let (result, est) = try_tls::<D>(addr, &decision, &listener, &node).await;
+                let (result, est) = try_tls::<D>(addr, &decision, listener, node).await;
                 tls_result = Some(result);
                 (ladder, step) = ladder.on_tls(result);
                 tls = est;
             }
             Step::TryCleartext => {
-                clear = connect::<D>(addr, &node).await.map(Rc::new);
+                clear = connect::<D>(addr, node).await.map(Rc::new);
                 (ladder, step) = ladder.on_cleartext(clear.is_some());
             }
             Step::Refuse {
@@ -259,44 +273,30 @@ pub(crate) async fn serve<D: Driver>(
                     .as_ref()
                     .and_then(|e| e.presented)
                     .map(|p| p.to_string());
-                break;
+                break None;
             }
             Step::Relay { achieved, reason } => {
                 outcome.achieved = achieved;
                 outcome.reason = reason;
                 if let Some(est) = &tls {
-                    remember(&node, &listener, &decision, achieved, est.presented, now);
+                    remember(node, listener, &decision, achieved, est.presented, now);
                 }
-                relay_to::<D>(
-                    &client,
-                    tls.take(),
-                    clear.take(),
-                    &node,
-                    started,
-                    &mut outcome,
-                )
-                .await;
-                break;
+                break Some((tls.take(), clear.take()));
             }
         }
-    }
+    };
     if let Some(rule) = selected.reported {
+        let cleartext_connects = outcome.achieved == Achieved::Cleartext;
         outcome.report_only = Some(report_only(
             rule,
-            &listener,
-            &node,
+            listener,
+            node,
             now,
             tls_result,
-            clear_ok(&outcome),
+            cleartext_connects,
         ));
     }
-    outcome.duration = started.elapsed();
-    report::emit(&outcome);
-}
-
-/// Whether a cleartext connection to the peer worked (for simulating report-only rules).
-fn clear_ok(outcome: &Outcome) -> bool {
-    outcome.achieved == Achieved::Cleartext
+    (outcome, connected)
 }
 
 async fn relay_to<D: Driver>(

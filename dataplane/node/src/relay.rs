@@ -72,9 +72,14 @@ async fn write_while_reading<S: Conn, D: Conn>(
 ) -> (io::Result<usize>, Vec<u8>, io::Result<usize>) {
     match pending {
         Some((buf, len)) => {
-            let ((written, buf), (read, read_buf)) =
-                tokio::join!(dst.write_all(buf, len), read_sized(src, sizer));
-            buffers::give(buf);
+            // The write gives its buffer back as soon as it completes: the read may then wait
+            // for hours, and an idle connection must not hold the buffer meanwhile.
+            let write = async {
+                let (written, buf) = dst.write_all(buf, len).await;
+                buffers::give(buf);
+                written
+            };
+            let (written, (read, read_buf)) = tokio::join!(write, read_sized(src, sizer));
             (read, read_buf, written.map(|()| len))
         }
         None => {
