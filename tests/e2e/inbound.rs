@@ -268,7 +268,7 @@ fn alert_after_client_hello_closes_promptly(io: Io) {
     let mut client = TcpStream::connect(node.addr("inbound[0]")).unwrap();
     client.set_read_timeout(Some(WAIT)).unwrap();
     client.write_all(&hello).unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
+    let _ = client.shutdown(Shutdown::Write); // the node may already have closed
     let mut answer = Vec::new();
     let _ = client.read_to_end(&mut answer);
     let waited = started.elapsed();
