@@ -73,78 +73,84 @@ fn peer_key(dir: &Path) -> Pem {
     certs::self_signed(dir, "peer", "mx.test")
 }
 
-fn secure_matching_tlsa_is_authenticated_dane(io: Io) {
+/// A case against an OpenSSL peer: its key, the zones built from its port and key, a testbed
+/// serving them, and a node whose outbound peer is `host` at that port.
+struct OpensslCase {
+    _dir: tempfile::TempDir,
+    server: SServer,
+    _dns: Testbed,
+    node: Node,
+}
+
+fn openssl_case(io: Io, host: &str, zones: impl FnOnce(u16, &Pem) -> Zones) -> OpensslCase {
     let dir = tempfile::tempdir().unwrap();
     let pem = peer_key(dir.path());
     let server = SServer::start(&pem, &[]);
     let port = server.addr.port();
-    let zones = Zones {
+    let dns = Testbed::start(dir.path(), &zones(port, &pem));
+    let node = node(dir.path(), io, &format!("{host}:{port}"), &dns.config(), "");
+    OpensslCase {
+        _dir: dir,
+        server,
+        _dns: dns,
+        node,
+    }
+}
+
+fn secure_matching_tlsa_is_authenticated_dane(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |port, pem| Zones {
         secure: vec![
             "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &spki_sha256_hex(&pem)),
+            tlsa(port, "mx", &spki_sha256_hex(pem)),
         ],
         ..Zones::default()
-    };
-    let dns = Testbed::start(dir.path(), &zones);
-    let mut node = node(
-        dir.path(),
-        io,
-        &format!("mx.test:{port}"),
-        &dns.config(),
-        "",
+    });
+    assert_eq!(
+        case.node.metric("osgate_dnssec_validation_available", &[]),
+        1.0
     );
-    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
-    server.send_line(node.addr("outbound[0]"), "hello dane");
-    outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "hello dane");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
+    );
 }
 
 fn secure_tlsa_through_a_cname_uses_the_target_as_base(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = peer_key(dir.path());
-    let server = SServer::start(&pem, &[]);
-    let port = server.addr.port();
-    let zones = Zones {
+    let mut case = openssl_case(io, "alias.test", |port, pem| Zones {
         secure: vec![
             "alias IN CNAME mx".into(),
             "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &spki_sha256_hex(&pem)),
+            tlsa(port, "mx", &spki_sha256_hex(pem)),
         ],
         ..Zones::default()
-    };
-    let dns = Testbed::start(dir.path(), &zones);
-    let mut node = node(
-        dir.path(),
-        io,
-        &format!("alias.test:{port}"),
-        &dns.config(),
-        "",
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "via cname");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
     );
-    server.send_line(node.addr("outbound[0]"), "via cname");
-    outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
 }
 
 fn secure_mismatching_tlsa_is_refused_never_downgraded(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SServer::start(&peer_key(dir.path()), &[]);
-    let port = server.addr.port();
-    let zones = Zones {
+    let mut case = openssl_case(io, "mx.test", |port, _| Zones {
         secure: vec![
             "mx IN A 127.0.0.1".into(),
             tlsa(port, "mx", &"ab".repeat(32)),
         ],
         ..Zones::default()
-    };
-    let dns = Testbed::start(dir.path(), &zones);
-    let mut node = node(
-        dir.path(),
-        io,
-        &format!("mx.test:{port}"),
-        &dns.config(),
-        "",
-    );
-    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
+    });
+    assert_eq!(peers::call(case.node.addr("outbound[0]"), b"SECRET\n"), b"");
     outcome(
-        &mut node,
+        &mut case.node,
         "refused",
         "none",
         "tlsa-invalid",
@@ -188,27 +194,17 @@ fn secure_unusable_tlsa_makes_tls_mandatory(io: Io) {
 }
 
 fn insecure_zone_tlsa_is_ignored(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SServer::start(&peer_key(dir.path()), &[]);
-    let port = server.addr.port();
-    let zones = Zones {
+    let mut case = openssl_case(io, "mx.ins.test", |port, _| Zones {
         insecure: vec![
             "mx IN A 127.0.0.1".into(),
             tlsa(port, "mx", &"ab".repeat(32)),
         ],
         ..Zones::default()
-    };
-    let dns = Testbed::start(dir.path(), &zones);
-    let mut node = node(
-        dir.path(),
-        io,
-        &format!("mx.ins.test:{port}"),
-        &dns.config(),
-        "",
-    );
-    server.send_line(node.addr("outbound[0]"), "unsigned zone");
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "unsigned zone");
     outcome(
-        &mut node,
+        &mut case.node,
         "encrypted",
         "none",
         "certificate-not-trusted",
@@ -217,26 +213,15 @@ fn insecure_zone_tlsa_is_ignored(io: Io) {
 }
 
 fn bogus_zone_is_refused_as_dnssec_invalid(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SServer::start(&peer_key(dir.path()), &[]);
-    let port = server.addr.port();
-    let zones = Zones {
+    let mut case = openssl_case(io, "mx.bogus.test", |port, _| Zones {
         bogus: vec![
             "mx IN A 127.0.0.1".into(),
             tlsa(port, "mx", &"ab".repeat(32)),
         ],
         ..Zones::default()
-    };
-    let dns = Testbed::start(dir.path(), &zones);
-    let mut node = node(
-        dir.path(),
-        io,
-        &format!("mx.bogus.test:{port}"),
-        &dns.config(),
-        "",
-    );
-    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
-    let out = node.outcome("outbound");
+    });
+    assert_eq!(peers::call(case.node.addr("outbound[0]"), b"SECRET\n"), b"");
+    let out = case.node.outcome("outbound");
     assert_eq!(
         (out["achieved"].as_str(), out["reason"].as_str()),
         (Some("refused"), Some("dnssec-invalid")),

@@ -12,3 +12,6 @@ pub mod ladder;
 pub mod outcome;
 pub mod pin;
 pub mod policy;
+
+#[cfg(test)]
+mod test_pki;

@@ -1,4 +1,3 @@
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::{ClientConnection, ServerConnection};
 
 use super::*;
@@ -38,21 +37,12 @@ struct Pki {
 }
 
 fn pki(name: &str) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let issued = crate::test_pki::issue(name, false);
     let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
+    roots.add(issued.ca).unwrap();
     Pki {
-        chain: vec![leaf.der().clone()],
-        key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        chain: vec![issued.leaf],
+        key: issued.leaf_key,
         roots,
     }
 }

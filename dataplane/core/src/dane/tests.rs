@@ -1,4 +1,3 @@
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PublicKeyData};
 use rustls_pki_types::{ServerName, UnixTime};
 
 use super::*;
@@ -22,22 +21,11 @@ struct Chain {
 
 /// A CA and a leaf for `name`; `expired` backdates the leaf.
 fn chain(name: &str, expired: bool) -> Chain {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let ee = params.signed_by(&key, &issuer).unwrap();
+    let issued = crate::test_pki::issue(name, expired);
     Chain {
-        ee: ee.der().clone(),
-        ee_spki: key.subject_public_key_info(),
-        ca: ca.der().clone(),
+        ee: issued.leaf,
+        ee_spki: issued.leaf_spki,
+        ca: issued.ca,
     }
 }
 
