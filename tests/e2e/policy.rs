@@ -23,6 +23,7 @@ per_driver!(
     ratchet_refuses_a_peer_that_stops_doing_tls,
     missing_store_refuses_rather_than_turning_verification_off,
     report_only_rule_is_reported_but_not_enforced,
+    learned_pins_survive_kill_9,
 );
 
 /// An outbound node to `peer` with `extra` config (policy rules, `[tofu]`).
@@ -297,4 +298,21 @@ fn report_only_rule_is_reported_but_not_enforced(io: Io) {
         node.metric("osgate_policy_decisions_total", &[("report_only", "true")]),
         1.0
     );
+}
+
+/// The store is written (fsync, rename, fsync of the folder) before the connection relays a
+/// byte, so a pin learned just before a kill -9 is there after it.
+fn learned_pins_survive_kill_9(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let tofu = init_store(dir.path());
+    let key = certs::self_signed(dir.path(), "peer", "127.0.0.1");
+    let server = SServer::start(&key, &[]);
+    let mut first = node(dir.path(), io, server.addr, &tofu);
+    server.send_line(first.addr("outbound[0]"), "learn me");
+    assert_outcome(&mut first, "encrypted", "none", "certificate-not-trusted");
+    drop(first); // SIGKILL
+    assert!(pins_list(dir.path()).contains(&pin_of(&key)));
+    let mut second = node(dir.path(), io, server.addr, &tofu);
+    server.send_line(second.addr("outbound[0]"), "remembered");
+    assert_outcome(&mut second, "authenticated", "tofu", "none");
 }
