@@ -120,8 +120,6 @@ pub enum Reason {
     CertificateExpired,
     /// The certificate could not be checked at all (RFC 8460 `validation-failure`).
     ValidationFailure,
-    /// The peer name is an IP address, so there is no name to check a chain against.
-    PeerIsAddress,
     /// The peer (outbound) or backend (inbound) could not be reached.
     Unreachable,
     /// The inbound client sent no TLS; the listener allows cleartext.
@@ -134,8 +132,6 @@ pub enum Reason {
     MalformedClientHello,
     /// The listener requires TLS and the client offered none.
     CleartextDenied,
-    /// A node-wide or per-source connection cap was hit.
-    ConnectionLimit,
     /// Explicit policy says `deny`.
     PolicyDeny,
     /// The peer's key is none of the operator's pins.
@@ -168,14 +164,12 @@ impl Reason {
             Self::CertificateHostMismatch => "certificate-host-mismatch",
             Self::CertificateExpired => "certificate-expired",
             Self::ValidationFailure => "validation-failure",
-            Self::PeerIsAddress => "peer-is-address",
             Self::Unreachable => "unreachable",
             Self::ClientNoTls => "client-no-tls",
             Self::ClientSilent => "client-silent",
             Self::ClientClosed => "client-closed",
             Self::MalformedClientHello => "malformed-client-hello",
             Self::CleartextDenied => "cleartext-denied",
-            Self::ConnectionLimit => "connection-limit",
             Self::PolicyDeny => "policy-deny",
             Self::PinMismatch => "pin-mismatch",
             Self::KeyChanged => "key-changed",
