@@ -24,6 +24,7 @@ per_driver!(
     missing_store_refuses_rather_than_turning_verification_off,
     report_only_rule_is_reported_but_not_enforced,
     learned_pins_survive_kill_9,
+    planned_rotation_accepts_both_keys_then_only_the_new_one,
 );
 
 /// An outbound node to `peer` with `extra` config (policy rules, `[tofu]`).
@@ -315,4 +316,50 @@ fn learned_pins_survive_kill_9(io: Io) {
     let mut second = node(dir.path(), io, server.addr, &tofu);
     server.send_line(second.addr("outbound[0]"), "remembered");
     assert_outcome(&mut second, "authenticated", "tofu", "none");
+}
+
+fn pins(dir: &Path, args: &[&str]) {
+    let store = dir.join("capabilities");
+    let mut all = vec!["pins", "--store", store.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (code, err) = osgate(&all);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// CONFORMANCE D.27: an operator vouches for the next key; both work during the overlap; once
+/// the peer presents the new key, the old one is refused.
+fn planned_rotation_accepts_both_keys_then_only_the_new_one(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let tofu = init_store(dir.path());
+    let old_key = certs::self_signed(dir.path(), "old", "127.0.0.1");
+    let new_key = certs::self_signed(dir.path(), "new", "127.0.0.1");
+    let old = SServer::start(&old_key, &[]);
+    let addr = old.addr;
+    let mut node = node(dir.path(), io, addr, &tofu);
+    old.send_line(node.addr("outbound[0]"), "first contact");
+    assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
+
+    pins(dir.path(), &["vouch", &addr.to_string(), &pin_of(&new_key)]);
+    old.send_line(node.addr("outbound[0]"), "old key, during the overlap");
+    assert_outcome(&mut node, "authenticated", "tofu", "none");
+    drop(old);
+
+    let new = SServer::start_on(addr, &new_key, &[]);
+    new.send_line(node.addr("outbound[0]"), "new key, during the overlap");
+    assert_outcome(&mut node, "authenticated", "tofu", "none");
+    let listed = pins_list(dir.path());
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&addr.to_string()))
+        .unwrap();
+    assert!(
+        row.contains(&pin_of(&new_key)) && row.ends_with("\t-"),
+        "rotation completed: {row}"
+    );
+    drop(new);
+
+    let back = SServer::start_on(addr, &old_key, &[]);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
+    assert_outcome(&mut node, "refused", "none", "key-changed");
+    drop(back);
 }

@@ -16,6 +16,12 @@ pub enum Tofu {
     /// No key pinned for this peer yet.
     Unknown,
     Pinned(SpkiPin),
+    /// Planned rotation (CONFORMANCE D.27): an operator vouched for the next key, and both
+    /// keys are accepted until the peer presents the next one.
+    Rotating {
+        current: SpkiPin,
+        next: SpkiPin,
+    },
     /// An operator revoked the pin: refused until a new key is pinned.
     Revoked,
     /// The pin store cannot be read: never "verification off".
@@ -56,7 +62,7 @@ impl Evidence<'_> {
         let tofu = methods.allows(Method::Tofu)
             && matches!(
                 self.tofu,
-                Tofu::Pinned(_) | Tofu::Revoked | Tofu::StoreUnavailable
+                Tofu::Pinned(_) | Tofu::Rotating { .. } | Tofu::Revoked | Tofu::StoreUnavailable
             );
         pins || dane || tofu
     }
@@ -92,7 +98,10 @@ pub fn authenticate(
     if methods.allows(Method::Tofu) {
         match evidence.tofu {
             Tofu::Pinned(pin) if pin == presented => return Ok(Method::Tofu),
-            Tofu::Pinned(_) => return Err(Reason::KeyChanged),
+            Tofu::Rotating { current, next } if presented == current || presented == next => {
+                return Ok(Method::Tofu);
+            }
+            Tofu::Pinned(_) | Tofu::Rotating { .. } => return Err(Reason::KeyChanged),
             Tofu::Revoked => return Err(Reason::PinRevoked),
             Tofu::StoreUnavailable => return Err(Reason::PinStoreUnavailable),
             Tofu::Off | Tofu::Unknown => {}
@@ -206,6 +215,28 @@ mod tests {
         assert_eq!(
             authenticate(Methods::All, &nothing, None, PKIX_OK),
             Err(Reason::ValidationFailure)
+        );
+    }
+
+    #[test]
+    fn during_a_planned_rotation_both_keys_work_and_no_third() {
+        let rotating = Evidence {
+            pins: &[],
+            dane: false,
+            tofu: Tofu::Rotating {
+                current: pin(1),
+                next: pin(2),
+            },
+        };
+        for key in [1, 2] {
+            assert_eq!(
+                authenticate(Methods::All, &rotating, Some(pin(key)), PKIX_BAD),
+                Ok(Method::Tofu)
+            );
+        }
+        assert_eq!(
+            authenticate(Methods::All, &rotating, Some(pin(3)), PKIX_OK),
+            Err(Reason::KeyChanged)
         );
     }
 

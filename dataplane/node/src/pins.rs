@@ -17,6 +17,9 @@ pub enum PinsCommand {
     Show { peer: String },
     /// Pin `peer` to `pin` (`sha256/...`), approved by an operator; replaces a learned pin.
     Add { peer: String, pin: String },
+    /// Vouch for `peer`'s next key (planned rotation): both keys work until the peer presents
+    /// the next one, which then replaces the old.
+    Vouch { peer: String, pin: String },
     /// Forget `peer`'s pin (it is pinned again on its next `encrypted` connection).
     Remove { peer: String },
     /// Revoke `peer`'s pin: the peer is refused until an operator adds a new one.
@@ -62,6 +65,7 @@ fn change(
                     first_seen: now,
                     last_seen: now,
                     state: PinState::Approved,
+                    next: None,
                 },
             );
             contents.save(path).map_err(|e| e.to_string())?;
@@ -69,6 +73,18 @@ fn change(
                 Some(old) => format!("{peer}: pinned {pin} (was {})\n", old.pin),
                 None => format!("{peer}: pinned {pin}\n"),
             }
+        }
+        PinsCommand::Vouch { peer, pin } => {
+            let pin = SpkiPin::parse(&pin).map_err(|e| e.to_string())?;
+            let peer = peer.to_ascii_lowercase();
+            let record = contents
+                .pins
+                .get_mut(&peer)
+                .ok_or_else(|| format!("{peer}: no pin to rotate from"))?;
+            record.next = Some(pin);
+            let current = record.pin;
+            contents.save(path).map_err(|e| e.to_string())?;
+            format!("{peer}: {current} and next {pin} both accepted until {pin} is seen\n")
         }
         PinsCommand::Remove { peer } => {
             let peer = peer.to_ascii_lowercase();
@@ -95,14 +111,15 @@ fn change(
 }
 
 fn list(contents: &Contents, only: Option<&str>) -> String {
-    let mut out = String::from("PEER\tKEY\tSTATE\tFIRST SEEN\tLAST SEEN\n");
+    let mut out = String::from("PEER\tKEY\tSTATE\tFIRST SEEN\tLAST SEEN\tNEXT KEY\n");
     for (peer, r) in contents
         .pins
         .iter()
         .filter(|(p, _)| only.is_none_or(|o| o == *p))
     {
+        let next = r.next.map_or_else(|| "-".to_owned(), |n| n.to_string());
         out += &format!(
-            "{peer}\t{}\t{}\t{}\t{}\n",
+            "{peer}\t{}\t{}\t{}\t{}\t{next}\n",
             r.pin,
             r.state.as_str(),
             r.first_seen,

@@ -55,6 +55,9 @@ pub struct PinRecord {
     pub first_seen: u64,
     pub last_seen: u64,
     pub state: PinState,
+    /// A next key an operator vouched for (planned rotation): accepted alongside `pin`, and
+    /// promoted when the peer first presents it.
+    pub next: Option<SpkiPin>,
 }
 
 /// The store's contents.
@@ -132,8 +135,12 @@ impl Contents {
                     first_seen: first.parse().ok()?,
                     last_seen: last.parse().ok()?,
                     state: PinState::parse(state)?,
+                    next: None,
                 };
                 self.pins.insert((*peer).to_owned(), record);
+            }
+            ["next", peer, pin] => {
+                self.pins.get_mut(*peer)?.next = Some(SpkiPin::parse(pin).ok()?);
             }
             ["ratchet", peer, until] => {
                 self.ratchet.insert((*peer).to_owned(), until.parse().ok()?);
@@ -154,6 +161,9 @@ impl Contents {
                 r.last_seen,
                 r.state.as_str()
             );
+        }
+        for (peer, next) in self.pins.iter().filter_map(|(p, r)| Some((p, r.next?))) {
+            let _ = writeln!(body, "next {peer} {next}");
         }
         for (peer, until) in &self.ratchet {
             let _ = writeln!(body, "ratchet {peer} {until}");
@@ -188,9 +198,26 @@ impl Contents {
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
-    /// `None`: unavailable (logged loudly at start).
-    contents: Mutex<Option<Contents>>,
+    state: Mutex<Loaded>,
     ratchet_ttl_secs: u64,
+}
+
+/// The store as last read, and when the file was last looked at.
+#[derive(Debug)]
+struct Loaded {
+    /// `None`: unavailable (logged loudly).
+    contents: Option<Contents>,
+    /// The file's identity when `contents` was read or written.
+    version: Option<Version>,
+}
+
+/// A file's identity: every save renames a new file over the store, so the inode changes.
+type Version = (u64, std::time::SystemTime, u64);
+
+fn version(path: &Path) -> Option<Version> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.modified().ok()?, meta.len()))
 }
 
 impl Store {
@@ -199,9 +226,13 @@ impl Store {
             Ok(contents) => (Some(contents), None),
             Err(e) => (None, Some(e)),
         };
+        let loaded = Loaded {
+            contents,
+            version: version(&path),
+        };
         let store = Self {
             path,
-            contents: Mutex::new(contents),
+            state: Mutex::new(loaded),
             ratchet_ttl_secs,
         };
         (store, error)
@@ -214,6 +245,14 @@ impl Store {
             Some(c) => match c.pins.get(peer) {
                 None => Tofu::Unknown,
                 Some(r) if r.state == PinState::Revoked => Tofu::Revoked,
+                Some(PinRecord {
+                    pin,
+                    next: Some(next),
+                    ..
+                }) => Tofu::Rotating {
+                    current: *pin,
+                    next: *next,
+                },
                 Some(r) => Tofu::Pinned(r.pin),
             },
         }
@@ -248,6 +287,16 @@ impl Store {
             // Rewrite the file only when the expiry moves by more than a tenth of the TTL.
             changed |= old.is_none_or(|o| until.saturating_sub(o) > self.ratchet_ttl_secs / 10);
         }
+        if let Some(record) = contents.pins.get_mut(peer) {
+            // The vouched next key showed up: the rotation is done.
+            if pin.is_some() && record.next == pin {
+                if let Some(next) = record.next.take() {
+                    record.pin = next;
+                    record.last_seen = now;
+                    changed = true;
+                }
+            }
+        }
         if let (Some(pin), true) = (pin, learn) {
             if !contents.pins.contains_key(peer) {
                 contents.pins.insert(
@@ -257,23 +306,72 @@ impl Store {
                         first_seen: now,
                         last_seen: now,
                         state: PinState::Learned,
+                        next: None,
                     },
                 );
                 changed = true;
             }
         }
         if changed {
-            contents.save(&self.path)
+            self.save(&mut guard)
         } else {
             Ok(())
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Contents>> {
+    /// The current contents, re-read when an operator changed the file with `osgate pins` —
+    /// or repaired or broke it. One stat(2) per lookup: small next to a TLS handshake.
+    fn lock(&self) -> ContentsGuard<'_> {
         // A poisoned lock only means another thread panicked mid-update of plain data.
-        self.contents.lock().unwrap_or_else(|e| e.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = version(&self.path);
+        if now != state.version {
+            state.version = now;
+            state.contents = match Contents::load(&self.path) {
+                Ok(contents) => Some(contents),
+                Err(e) => {
+                    tracing::error!(target: "osgate::store", error = %e, "capability store unavailable after a change on disk");
+                    None
+                }
+            };
+            metrics::gauge!(crate::metrics::PIN_STORE_AVAILABLE).set(if state.contents.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        ContentsGuard(state)
+    }
+
+    /// Writes `contents` and remembers the new modification time, so our own writes do not
+    /// trigger a re-read.
+    fn save(&self, guard: &mut ContentsGuard<'_>) -> Result<(), StoreError> {
+        if let Some(contents) = &guard.0.contents {
+            contents.save(&self.path)?;
+            guard.0.version = version(&self.path);
+        }
+        Ok(())
     }
 }
+
+/// Access to the loaded contents under the store's lock.
+struct ContentsGuard<'a>(std::sync::MutexGuard<'a, Loaded>);
+
+impl std::ops::Deref for ContentsGuard<'_> {
+    type Target = Option<Contents>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.contents
+    }
+}
+
+impl std::ops::DerefMut for ContentsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0.contents
+    }
+}
+
+impl Store {}
 
 #[cfg(test)]
 mod tests {
@@ -295,6 +393,7 @@ mod tests {
                 first_seen: 10,
                 last_seen: 20,
                 state: PinState::Learned,
+                next: Some(pin(2)),
             },
         );
         contents.ratchet.insert("a.test:443".into(), 99);
