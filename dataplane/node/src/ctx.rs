@@ -60,8 +60,10 @@ impl ClientConfigs {
 pub(crate) struct OutboundListener {
     pub listen: String,
     pub peer: HostPort,
-    /// `host:port`, lower case: the key of policy matching and of the capability store.
+    /// `host:port`, lower case: the key of the capability store.
     pub peer_key: String,
+    /// The host as policy selectors match it: lower case, no brackets around IPv6.
+    pub policy_host: String,
     pub server_name: ServerName<'static>,
     /// The listener's default level and fallback, when no `[[policy]]` rule matches.
     pub level: Level,

@@ -109,6 +109,10 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
             listen: outbound.listen.to_string(),
             peer: outbound.peer.clone(),
             peer_key: outbound.peer.to_string().to_ascii_lowercase(),
+            policy_host: match &outbound.peer.host {
+                Host::Ip(ip) => ip.to_string(),
+                Host::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
+            },
             server_name,
             level: outbound.level,
             allow_cleartext_fallback: outbound.allow_cleartext_fallback,

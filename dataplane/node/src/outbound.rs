@@ -66,10 +66,11 @@ fn decide<'a>(
         Some(r) if r.level == Level::Authenticate => Methods::Only(&r.methods),
         _ => Methods::All,
     };
-    let tofu = match &node.store {
-        Some(store) if node.tofu_enforce => store.tofu(&listener.peer_key),
-        _ => Tofu::Off,
+    let (tofu, ratchet) = match &node.store {
+        Some(store) => store.lookup(&listener.peer_key, now),
+        None => (Tofu::Off, false),
     };
+    let tofu = if node.tofu_enforce { tofu } else { Tofu::Off };
     let (tlsa, base, tls_committed): (&[Tlsa], Option<&str>, bool) = match dane {
         Some(Dane::Records {
             set: TlsaSet::Usable(records),
@@ -86,10 +87,6 @@ fn decide<'a>(
         dane: !tlsa.is_empty(),
         tofu,
     };
-    let ratchet = node
-        .store
-        .as_ref()
-        .is_some_and(|s| s.ratchet(&listener.peer_key, now));
     let plan = Plan {
         level,
         allow_cleartext_fallback: fallback,
@@ -352,20 +349,13 @@ fn remember(
 }
 
 fn policy_peer(listener: &OutboundListener) -> Peer<'_> {
-    let ip = match &listener.peer.host {
-        Host::Ip(ip) => Some(*ip),
-        Host::Name(_) => None,
-    };
-    let host = listener
-        .peer_key
-        .rsplit_once(':')
-        .map_or(listener.peer_key.as_str(), |(h, _)| {
-            h.trim_start_matches('[').trim_end_matches(']')
-        });
     Peer {
-        host,
+        host: &listener.policy_host,
         port: listener.peer.port,
-        ip,
+        ip: match &listener.peer.host {
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(_) => None,
+        },
     }
 }
 

@@ -238,33 +238,29 @@ impl Store {
         (store, error)
     }
 
-    /// The TOFU state of `peer`.
-    pub fn tofu(&self, peer: &str) -> Tofu {
-        match &*self.lock() {
-            None => Tofu::StoreUnavailable,
-            Some(c) => match c.pins.get(peer) {
-                None => Tofu::Unknown,
-                Some(r) if r.state == PinState::Revoked => Tofu::Revoked,
-                Some(PinRecord {
-                    pin,
-                    next: Some(next),
-                    ..
-                }) => Tofu::Rotating {
-                    current: *pin,
-                    next: *next,
-                },
-                Some(r) => Tofu::Pinned(r.pin),
+    /// What the store knows of `peer` at `now`: its TOFU state, and whether the ratchet
+    /// commits it to TLS. An unavailable store commits every peer to TLS and checks every key
+    /// against nothing (never "verification off").
+    pub fn lookup(&self, peer: &str, now: u64) -> (Tofu, bool) {
+        let guard = self.lock();
+        let Some(c) = &*guard else {
+            return (Tofu::StoreUnavailable, true);
+        };
+        let tofu = match c.pins.get(peer) {
+            None => Tofu::Unknown,
+            Some(r) if r.state == PinState::Revoked => Tofu::Revoked,
+            Some(PinRecord {
+                pin,
+                next: Some(next),
+                ..
+            }) => Tofu::Rotating {
+                current: *pin,
+                next: *next,
             },
-        }
-    }
-
-    /// Whether `peer` completed TLS before and the memory has not expired at `now`.
-    /// An unavailable store commits every peer to TLS.
-    pub fn ratchet(&self, peer: &str, now: u64) -> bool {
-        match &*self.lock() {
-            None => true,
-            Some(c) => c.ratchet.get(peer).is_some_and(|until| *until > now),
-        }
+            Some(r) => Tofu::Pinned(r.pin),
+        };
+        let ratchet = c.ratchet.get(peer).is_some_and(|until| *until > now);
+        (tofu, ratchet)
     }
 
     /// Records a TLS connection to `peer` at `now`: extends the ratchet, and pins `pin` if the
@@ -423,8 +419,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, error) = Store::open(dir.path().join("missing"), 3600);
         assert!(error.is_some());
-        assert_eq!(store.tofu("a.test:443"), Tofu::StoreUnavailable);
-        assert!(store.ratchet("a.test:443", 0));
+        assert_eq!(
+            store.lookup("a.test:443", 0),
+            (Tofu::StoreUnavailable, true)
+        );
     }
 
     #[test]
@@ -434,7 +432,7 @@ mod tests {
         Contents::default().save(&path).unwrap();
         let (store, error) = Store::open(path.clone(), 100);
         assert!(error.is_none());
-        assert_eq!(store.tofu("a.test:443"), Tofu::Unknown);
+        assert_eq!(store.lookup("a.test:443", 1000), (Tofu::Unknown, false));
         store
             .record_tls("a.test:443", Some(pin(1)), true, 1000)
             .unwrap();
@@ -442,12 +440,15 @@ mod tests {
             .record_tls("a.test:443", Some(pin(2)), true, 1001)
             .unwrap();
         assert_eq!(
-            store.tofu("a.test:443"),
-            Tofu::Pinned(pin(1)),
+            store.lookup("a.test:443", 1099),
+            (Tofu::Pinned(pin(1)), true),
             "never silently re-pinned"
         );
-        assert!(store.ratchet("a.test:443", 1099));
-        assert!(!store.ratchet("a.test:443", 1101));
+        assert_eq!(
+            store.lookup("a.test:443", 1101).1,
+            false,
+            "the ratchet expired"
+        );
         let reloaded = Contents::load(&path).unwrap();
         assert_eq!(reloaded.pins["a.test:443"].pin, pin(1));
     }
