@@ -444,11 +444,7 @@ mod tests {
             (Tofu::Pinned(pin(1)), true),
             "never silently re-pinned"
         );
-        assert_eq!(
-            store.lookup("a.test:443", 1101).1,
-            false,
-            "the ratchet expired"
-        );
+        assert!(!store.lookup("a.test:443", 1101).1, "the ratchet expired");
         let reloaded = Contents::load(&path).unwrap();
         assert_eq!(reloaded.pins["a.test:443"].pin, pin(1));
     }
