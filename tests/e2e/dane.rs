@@ -28,6 +28,14 @@ fn tlsa(port: u16, host: &str, data: &str) -> String {
     format!("_{port}._tcp.{host} IN TLSA 3 1 1 {data}")
 }
 
+/// `mx` at 127.0.0.1 with a DANE-EE record that matches no key.
+fn mx_with_wrong_tlsa(port: u16) -> Vec<String> {
+    vec![
+        "mx IN A 127.0.0.1".into(),
+        tlsa(port, "mx", &"ab".repeat(32)),
+    ]
+}
+
 /// An outbound node to `peer` (a name) with the testbed's `[dns]` and `extra`.
 fn node(dir: &Path, io: Io, peer: &str, dns: &str, extra: &str) -> Node {
     Node::start(
@@ -142,10 +150,7 @@ fn secure_tlsa_through_a_cname_uses_the_target_as_base(io: Io) {
 
 fn secure_mismatching_tlsa_is_refused_never_downgraded(io: Io) {
     let mut case = openssl_case(io, "mx.test", |port, _| Zones {
-        secure: vec![
-            "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &"ab".repeat(32)),
-        ],
+        secure: mx_with_wrong_tlsa(port),
         ..Zones::default()
     });
     assert_eq!(peers::call(case.node.addr("outbound[0]"), b"SECRET\n"), b"");
@@ -195,10 +200,7 @@ fn secure_unusable_tlsa_makes_tls_mandatory(io: Io) {
 
 fn insecure_zone_tlsa_is_ignored(io: Io) {
     let mut case = openssl_case(io, "mx.ins.test", |port, _| Zones {
-        insecure: vec![
-            "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &"ab".repeat(32)),
-        ],
+        insecure: mx_with_wrong_tlsa(port),
         ..Zones::default()
     });
     case.server
@@ -214,10 +216,7 @@ fn insecure_zone_tlsa_is_ignored(io: Io) {
 
 fn bogus_zone_is_refused_as_dnssec_invalid(io: Io) {
     let mut case = openssl_case(io, "mx.bogus.test", |port, _| Zones {
-        bogus: vec![
-            "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &"ab".repeat(32)),
-        ],
+        bogus: mx_with_wrong_tlsa(port),
         ..Zones::default()
     });
     assert_eq!(peers::call(case.node.addr("outbound[0]"), b"SECRET\n"), b"");

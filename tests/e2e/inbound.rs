@@ -105,13 +105,9 @@ fn plain_client_is_refused_where_cleartext_is_denied(io: Io) {
     );
 }
 
-/// A rustls client (post-quantum key share: a ClientHello over 1 KiB) whose first flight is
-/// written 7 bytes at a time, with pauses, then finishes the handshake normally.
-fn slow_split_post_quantum_client_hello_is_accepted(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Server::start(peers::read_then_reply(4));
-    let mut node = inbound(dir.path(), io, backend.addr, "deny");
-
+/// A rustls client (default groups: post-quantum first) that accepts any server, and its
+/// first flight: the ClientHello bytes it wants sent.
+fn client_hello() -> (rustls::ClientConnection, Vec<u8>) {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -124,6 +120,17 @@ fn slow_split_post_quantum_client_hello_is_accepted(io: Io) {
         rustls::ClientConnection::new(Arc::new(config), "gw.test".try_into().unwrap()).unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
+    (conn, hello)
+}
+
+/// A rustls client (post-quantum key share: a ClientHello over 1 KiB) whose first flight is
+/// written 7 bytes at a time, with pauses, then finishes the handshake normally.
+fn slow_split_post_quantum_client_hello_is_accepted(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::read_then_reply(4));
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+
+    let (conn, hello) = client_hello();
     assert!(
         hello.len() > 1024,
         "post-quantum ClientHello is {} bytes",
@@ -250,18 +257,7 @@ fn alert_after_client_hello_closes_promptly(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let backend = Server::start(peers::record);
     let mut node = inbound(dir.path(), io, backend.addr, "deny");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(osgate_tests::certs::AnyServer::default()))
-    .with_no_client_auth();
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), "gw.test".try_into().unwrap()).unwrap();
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).unwrap();
+    let (_, mut hello) = client_hello();
     // close_notify alert in a plaintext record (TLS 1.3 before keys: RFC 8446 §6).
     hello.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00]);
     let started = Instant::now();
