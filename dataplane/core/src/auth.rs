@@ -3,7 +3,7 @@
 //! DESIGN.md: "A weaker source never overrides a failing stronger one." So the first source
 //! that *has* evidence for this peer decides: operator pins, then the TOFU pin, then PKIX. A
 //! mismatching pin is a refusal reason even if a public CA would vouch for the new key.
-//! Order: operator pins > DANE (a secure, usable TLSA set) > TOFU pin > PKIX.
+//! Order: operator pins > fleet node keys > DANE (a secure, usable TLSA set) > TOFU pin > PKIX.
 
 use crate::outcome::{Method, Reason};
 use crate::pin::SpkiPin;
@@ -31,8 +31,10 @@ pub enum Tofu {
 /// Evidence about one peer, before connecting.
 #[derive(Clone, Copy, Debug)]
 pub struct Evidence<'a> {
-    /// Operator pins from the policy rule.
+    /// Operator pins: the policy rule's, else those an admin approved fleet-wide.
     pub pins: &'a [SpkiPin],
+    /// The registered keys of the fleet node at the peer's address.
+    pub fleet: &'a [SpkiPin],
     /// A secure, usable TLSA set was found for the peer.
     pub dane: bool,
     pub tofu: Tofu,
@@ -58,13 +60,14 @@ impl Evidence<'_> {
     /// Whether the evidence names a key the peer must prove.
     pub fn expects_authentication(&self, methods: Methods<'_>) -> bool {
         let pins = methods.allows(Method::Pinned) && !self.pins.is_empty();
+        let fleet = methods.allows(Method::Fleet) && !self.fleet.is_empty();
         let dane = methods.allows(Method::Dane) && self.dane;
         let tofu = methods.allows(Method::Tofu)
             && matches!(
                 self.tofu,
                 Tofu::Pinned(_) | Tofu::Rotating { .. } | Tofu::Revoked | Tofu::StoreUnavailable
             );
-        pins || dane || tofu
+        pins || fleet || dane || tofu
     }
 }
 
@@ -90,6 +93,12 @@ pub fn authenticate(
         return match evidence.pins.contains(&presented) {
             true => Ok(Method::Pinned),
             false => Err(Reason::PinMismatch),
+        };
+    }
+    if methods.allows(Method::Fleet) && !evidence.fleet.is_empty() {
+        return match evidence.fleet.contains(&presented) {
+            true => Ok(Method::Fleet),
+            false => Err(Reason::FleetKeyMismatch),
         };
     }
     if methods.allows(Method::Dane) && evidence.dane {
@@ -153,6 +162,7 @@ mod tests {
         let pins = [pin(1), pin(2)];
         let with_pins = Evidence {
             pins: &pins,
+            fleet: &[],
             dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };
@@ -167,6 +177,7 @@ mod tests {
 
         let tofu = Evidence {
             pins: &[],
+            fleet: &[],
             dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };
@@ -181,6 +192,7 @@ mod tests {
 
         let revoked = Evidence {
             pins: &[],
+            fleet: &[],
             dane: false,
             tofu: Tofu::Revoked,
         };
@@ -191,6 +203,7 @@ mod tests {
 
         let broken = Evidence {
             pins: &[],
+            fleet: &[],
             dane: false,
             tofu: Tofu::StoreUnavailable,
         };
@@ -201,6 +214,7 @@ mod tests {
 
         let nothing = Evidence {
             pins: &[],
+            fleet: &[],
             dane: false,
             tofu: Tofu::Unknown,
         };
@@ -222,6 +236,7 @@ mod tests {
     fn during_a_planned_rotation_both_keys_work_and_no_third() {
         let rotating = Evidence {
             pins: &[],
+            fleet: &[],
             dane: false,
             tofu: Tofu::Rotating {
                 current: pin(1),
@@ -244,6 +259,7 @@ mod tests {
     fn dane_outranks_tofu_and_pkix_and_a_mismatch_is_not_overridden() {
         let dane = Evidence {
             pins: &[],
+            fleet: &[],
             dane: true,
             tofu: Tofu::Pinned(pin(3)),
         };
@@ -259,6 +275,7 @@ mod tests {
         let pins = [pin(1)];
         let both = Evidence {
             pins: &pins,
+            fleet: &[],
             dane: true,
             tofu: Tofu::Unknown,
         };
@@ -272,6 +289,7 @@ mod tests {
     fn an_authenticate_rule_counts_only_its_methods() {
         let tofu = Evidence {
             pins: &[],
+            fleet: &[],
             dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };

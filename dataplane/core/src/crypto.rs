@@ -17,6 +17,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::outcome::{Reason, TlsParams};
 
+mod control;
+
 /// A key-exchange group osgate can offer, by its configuration name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KxGroup {

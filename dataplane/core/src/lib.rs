@@ -8,6 +8,7 @@ pub mod auth;
 pub mod crypto;
 pub mod dane;
 pub mod detect;
+pub mod fleet;
 pub mod ladder;
 pub mod outcome;
 pub mod pin;

@@ -136,6 +136,8 @@ pub enum Reason {
     PolicyDeny,
     /// The peer's key is none of the operator's pins.
     PinMismatch,
+    /// The peer is a fleet node's address, and its key is not that node's registered key.
+    FleetKeyMismatch,
     /// The peer's key differs from the key pinned on first use (TOFU).
     KeyChanged,
     /// The pin store cannot be read, so pinned peers cannot be checked.
@@ -172,6 +174,7 @@ impl Reason {
             Self::CleartextDenied => "cleartext-denied",
             Self::PolicyDeny => "policy-deny",
             Self::PinMismatch => "pin-mismatch",
+            Self::FleetKeyMismatch => "fleet-key-mismatch",
             Self::KeyChanged => "key-changed",
             Self::PinStoreUnavailable => "pin-store-unavailable",
             Self::PinRevoked => "pin-revoked",

@@ -8,6 +8,7 @@
 //! 2. an exact host name or address;
 //! 3. a CIDR block, longer prefixes first;
 //! 4. `*.suffix`, longer suffixes first (`*.a.b.example` before `*.b.example`);
+//! 5. `*`, every peer (a global default);
 //!
 //! and among rules equally specific, the one written first. Matching is case-insensitive and
 //! ignores a trailing dot.
@@ -17,6 +18,9 @@ use std::net::IpAddr;
 use crate::crypto::TlsFloor;
 use crate::outcome::Method;
 use crate::pin::SpkiPin;
+
+mod spec;
+pub use spec::{RuleSpec, SpecError};
 
 /// What a rule demands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,11 +68,13 @@ pub enum Selector {
     Host(String),
     Cidr(IpAddr, u8),
     Suffix(String),
+    /// `*`: every peer.
+    Any,
 }
 
 /// A rule's selector did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}` is not a selector: {why} (expected host, *.suffix, address/prefix or host:port)")]
+#[error("`{text}` is not a selector: {why} (expected host, *.suffix, address/prefix, host:port or *)")]
 pub struct SelectorError {
     pub text: String,
     pub why: &'static str,
@@ -80,6 +86,9 @@ impl Selector {
             text: text.to_owned(),
             why,
         };
+        if text == "*" {
+            return Ok(Self::Any);
+        }
         if let Some(suffix) = text.strip_prefix("*.") {
             return valid_name(suffix)
                 .map(Self::Suffix)
@@ -128,6 +137,7 @@ impl Selector {
                 .host
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+            Self::Any => true,
         }
     }
 
@@ -138,6 +148,7 @@ impl Selector {
             Self::Host(_) => (3, 0),
             Self::Cidr(_, prefix) => (2, usize::from(*prefix)),
             Self::Suffix(suffix) => (1, suffix.len()),
+            Self::Any => (0, 0),
         }
     }
 }
@@ -250,6 +261,10 @@ pub struct Selected<'a> {
 impl PolicySet {
     pub fn new(rules: Vec<Rule>) -> Self {
         Self { rules }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
     pub fn is_empty(&self) -> bool {

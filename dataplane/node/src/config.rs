@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use osgate_core::crypto::{KxGroup, TlsFloor};
-use osgate_core::outcome::Method;
 use osgate_core::pin::SpkiPin;
-use osgate_core::policy::{Level, PolicySet, Rule, Selector};
+use osgate_core::policy::{Level, PolicySet, Rule, RuleSpec};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -310,64 +309,22 @@ impl Validator<'_> {
     }
 
     fn rule(&self, i: usize, p: raw::Policy) -> Result<Rule, ConfigError> {
-        let key = |field: &str| format!("policy[{i}].{field}");
-        let selector =
-            Selector::parse(&p.selector).map_err(|e| self.error(key("match"), e.to_string()))?;
-        let level = Level::from_name(&p.level).ok_or_else(|| {
-            self.error(
-                key("level"),
-                format!(
-                    "unknown level `{}`; expected opportunistic, encrypt, authenticate, cleartext or deny",
-                    p.level
-                ),
-            )
-        })?;
-        let methods = p
-            .methods
-            .iter()
-            .map(|m| {
-                method(m).ok_or_else(|| {
-                    self.error(
-                        key("methods"),
-                        format!("unknown method `{m}`; expected dane, pinned, fleet, tofu or pkix"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(m) = methods.iter().find(|m| matches!(m, Method::Fleet)) {
-            return Err(self.error(
-                key("methods"),
-                format!(
-                    "method `{}` is not available yet in this version",
-                    m.as_str()
-                ),
-            ));
-        }
-        let pins = p
-            .pins
-            .iter()
-            .map(|text| SpkiPin::parse(text).map_err(|e| self.error(key("pins"), e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let min_tls = match p.min_tls.as_deref() {
-            None | Some("1.2") => TlsFloor::Tls12,
-            Some("1.3") => TlsFloor::Tls13,
-            Some(other) => {
-                return Err(self.error(key("min_tls"), format!("`{other}` is not 1.2 or 1.3")));
-            }
-        };
-        let rule = Rule {
-            id: format!("policy[{i}]"),
-            selector,
-            level,
-            methods,
-            pins,
-            min_tls,
-            allow_cleartext_fallback: p.allow_cleartext_fallback.unwrap_or(true),
+        let spec = RuleSpec {
+            selector: &p.selector,
+            level: &p.level,
+            methods: &p.methods,
+            pins: &p.pins,
+            min_tls: p.min_tls.as_deref(),
+            allow_cleartext_fallback: p.allow_cleartext_fallback,
             report_only: p.report_only,
         };
-        rule.validate(p.allow_cleartext_fallback.is_some(), p.min_tls.is_some())
-            .map_err(|e| self.error(format!("policy[{i}]"), e.to_string()))?;
-        Ok(rule)
+        spec.build(format!("policy[{i}]")).map_err(|e| {
+            let key = match e.field {
+                "" => format!("policy[{i}]"),
+                field => format!("policy[{i}].{field}"),
+            };
+            self.error(key, e.reason)
+        })
     }
 
     fn inbound(&self, i: usize, o: raw::Inbound) -> Result<Inbound, ConfigError> {
@@ -519,17 +476,6 @@ impl Validator<'_> {
         }
         Ok(())
     }
-}
-
-fn method(name: &str) -> Option<Method> {
-    Some(match name {
-        "dane" => Method::Dane,
-        "pinned" => Method::Pinned,
-        "fleet" => Method::Fleet,
-        "tofu" => Method::Tofu,
-        "pkix" => Method::Pkix,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,218 @@
+//! API messages into the core model. The control plane runs these before it stores a
+//! resource, and nodes run them again before they apply an update: a node trusts nothing it
+//! has not checked itself.
+//!
+//! An update applies whole or not at all: one bad resource NACKs the update, naming the
+//! resource, and the node keeps its last-known-good (CONFORMANCE G.41, G.42). A bad resource
+//! is never read as a deletion.
+
+use std::collections::BTreeMap;
+
+use osgate_core::fleet::{Fleet, FleetPin, NodeKey, PinState};
+use osgate_core::pin::SpkiPin;
+use osgate_core::policy::{PolicySet, Rule, RuleSpec};
+
+use crate::features;
+use crate::pb::{self, resource::Kind};
+
+/// Why a message or one of its resources cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resource}: {reason}")]
+pub struct Invalid {
+    /// `policy/NAME`, `pin/NAME`, `node/NAME` or `update`.
+    pub resource: String,
+    pub reason: String,
+}
+
+fn invalid(resource: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        resource: resource.into(),
+        reason: reason.into(),
+    }
+}
+
+fn supported(resource: &str, requires: &[String]) -> Result<(), Invalid> {
+    match features::first_unsupported(requires) {
+        Some(name) => Err(invalid(
+            resource,
+            format!("requires feature `{name}`, which this node does not implement"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The resource names of the model: `kind` and `name`.
+pub fn key_of(resource: &pb::Resource) -> Option<(&'static str, String)> {
+    Some(match resource.kind.as_ref()? {
+        Kind::Policy(p) => ("policy", p.name.clone()),
+        Kind::Pin(p) => ("pin", pin_name(&p.peer, &p.spki)),
+        Kind::Node(n) => ("node", n.name.clone()),
+    })
+}
+
+/// A pin's resource name: one per peer and key, so conflicting keys live side by side.
+pub fn pin_name(peer: &str, spki: &str) -> String {
+    format!("{peer} {spki}")
+}
+
+fn name_ok(kind: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/ ".contains(c));
+    match ok {
+        true => Ok(()),
+        false => Err(invalid(
+            format!("{kind}/{name}"),
+            "a name is 1 to 253 characters of letters, digits and -_.:/",
+        )),
+    }
+}
+
+/// A policy resource as a rule, named `cp:NAME` in outcome records.
+pub fn policy(p: &pb::Policy) -> Result<Rule, Invalid> {
+    name_ok("policy", &p.name)?;
+    let resource = format!("policy/{}", p.name);
+    supported(&resource, &p.requires)?;
+    let spec = RuleSpec {
+        selector: &p.r#match,
+        level: &p.level,
+        methods: &p.methods,
+        pins: &p.pins,
+        min_tls: Some(p.min_tls.as_str()),
+        allow_cleartext_fallback: p.allow_cleartext_fallback,
+        report_only: p.report_only,
+    };
+    spec.build(format!("cp:{}", p.name))
+        .map_err(|e| invalid(resource, e.to_string()))
+}
+
+/// A fleet pin: its peer and the key's state.
+pub fn pin(p: &pb::FleetPin) -> Result<(String, FleetPin), Invalid> {
+    let resource = format!("pin/{}", pin_name(&p.peer, &p.spki));
+    supported(&resource, &p.requires)?;
+    peer_ok(&resource, &p.peer)?;
+    let key = SpkiPin::parse(&p.spki).map_err(|e| invalid(&resource, e.to_string()))?;
+    let state = PinState::from_name(&p.state).ok_or_else(|| {
+        invalid(
+            &resource,
+            format!("unknown pin state `{}`", p.state),
+        )
+    })?;
+    let next = match p.next.as_str() {
+        "" => None,
+        text => Some(SpkiPin::parse(text).map_err(|e| invalid(&resource, format!("next: {e}")))?),
+    };
+    let pin = FleetPin { key, state, next };
+    Ok((p.peer.to_ascii_lowercase(), pin))
+}
+
+/// A peer is `host:port`.
+fn peer_ok(resource: &str, peer: &str) -> Result<(), Invalid> {
+    let port = peer.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+    match port {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(invalid(resource, format!("`{peer}` is not host:port"))),
+    }
+}
+
+/// A registered node.
+pub fn node_key(n: &pb::NodeKey) -> Result<NodeKey, Invalid> {
+    name_ok("node", &n.name)?;
+    let resource = format!("node/{}", n.name);
+    supported(&resource, &n.requires)?;
+    let key = SpkiPin::parse(&n.spki).map_err(|e| invalid(&resource, e.to_string()))?;
+    for address in &n.addresses {
+        peer_ok(&resource, address)?;
+    }
+    Ok(NodeKey {
+        name: n.name.clone(),
+        key,
+        addresses: n.addresses.iter().map(|a| a.to_ascii_lowercase()).collect(),
+    })
+}
+
+/// Checks one resource of any kind.
+pub fn resource(r: &pb::Resource) -> Result<(), Invalid> {
+    match &r.kind {
+        Some(Kind::Policy(p)) => policy(p).map(drop),
+        Some(Kind::Pin(p)) => pin(p).map(drop),
+        Some(Kind::Node(n)) => node_key(n).map(drop),
+        None => Err(invalid(
+            "update",
+            "a resource of a kind this node does not know",
+        )),
+    }
+}
+
+/// The resources a node holds, at a revision: what it persists and applies deltas to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Held {
+    pub revision: u64,
+    pub resources: BTreeMap<(String, String), pb::Resource>,
+}
+
+impl Held {
+    /// The state after `update`, checked whole; `self` is untouched on error.
+    pub fn apply(&self, update: &pb::Update) -> Result<Held, Invalid> {
+        supported("update", &update.requires)?;
+        if !update.snapshot && update.revision <= self.revision {
+            return Err(invalid(
+                "update",
+                format!(
+                    "delta at revision {} does not follow revision {}",
+                    update.revision, self.revision
+                ),
+            ));
+        }
+        let mut next = match update.snapshot {
+            true => Held::default(),
+            false => self.clone(),
+        };
+        next.revision = update.revision;
+        for gone in &update.deletes {
+            next.resources.remove(&(gone.kind.clone(), gone.name.clone()));
+        }
+        for r in &update.upserts {
+            resource(r)?;
+            let Some((kind, name)) = key_of(r) else {
+                return Err(invalid("update", "a resource without a kind"));
+            };
+            next.resources.insert((kind.to_owned(), name), r.clone());
+        }
+        Ok(next)
+    }
+
+    /// The whole state as one snapshot message, for persisting.
+    pub fn to_snapshot(&self) -> pb::Update {
+        pb::Update {
+            revision: self.revision,
+            snapshot: true,
+            upserts: self.resources.values().cloned().collect(),
+            deletes: Vec::new(),
+            requires: Vec::new(),
+        }
+    }
+
+    /// The model workers use, with the control plane's rules first (they win ties with the
+    /// node's own rules of equal specificity; among themselves, in name order).
+    pub fn fleet(&self, local: &PolicySet) -> Result<Fleet, Invalid> {
+        let mut rules = Vec::new();
+        let mut pins = Vec::new();
+        let mut nodes = Vec::new();
+        for r in self.resources.values() {
+            match &r.kind {
+                Some(Kind::Policy(p)) => rules.push(policy(p)?),
+                Some(Kind::Pin(p)) => pins.push(pin(p)?),
+                Some(Kind::Node(n)) => nodes.push(node_key(n)?),
+                None => return Err(invalid("update", "a resource without a kind")),
+            }
+        }
+        rules.extend(local.rules().iter().cloned());
+        Ok(Fleet::new(self.revision, PolicySet::new(rules), pins, &nodes))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+use super::*;
+
+fn policy(name: &str, selector: &str, level: &str) -> pb::Resource {
+    pb::Resource {
+        kind: Some(Kind::Policy(pb::Policy {
+            name: name.into(),
+            r#match: selector.into(),
+            level: level.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn update(revision: u64, snapshot: bool, upserts: Vec<pb::Resource>) -> pb::Update {
+    pb::Update {
+        revision,
+        snapshot,
+        upserts,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_snapshot_then_a_delta_apply() -> Result<(), Invalid> {
+    let held = Held::default().apply(&update(3, true, vec![policy("a", "*.x.example", "encrypt")]))?;
+    let mut delta = update(4, false, vec![policy("b", "10.0.0.0/8", "deny")]);
+    delta.deletes.push(pb::ResourceRef {
+        kind: "policy".into(),
+        name: "a".into(),
+    });
+    let held = held.apply(&delta)?;
+    assert_eq!(held.revision, 4);
+    let names: Vec<_> = held.resources.keys().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["b"]);
+    Ok(())
+}
+
+#[test]
+fn one_bad_resource_rejects_the_update_by_name_and_keeps_the_state() -> Result<(), Invalid> {
+    let held = Held::default().apply(&update(1, true, vec![policy("a", "*.x.example", "encrypt")]))?;
+    let bad = update(
+        2,
+        true,
+        vec![
+            policy("good", "y.example", "encrypt"),
+            policy("bad", "y.example", "sometimes"),
+        ],
+    );
+    let error = held.apply(&bad).err();
+    assert_eq!(error.map(|e| e.resource), Some("policy/bad".to_owned()));
+    assert_eq!(held.revision, 1);
+    assert_eq!(held.resources.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_required_feature_the_node_lacks_is_refused() {
+    let mut p = pb::Policy {
+        name: "future".into(),
+        r#match: "*".into(),
+        level: "encrypt".into(),
+        ..Default::default()
+    };
+    p.requires.push("policy.require-ct".into());
+    let r = pb::Resource {
+        kind: Some(Kind::Policy(p)),
+    };
+    let error = Held::default().apply(&update(1, true, vec![r])).err();
+    assert!(error.is_some_and(|e| e.reason.contains("policy.require-ct")));
+    let mut whole = update(1, true, vec![]);
+    whole.requires.push("update.v2".into());
+    assert!(Held::default().apply(&whole).is_err());
+}
+
+#[test]
+fn a_resource_of_an_unknown_kind_is_refused_not_skipped() {
+    let unknown = pb::Resource { kind: None };
+    assert!(Held::default().apply(&update(1, true, vec![unknown])).is_err());
+}
+
+#[test]
+fn stale_deltas_are_refused() -> Result<(), Invalid> {
+    let held = Held::default().apply(&update(5, true, vec![]))?;
+    assert!(held.apply(&update(5, false, vec![])).is_err());
+    assert!(held.apply(&update(4, false, vec![])).is_err());
+    Ok(())
+}
+
+#[test]
+fn contradictions_are_refused() {
+    let mut p = pb::Policy {
+        name: "c".into(),
+        r#match: "*".into(),
+        level: "authenticate".into(),
+        ..Default::default()
+    };
+    p.allow_cleartext_fallback = Some(true);
+    assert!(super::policy(&p).is_err());
+}
+
+#[test]
+fn control_plane_rules_win_ties_with_local_rules() -> Result<(), Invalid> {
+    use osgate_core::policy::Peer;
+    let local = RuleSpec {
+        selector: "h.example",
+        level: "cleartext",
+        methods: &[],
+        pins: &[],
+        min_tls: None,
+        allow_cleartext_fallback: None,
+        report_only: false,
+    }
+    .build("policy[0]".into())
+    .map_err(|e| invalid("local", e.to_string()))?;
+    let held = Held::default().apply(&update(1, true, vec![policy("p", "h.example", "encrypt")]))?;
+    let fleet = held.fleet(&PolicySet::new(vec![local]))?;
+    let peer = Peer {
+        host: "h.example",
+        port: 443,
+        ip: None,
+    };
+    let chosen = fleet.policy.select(&peer).enforced.map(|r| r.id.clone());
+    assert_eq!(chosen.as_deref(), Some("cp:p"));
+    Ok(())
+}
