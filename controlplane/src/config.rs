@@ -1,0 +1,210 @@
+//! `osgate-controlplane` configuration. Errors name the file, the key and the reason.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use osgate_core::pin::SpkiPin;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    controlplane: RawControlPlane,
+    #[serde(default)]
+    admin: Vec<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControlPlane {
+    listen: String,
+    certificate: PathBuf,
+    private_key: PathBuf,
+    metrics: Option<String>,
+    /// `postgres://…`, or a path to the SQLite file.
+    database: Option<String>,
+    corroboration: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    name: String,
+    role: String,
+    token_sha256: Option<String>,
+    spki: Option<String>,
+}
+
+/// What an admin may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+        }
+    }
+}
+
+/// How an admin proves who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// SHA-256 of the bearer token: the file never holds the token.
+    TokenSha256([u8; 32]),
+    /// The key of an mTLS client certificate.
+    Key(SpkiPin),
+}
+
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub name: String,
+    pub role: Role,
+    pub credential: Credential,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub metrics: Option<SocketAddr>,
+    pub database: String,
+    /// Distinct nodes that must report a key before it spreads fleet-wide.
+    pub corroboration: u32,
+    pub admins: Vec<Admin>,
+}
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.key.as_str() {
+            "" => write!(f, "{}: {}", self.file.display(), self.reason),
+            key => write!(f, "{}: {key}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Loader<'a> {
+    file: &'a Path,
+    dir: PathBuf,
+}
+
+impl Loader<'_> {
+    fn error(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn resolve(&self, path: &Path) -> PathBuf {
+        self.dir.join(path)
+    }
+
+    fn addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse()
+            .map_err(|_| self.error(key, format!("`{text}` is not an address:port")))
+    }
+
+    fn admin(&self, i: usize, raw: RawAdmin) -> Result<Admin, ConfigError> {
+        let key = |field: &str| format!("admin[{i}].{field}");
+        let role = match raw.role.as_str() {
+            "admin" => Role::Admin,
+            "viewer" => Role::Viewer,
+            other => return Err(self.error(key("role"), format!("`{other}` is not admin or viewer"))),
+        };
+        let credential = match (raw.token_sha256, raw.spki) {
+            (Some(hex), None) => Credential::TokenSha256(
+                parse_hex32(&hex)
+                    .ok_or_else(|| self.error(key("token_sha256"), "expected 64 hex digits (osgate-controlplane hash-token)"))?,
+            ),
+            (None, Some(pin)) => Credential::Key(
+                SpkiPin::parse(&pin).map_err(|e| self.error(key("spki"), e.to_string()))?,
+            ),
+            _ => return Err(self.error(format!("admin[{i}]"), "give exactly one of token_sha256 and spki")),
+        };
+        Ok(Admin {
+            name: raw.name,
+            role,
+            credential,
+        })
+    }
+}
+
+/// Parses 64 hex digits.
+pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let dir = file.parent().map(Path::to_owned).unwrap_or_default();
+        let loader = Loader { file, dir };
+        let text = std::fs::read_to_string(file).map_err(|e| loader.error("", e.to_string()))?;
+        let deserializer = toml::Deserializer::parse(&text).map_err(|e| loader.error("", e.to_string()))?;
+        let raw: Raw = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| loader.error(e.path().to_string(), e.inner().message().to_owned()))?;
+        let cp = raw.controlplane;
+        let cert_path = loader.resolve(&cp.certificate);
+        let chain = CertificateDer::pem_file_iter(&cert_path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| loader.error("controlplane.certificate", format!("{}: {e}", cert_path.display())))?;
+        let key_path = loader.resolve(&cp.private_key);
+        let key = PrivateKeyDer::from_pem_file(&key_path)
+            .map_err(|e| loader.error("controlplane.private_key", format!("{}: {e}", key_path.display())))?;
+        let database = match cp.database {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
+            Some(path) => sqlite_url(&loader.resolve(Path::new(&path))),
+            None => sqlite_url(&loader.resolve(Path::new("controlplane.db"))),
+        };
+        let corroboration = cp.corroboration.unwrap_or(2);
+        if corroboration == 0 {
+            return Err(loader.error("controlplane.corroboration", "must be at least 1"));
+        }
+        let admins = raw
+            .admin
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| loader.admin(i, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            listen: loader.addr("controlplane.listen", &cp.listen)?,
+            chain,
+            key,
+            metrics: cp.metrics.map(|m| loader.addr("controlplane.metrics", &m)).transpose()?,
+            database,
+            corroboration,
+            admins,
+        })
+    }
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}

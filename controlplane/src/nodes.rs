@@ -1,0 +1,151 @@
+//! What each node connected to this replica last said: ACKed and NACKed revisions, the NACK
+//! error, its version and peers. Kept in memory and flushed to storage in batches, so a
+//! thousand ACKs cost one transaction and every replica can show every node.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
+
+use metrics::{counter, gauge};
+use sqlx::Row;
+
+use crate::ctx::unix_now;
+use crate::db::{Db, from_db, to_db};
+use crate::metrics as m;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub connected: bool,
+    pub acked: u64,
+    pub nacked: u64,
+    pub nack_error: String,
+    pub last_seen: u64,
+    pub version: String,
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    nodes: HashMap<String, Status>,
+    dirty: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    inner: Mutex<Inner>,
+}
+
+impl Tracker {
+    fn update(&self, node: &str, change: impl FnOnce(&mut Status)) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let status = inner.nodes.entry(node.to_owned()).or_default();
+        change(status);
+        status.last_seen = unix_now();
+        inner.dirty.insert(node.to_owned());
+        let connected = inner.nodes.values().filter(|s| s.connected).count();
+        gauge!(m::NODES_CONNECTED).set(connected as f64);
+    }
+
+    pub fn connected(&self, node: &str, version: String, peers: Vec<String>) {
+        self.update(node, |s| {
+            s.connected = true;
+            s.version = version;
+            s.peers = peers;
+        });
+    }
+
+    pub fn disconnected(&self, node: &str) {
+        self.update(node, |s| s.connected = false);
+    }
+
+    pub fn ack(&self, node: &str, revision: u64) {
+        counter!(m::ACKS).increment(1);
+        self.update(node, |s| s.acked = s.acked.max(revision));
+    }
+
+    pub fn nack(&self, node: &str, revision: u64, error: String) {
+        counter!(m::NACKS).increment(1);
+        tracing::warn!(node, revision, error, "node refused an update and keeps its last-known-good");
+        self.update(node, |s| {
+            s.nacked = revision;
+            s.nack_error = error;
+        });
+    }
+
+    /// The peers `node` said it carries traffic to.
+    pub fn peers(&self, node: &str) -> Vec<String> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.nodes.get(node).map(|s| s.peers.clone()).unwrap_or_default()
+    }
+
+    /// Writes changed statuses, and refreshes `last_seen` of connected nodes.
+    pub async fn flush(&self, db: &Db) -> Result<(), sqlx::Error> {
+        let batch: Vec<(String, Status)> = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = unix_now();
+            let dirty = std::mem::take(&mut inner.dirty);
+            inner
+                .nodes
+                .iter_mut()
+                .filter(|(name, s)| s.connected || dirty.contains(*name))
+                .map(|(name, s)| {
+                    s.last_seen = now;
+                    (name.clone(), s.clone())
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = db.pool.begin().await?;
+        for (name, s) in batch {
+            sqlx::query(
+                "INSERT INTO node_status (node, connected, acked, nacked, nack_error, last_seen, version, peers) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (node) DO UPDATE SET \
+                 connected = excluded.connected, acked = excluded.acked, nacked = excluded.nacked, \
+                 nack_error = excluded.nack_error, last_seen = excluded.last_seen, \
+                 version = excluded.version, peers = excluded.peers",
+            )
+            .bind(name)
+            .bind(i64::from(s.connected))
+            .bind(to_db(s.acked))
+            .bind(to_db(s.nacked))
+            .bind(s.nack_error)
+            .bind(to_db(s.last_seen))
+            .bind(s.version)
+            .bind(s.peers.join(","))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// How long a replica may go without refreshing a connected node before the node counts as
+/// disconnected (the replica died).
+const STALE_AFTER_SECS: u64 = 15;
+
+/// Every node's stored status, by name.
+pub async fn stored(db: &Db) -> Result<HashMap<String, Status>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT node, connected, acked, nacked, nack_error, last_seen, version, peers FROM node_status",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    let now = unix_now();
+    let mut out = HashMap::new();
+    for r in rows {
+        let last_seen = from_db(r.try_get(5)?);
+        let peers: String = r.try_get(7)?;
+        let status = Status {
+            connected: r.try_get::<i64, _>(1)? != 0 && now.saturating_sub(last_seen) < STALE_AFTER_SECS,
+            acked: from_db(r.try_get(2)?),
+            nacked: from_db(r.try_get(3)?),
+            nack_error: r.try_get(4)?,
+            last_seen,
+            version: r.try_get(6)?,
+            peers: peers.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+        };
+        out.insert(r.try_get(0)?, status);
+    }
+    Ok(out)
+}

@@ -1,0 +1,198 @@
+//! Fleet pins (CONFORMANCE D.28, D.29): keys nodes report for their peers, and what the fleet
+//! makes of them. A key reported by one node stays `learned`; it spreads as `corroborated`
+//! once `corroboration` distinct nodes reported it and no other key is known for the peer;
+//! an operator can approve or revoke any key. Conflicting keys are kept side by side and
+//! shown, never resolved by whoever wrote last.
+
+use std::collections::BTreeMap;
+
+use osgate_api::pb::{self, resource::Kind};
+use osgate_api::validate::pin_name;
+use osgate_core::fleet::PinState;
+use sqlx::Row;
+
+use crate::db::{Tx, Write};
+use crate::state::State;
+
+/// What storage holds about one key of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub reporters: Vec<String>,
+    /// An operator's decision: approved or revoked, and a vouched next key.
+    pub decision: Option<(PinState, String)>,
+}
+
+/// One key's standing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub pin: pb::FleetPin,
+    pub conflict: bool,
+}
+
+/// The standing of every key of one peer.
+pub fn standings(peer: &str, keys: &BTreeMap<String, Observed>, corroboration: u32) -> Vec<Standing> {
+    let revoked = |o: &Observed| matches!(o.decision, Some((PinState::Revoked, _)));
+    let approved = |o: &Observed| matches!(o.decision, Some((PinState::Approved, _)));
+    let live = keys.values().filter(|o| !revoked(o)).count();
+    let any_approved = keys.values().any(approved);
+    let conflict = live > 1 && !any_approved;
+    keys.iter()
+        .map(|(spki, o)| {
+            let enough = u32::try_from(o.reporters.len()).unwrap_or(u32::MAX) >= corroboration;
+            let (state, next) = match &o.decision {
+                Some((state, next)) => (*state, next.clone()),
+                // With an approved key, the operator has spoken for this peer.
+                None if enough && !conflict && !any_approved => {
+                    (PinState::Corroborated, String::new())
+                }
+                None => (PinState::Learned, String::new()),
+            };
+            Standing {
+                pin: pb::FleetPin {
+                    peer: peer.to_owned(),
+                    spki: spki.clone(),
+                    state: state.as_str().to_owned(),
+                    next,
+                    reporters: o.reporters.clone(),
+                    requires: vec!["pin.v1".into()],
+                },
+                conflict: conflict && !revoked(o),
+            }
+        })
+        .collect()
+}
+
+/// Reads what storage holds about `peer` (or every peer, for `None`).
+pub async fn observed(
+    conn: &mut sqlx::AnyConnection,
+    peer: Option<&str>,
+) -> Result<BTreeMap<String, BTreeMap<String, Observed>>, sqlx::Error> {
+    let filter = peer.unwrap_or("");
+    let reports = sqlx::query(
+        "SELECT peer, spki, node FROM pin_reports WHERE $1 = '' OR peer = $1 ORDER BY peer, spki, node",
+    )
+    .bind(filter)
+    .fetch_all(&mut *conn)
+    .await?;
+    let decisions = sqlx::query(
+        "SELECT peer, spki, state, next FROM pin_decisions WHERE $1 = '' OR peer = $1",
+    )
+    .bind(filter)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out: BTreeMap<String, BTreeMap<String, Observed>> = BTreeMap::new();
+    for row in &reports {
+        let (peer, spki, node): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        out.entry(peer).or_default().entry(spki).or_default().reporters.push(node);
+    }
+    for row in &decisions {
+        let (peer, spki, state, next): (String, String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        if let Some(state) = PinState::from_name(&state) {
+            out.entry(peer).or_default().entry(spki).or_default().decision = Some((state, next));
+        }
+    }
+    Ok(out)
+}
+
+/// The writes that make the distributed pins of `peer` match storage: nodes receive only
+/// corroborated, approved and revoked keys.
+pub async fn sync_peer(
+    tx: &mut Tx<'static>,
+    state: &State,
+    peer: &str,
+    corroboration: u32,
+) -> Result<Vec<Write>, sqlx::Error> {
+    let all = observed(tx, Some(peer)).await?;
+    let empty = BTreeMap::new();
+    let keys = all.get(peer).unwrap_or(&empty);
+    let mut writes = Vec::new();
+    let mut wanted = Vec::new();
+    for standing in standings(peer, keys, corroboration) {
+        let name = pin_name(peer, &standing.pin.spki);
+        if standing.pin.state == PinState::Learned.as_str() {
+            continue;
+        }
+        wanted.push(name.clone());
+        let mut distributed = standing.pin;
+        // Which nodes reported it stays in the control plane; nodes need the key and state.
+        distributed.reporters.clear();
+        let resource = pb::Resource {
+            kind: Some(Kind::Pin(distributed)),
+        };
+        if state.get("pin", &name).as_deref() != Some(&resource) {
+            writes.push(crate::ctx::put("pin", name, &resource));
+        }
+    }
+    for existing in state.list("pin") {
+        if let Some(Kind::Pin(p)) = &existing.kind {
+            let name = pin_name(&p.peer, &p.spki);
+            if p.peer == peer && !wanted.contains(&name) {
+                writes.push(Write::Delete { kind: "pin", name });
+            }
+        }
+    }
+    Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(reporters: &[&str], decision: Option<PinState>) -> Observed {
+        Observed {
+            reporters: reporters.iter().map(|r| (*r).to_owned()).collect(),
+            decision: decision.map(|s| (s, String::new())),
+        }
+    }
+
+    fn states(keys: &[(&str, Observed)], corroboration: u32) -> Vec<(String, bool)> {
+        let keys = keys.iter().map(|(k, o)| ((*k).to_owned(), o.clone())).collect();
+        standings("p:443", &keys, corroboration)
+            .into_iter()
+            .map(|s| (s.pin.state, s.conflict))
+            .collect()
+    }
+
+    #[test]
+    fn one_reporter_is_not_corroboration() {
+        assert_eq!(states(&[("k1", observed(&["n1"], None))], 2), [("learned".into(), false)]);
+        assert_eq!(
+            states(&[("k1", observed(&["n1", "n2"], None))], 2),
+            [("corroborated".into(), false)]
+        );
+    }
+
+    #[test]
+    fn conflicting_keys_are_kept_and_neither_spreads() {
+        let s = states(
+            &[("k1", observed(&["n1", "n2"], None)), ("k2", observed(&["n3", "n4"], None))],
+            2,
+        );
+        assert_eq!(s, [("learned".into(), true), ("learned".into(), true)]);
+    }
+
+    #[test]
+    fn an_approval_resolves_a_conflict() {
+        let s = states(
+            &[
+                ("k1", observed(&["n1"], Some(PinState::Approved))),
+                ("k2", observed(&["n3", "n4"], None)),
+            ],
+            2,
+        );
+        assert_eq!(s, [("approved".into(), false), ("learned".into(), false)]);
+    }
+
+    #[test]
+    fn a_revoked_key_is_no_conflict() {
+        let s = states(
+            &[
+                ("k1", observed(&["n1", "n2"], Some(PinState::Revoked))),
+                ("k2", observed(&["n3", "n4"], None)),
+            ],
+            2,
+        );
+        assert_eq!(s, [("revoked".into(), false), ("corroborated".into(), false)]);
+    }
+}

@@ -1,0 +1,131 @@
+//! The control plane's gRPC server: TLS 1.3 with optional client keys, the auth layer, and
+//! the admin, fleet, health and reflection services.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use osgate_api::pb::{admin_server::AdminServer, fleet_server::FleetServer};
+use osgate_core::pin::SpkiPin;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+use tonic::transport::server::Connected;
+
+use crate::admin::AdminService;
+use crate::auth::{Auth, PeerKey};
+use crate::config::Admin;
+use crate::ctx::Ctx;
+use crate::fleet::FleetService;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS connection, with the key its client presented.
+pub struct TlsIo(TlsStream<TcpStream>);
+
+impl Connected for TlsIo {
+    type ConnectInfo = PeerKey;
+
+    fn connect_info(&self) -> PeerKey {
+        let (_, session) = self.0.get_ref();
+        let key = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(SpkiPin::of_certificate);
+        PeerKey(key)
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections and runs their TLS handshakes off the accept loop.
+fn accept(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> ReceiverStream<io::Result<TlsIo>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Descriptor exhaustion and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(TlsIo(stream))).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    admins: Vec<Admin>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<FleetServer<FleetService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(osgate_api::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let limit = osgate_api::MAX_MESSAGE_BYTES;
+    let admin = AdminServer::new(AdminService { ctx: ctx.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let fleet = FleetServer::new(FleetService { ctx: ctx.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let auth = Auth {
+        admins: Arc::new(admins),
+        state: ctx.state.clone(),
+    };
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(auth)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(admin)
+        .add_service(fleet)
+        .serve_with_incoming_shutdown(accept(listener, tls), shutdown)
+        .await?;
+    Ok(())
+}
