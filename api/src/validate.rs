@@ -94,12 +94,8 @@ pub fn pin(p: &pb::FleetPin) -> Result<(String, FleetPin), Invalid> {
     supported(&resource, &p.requires)?;
     peer_ok(&resource, &p.peer)?;
     let key = SpkiPin::parse(&p.spki).map_err(|e| invalid(&resource, e.to_string()))?;
-    let state = PinState::from_name(&p.state).ok_or_else(|| {
-        invalid(
-            &resource,
-            format!("unknown pin state `{}`", p.state),
-        )
-    })?;
+    let state = PinState::from_name(&p.state)
+        .ok_or_else(|| invalid(&resource, format!("unknown pin state `{}`", p.state)))?;
     let next = match p.next.as_str() {
         "" => None,
         text => Some(SpkiPin::parse(text).map_err(|e| invalid(&resource, format!("next: {e}")))?),
@@ -172,7 +168,8 @@ impl Held {
         };
         next.revision = update.revision;
         for gone in &update.deletes {
-            next.resources.remove(&(gone.kind.clone(), gone.name.clone()));
+            next.resources
+                .remove(&(gone.kind.clone(), gone.name.clone()));
         }
         for r in &update.upserts {
             resource(r)?;
@@ -210,7 +207,12 @@ impl Held {
             }
         }
         rules.extend(local.rules().iter().cloned());
-        Ok(Fleet::new(self.revision, PolicySet::new(rules), pins, &nodes))
+        Ok(Fleet::new(
+            self.revision,
+            PolicySet::new(rules),
+            pins,
+            &nodes,
+        ))
     }
 }
 

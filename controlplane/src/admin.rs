@@ -44,7 +44,10 @@ fn policy_of(r: &pb::Resource) -> Option<&pb::Policy> {
 }
 
 fn policy_set(policies: &BTreeMap<String, pb::Policy>) -> Result<PolicySet, Status> {
-    let rules = policies.values().map(validate::policy).collect::<Result<Vec<_>, _>>();
+    let rules = policies
+        .values()
+        .map(validate::policy)
+        .collect::<Result<Vec<_>, _>>();
     rules.map(PolicySet::new).map_err(bad)
 }
 
@@ -144,11 +147,18 @@ impl AdminService {
         let writes = plan.writes;
         let mutation = self.ctx.begin().await?;
         let writes = (!writes.is_empty()).then_some(writes);
-        reply.revision = self.ctx.finish(mutation, caller, action, detail, writes).await?;
+        reply.revision = self
+            .ctx
+            .finish(mutation, caller, action, detail, writes)
+            .await?;
         Ok(reply)
     }
 
-    async fn apply(&self, caller: Caller, req: pb::ApplyPoliciesRequest) -> Result<pb::ApplyReply, Status> {
+    async fn apply(
+        &self,
+        caller: Caller,
+        req: pb::ApplyPoliciesRequest,
+    ) -> Result<pb::ApplyReply, Status> {
         let mut after = self.current_policies();
         for mut p in req.policies {
             validate::policy(&p).map_err(bad)?;
@@ -158,24 +168,34 @@ impl AdminService {
             after.insert(p.name.clone(), p);
         }
         let plan = self.plan(after).await?;
-        self.carry_out(&caller, "policies.apply", plan, req.dry_run, req.confirm).await
+        self.carry_out(&caller, "policies.apply", plan, req.dry_run, req.confirm)
+            .await
     }
 
-    async fn delete(&self, caller: Caller, req: pb::DeletePoliciesRequest) -> Result<pb::ApplyReply, Status> {
+    async fn delete(
+        &self,
+        caller: Caller,
+        req: pb::DeletePoliciesRequest,
+    ) -> Result<pb::ApplyReply, Status> {
         let mut after = self.current_policies();
         if req.all {
             after.clear();
         }
         for name in &req.names {
             if after.remove(name).is_none() {
-                return Err(Status::not_found(format!("no policy named `{name}` (osgatectl get policies)")));
+                return Err(Status::not_found(format!(
+                    "no policy named `{name}` (osgatectl get policies)"
+                )));
             }
         }
         let mut plan = self.plan(after).await?;
         if req.all && !plan.writes.is_empty() {
-            plan.reply.warnings.push(format!("this deletes all {} policies", plan.writes.len()));
+            plan.reply
+                .warnings
+                .push(format!("this deletes all {} policies", plan.writes.len()));
         }
-        self.carry_out(&caller, "policies.delete", plan, req.dry_run, req.confirm).await
+        self.carry_out(&caller, "policies.delete", plan, req.dry_run, req.confirm)
+            .await
     }
 
     async fn list_pins(&self, req: pb::ListRequest) -> Result<pb::PinList, Status> {
@@ -192,7 +212,10 @@ impl AdminService {
             }
         }
         if peer.is_none() {
-            let conflicts = rows.iter().filter(|r| r.conflict).filter_map(|r| r.pin.as_ref().map(|p| &p.peer));
+            let conflicts = rows
+                .iter()
+                .filter(|r| r.conflict)
+                .filter_map(|r| r.pin.as_ref().map(|p| &p.peer));
             let peers: std::collections::BTreeSet<_> = conflicts.collect();
             gauge!(m::PIN_CONFLICTS).set(peers.len() as f64);
         }
@@ -219,7 +242,15 @@ impl AdminService {
         validate::pin(&check).map_err(bad)?;
         let corroboration = self.ctx.corroboration;
         let state_ref = &self.ctx.state;
-        let detail = format!("{peer} {spki} -> {}{}", state.as_str(), if next.is_empty() { String::new() } else { format!(" (next {next})") });
+        let detail = format!(
+            "{peer} {spki} -> {}{}",
+            state.as_str(),
+            if next.is_empty() {
+                String::new()
+            } else {
+                format!(" (next {next})")
+            }
+        );
         let mut m = self.ctx.begin().await?;
         sqlx::query(
             "INSERT INTO pin_decisions (peer, spki, state, next) VALUES ($1, $2, $3, $4) \
@@ -235,27 +266,44 @@ impl AdminService {
         let writes = pins::sync_peer(&mut m.tx, state_ref, &peer, corroboration)
             .await
             .map_err(storage)?;
-        let revision = self.ctx.finish(m, &caller, action, detail, Some(writes)).await?;
+        let revision = self
+            .ctx
+            .finish(m, &caller, action, detail, Some(writes))
+            .await?;
         Ok(pb::ApplyReply {
             revision,
-            changes: vec![change("pin", &validate::pin_name(&check.peer, &check.spki), state.as_str())],
+            changes: vec![change(
+                "pin",
+                &validate::pin_name(&check.peer, &check.spki),
+                state.as_str(),
+            )],
             ..Default::default()
         })
     }
 
-    async fn delete_pins(&self, caller: Caller, req: pb::DeletePinsRequest) -> Result<pb::ApplyReply, Status> {
+    async fn delete_pins(
+        &self,
+        caller: Caller,
+        req: pb::DeletePinsRequest,
+    ) -> Result<pb::ApplyReply, Status> {
         if req.all && !req.confirm {
             return Err(Status::failed_precondition(
                 "deleting every pin of the fleet makes every pinned peer unknown again; repeat with --confirm",
             ));
         }
         if !req.all && req.peer.is_empty() {
-            return Err(Status::invalid_argument("name a peer (host:port), or --all"));
+            return Err(Status::invalid_argument(
+                "name a peer (host:port), or --all",
+            ));
         }
         let peer = req.peer.clone();
         let corroboration = self.ctx.corroboration;
         let state_ref = &self.ctx.state;
-        let detail = if req.all { "all pins".to_owned() } else { format!("pins of {peer}") };
+        let detail = if req.all {
+            "all pins".to_owned()
+        } else {
+            format!("pins of {peer}")
+        };
         let mut m = self.ctx.begin().await?;
         for table in ["pin_reports", "pin_decisions"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE $1 = '' OR peer = $1"))
@@ -275,9 +323,16 @@ impl AdminService {
         peers.dedup();
         let mut writes = Vec::new();
         for p in peers {
-            writes.extend(pins::sync_peer(&mut m.tx, state_ref, &p, corroboration).await.map_err(storage)?);
+            writes.extend(
+                pins::sync_peer(&mut m.tx, state_ref, &p, corroboration)
+                    .await
+                    .map_err(storage)?,
+            );
         }
-        let revision = self.ctx.finish(m, &caller, "pins.delete", detail, Some(writes)).await?;
+        let revision = self
+            .ctx
+            .finish(m, &caller, "pins.delete", detail, Some(writes))
+            .await?;
         Ok(pb::ApplyReply {
             revision,
             ..Default::default()
@@ -289,7 +344,9 @@ impl AdminService {
         let statuses = nodes::stored(&self.ctx.db).await.map_err(storage)?;
         let mut out = Vec::new();
         for r in self.ctx.state.list("node") {
-            let Some(Kind::Node(key)) = &r.kind else { continue };
+            let Some(Kind::Node(key)) = &r.kind else {
+                continue;
+            };
             if !req.name.is_empty() && key.name != req.name {
                 continue;
             }
@@ -306,7 +363,10 @@ impl AdminService {
             });
         }
         if !req.name.is_empty() && out.is_empty() {
-            return Err(Status::not_found(format!("no node named `{}` (osgatectl get nodes)", req.name)));
+            return Err(Status::not_found(format!(
+                "no node named `{}` (osgatectl get nodes)",
+                req.name
+            )));
         }
         Ok(pb::NodeList {
             nodes: out,
@@ -314,8 +374,14 @@ impl AdminService {
         })
     }
 
-    async fn register(&self, caller: Caller, req: pb::RegisterNodeRequest) -> Result<pb::ApplyReply, Status> {
-        let mut key = req.key.ok_or_else(|| Status::invalid_argument("key is missing"))?;
+    async fn register(
+        &self,
+        caller: Caller,
+        req: pb::RegisterNodeRequest,
+    ) -> Result<pb::ApplyReply, Status> {
+        let mut key = req
+            .key
+            .ok_or_else(|| Status::invalid_argument("key is missing"))?;
         if key.requires.is_empty() {
             key.requires.push("node-key.v1".into());
         }
@@ -327,7 +393,11 @@ impl AdminService {
         })
     }
 
-    async fn delete_node(&self, caller: Caller, req: pb::ListRequest) -> Result<pb::ApplyReply, Status> {
+    async fn delete_node(
+        &self,
+        caller: Caller,
+        req: pb::ListRequest,
+    ) -> Result<pb::ApplyReply, Status> {
         if self.ctx.state.get("node", &req.name).is_none() {
             return Err(Status::not_found(format!("no node named `{}`", req.name)));
         }
@@ -335,7 +405,10 @@ impl AdminService {
         let m = self.ctx.begin().await?;
         let detail = format!("node/{name}");
         let writes = Some(vec![Write::Delete { kind: "node", name }]);
-        let revision = self.ctx.finish(m, &caller, "nodes.delete", detail, writes).await?;
+        let revision = self
+            .ctx
+            .finish(m, &caller, "nodes.delete", detail, writes)
+            .await?;
         Ok(pb::ApplyReply {
             revision,
             changes: vec![change("node", &req.name, "deleted")],
@@ -348,7 +421,12 @@ impl AdminService {
             0 => 100,
             n => n.min(10_000),
         };
-        let rows = self.ctx.db.audit(req.since_revision, limit).await.map_err(storage)?;
+        let rows = self
+            .ctx
+            .db
+            .audit(req.since_revision, limit)
+            .await
+            .map_err(storage)?;
         let entries = rows
             .into_iter()
             .map(|r| pb::AuditEntry {
@@ -365,19 +443,34 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn apply_policies(&self, req: Request<pb::ApplyPoliciesRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn apply_policies(
+        &self,
+        req: Request<pb::ApplyPoliciesRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
         counted("ApplyPolicies", self.apply(caller, req.into_inner()).await)
     }
 
-    async fn delete_policies(&self, req: Request<pb::DeletePoliciesRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn delete_policies(
+        &self,
+        req: Request<pb::DeletePoliciesRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
-        counted("DeletePolicies", self.delete(caller, req.into_inner()).await)
+        counted(
+            "DeletePolicies",
+            self.delete(caller, req.into_inner()).await,
+        )
     }
 
-    async fn list_policies(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::PolicyList>, Status> {
+    async fn list_policies(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::PolicyList>, Status> {
         let name = req.into_inner().name;
-        let policies = self.current_policies().into_values().filter(|p| name.is_empty() || p.name == name);
+        let policies = self
+            .current_policies()
+            .into_values()
+            .filter(|p| name.is_empty() || p.name == name);
         let list = pb::PolicyList {
             policies: policies.collect(),
             revision: self.ctx.state.revision(),
@@ -385,48 +478,125 @@ impl Admin for AdminService {
         counted("ListPolicies", Ok(list))
     }
 
-    async fn list_pins(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::PinList>, Status> {
-        counted("ListPins", AdminService::list_pins(self, req.into_inner()).await)
+    async fn list_pins(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::PinList>, Status> {
+        counted(
+            "ListPins",
+            AdminService::list_pins(self, req.into_inner()).await,
+        )
     }
 
-    async fn approve_pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn approve_pin(
+        &self,
+        req: Request<pb::PinRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        counted("ApprovePin", self.decide(caller, "pins.approve", r.peer, r.spki, PinState::Approved, String::new()).await)
+        counted(
+            "ApprovePin",
+            self.decide(
+                caller,
+                "pins.approve",
+                r.peer,
+                r.spki,
+                PinState::Approved,
+                String::new(),
+            )
+            .await,
+        )
     }
 
-    async fn revoke_pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn revoke_pin(
+        &self,
+        req: Request<pb::PinRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        counted("RevokePin", self.decide(caller, "pins.revoke", r.peer, r.spki, PinState::Revoked, String::new()).await)
+        counted(
+            "RevokePin",
+            self.decide(
+                caller,
+                "pins.revoke",
+                r.peer,
+                r.spki,
+                PinState::Revoked,
+                String::new(),
+            )
+            .await,
+        )
     }
 
-    async fn vouch_pin(&self, req: Request<pb::VouchRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn vouch_pin(
+        &self,
+        req: Request<pb::VouchRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
         if SpkiPin::parse(&r.next).is_err() {
-            return counted("VouchPin", Err(Status::invalid_argument("next: expected sha256/<base64 SPKI digest>")));
+            return counted(
+                "VouchPin",
+                Err(Status::invalid_argument(
+                    "next: expected sha256/<base64 SPKI digest>",
+                )),
+            );
         }
-        counted("VouchPin", self.decide(caller, "pins.vouch", r.peer, r.spki, PinState::Approved, r.next).await)
+        counted(
+            "VouchPin",
+            self.decide(
+                caller,
+                "pins.vouch",
+                r.peer,
+                r.spki,
+                PinState::Approved,
+                r.next,
+            )
+            .await,
+        )
     }
 
-    async fn delete_pins(&self, req: Request<pb::DeletePinsRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn delete_pins(
+        &self,
+        req: Request<pb::DeletePinsRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
-        counted("DeletePins", AdminService::delete_pins(self, caller, req.into_inner()).await)
+        counted(
+            "DeletePins",
+            AdminService::delete_pins(self, caller, req.into_inner()).await,
+        )
     }
 
-    async fn list_nodes(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::NodeList>, Status> {
-        counted("ListNodes", AdminService::list_nodes(self, req.into_inner()).await)
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::NodeList>, Status> {
+        counted(
+            "ListNodes",
+            AdminService::list_nodes(self, req.into_inner()).await,
+        )
     }
 
-    async fn register_node(&self, req: Request<pb::RegisterNodeRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn register_node(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
-        counted("RegisterNode", self.register(caller, req.into_inner()).await)
+        counted(
+            "RegisterNode",
+            self.register(caller, req.into_inner()).await,
+        )
     }
 
-    async fn delete_node(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn delete_node(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let caller = caller(&req)?;
-        counted("DeleteNode", AdminService::delete_node(self, caller, req.into_inner()).await)
+        counted(
+            "DeleteNode",
+            AdminService::delete_node(self, caller, req.into_inner()).await,
+        )
     }
 
     async fn create_enroll_token(
@@ -435,10 +605,16 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::EnrollTokenReply>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        counted("CreateEnrollToken", enroll::create_token(&self.ctx, &caller, r.name, r.ttl).await)
+        counted(
+            "CreateEnrollToken",
+            enroll::create_token(&self.ctx, &caller, r.name, r.ttl).await,
+        )
     }
 
-    async fn list_audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditList>, Status> {
+    async fn list_audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditList>, Status> {
         counted("ListAudit", self.audit(req.into_inner()).await)
     }
 }

@@ -24,11 +24,18 @@ pub struct PeerKey(pub Option<SpkiPin>);
 /// The authenticated caller, put in the request's extensions for the handlers.
 #[derive(Clone, Debug)]
 pub enum Caller {
-    Admin { name: String, role: Role },
+    Admin {
+        name: String,
+        role: Role,
+    },
     /// A registered node.
-    Node { name: String },
+    Node {
+        name: String,
+    },
     /// A key enrolling with a one-time token.
-    Enrolling { key: SpkiPin },
+    Enrolling {
+        key: SpkiPin,
+    },
     /// Health checks only.
     Anyone,
 }
@@ -106,9 +113,11 @@ impl Auth {
         let admin = || self.admin(head, key);
         match needs {
             Needs::Anyone => Ok(Caller::Anyone),
-            Needs::AnyKey => key
-                .map(|key| Caller::Enrolling { key })
-                .ok_or_else(|| Status::unauthenticated("enrolment needs the node's key as a TLS client certificate")),
+            Needs::AnyKey => key.map(|key| Caller::Enrolling { key }).ok_or_else(|| {
+                Status::unauthenticated(
+                    "enrolment needs the node's key as a TLS client certificate",
+                )
+            }),
             Needs::Node => match key.and_then(|k| self.node(k)) {
                 Some(name) => Ok(Caller::Node { name }),
                 None => Err(Status::unauthenticated(
@@ -116,10 +125,15 @@ impl Auth {
                 )),
             },
             Needs::Viewer | Needs::Admin => match admin() {
-                None => Err(Status::unauthenticated("a bearer token or admin key is needed")),
-                Some(a) if needs == Needs::Admin && a.role != Role::Admin => Err(Status::permission_denied(
-                    format!("{} has role viewer; this method needs admin", a.name),
+                None => Err(Status::unauthenticated(
+                    "a bearer token or admin key is needed",
                 )),
+                Some(a) if needs == Needs::Admin && a.role != Role::Admin => {
+                    Err(Status::permission_denied(format!(
+                        "{} has role viewer; this method needs admin",
+                        a.name
+                    )))
+                }
                 Some(a) => Ok(Caller::Admin {
                     name: a.name.clone(),
                     role: a.role,
@@ -171,8 +185,13 @@ where
                 Box::pin(self.inner.call(http::Request::from_parts(head, body)))
             }
             Err(status) => {
-                counter!(m::REQUESTS_REFUSED, "code" => format!("{:?}", status.code())).increment(1);
-                tracing::info!(path = head.uri.path(), reason = status.message(), "request refused");
+                counter!(m::REQUESTS_REFUSED, "code" => format!("{:?}", status.code()))
+                    .increment(1);
+                tracing::info!(
+                    path = head.uri.path(),
+                    reason = status.message(),
+                    "request refused"
+                );
                 // The body is dropped unread.
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }

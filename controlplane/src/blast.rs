@@ -18,7 +18,11 @@ fn describe(rule: Option<&Rule>) -> String {
 
 /// Peers whose enforced control-plane rule differs between `before` and `after`, over the
 /// peers each node said it carries traffic to.
-pub fn affected(before: &PolicySet, after: &PolicySet, nodes: &HashMap<String, Status>) -> Vec<pb::Affected> {
+pub fn affected(
+    before: &PolicySet,
+    after: &PolicySet,
+    nodes: &HashMap<String, Status>,
+) -> Vec<pb::Affected> {
     let mut out = Vec::new();
     let mut names: Vec<&String> = nodes.keys().collect();
     names.sort();

@@ -128,17 +128,26 @@ impl Loader<'_> {
         let role = match raw.role.as_str() {
             "admin" => Role::Admin,
             "viewer" => Role::Viewer,
-            other => return Err(self.error(key("role"), format!("`{other}` is not admin or viewer"))),
+            other => {
+                return Err(self.error(key("role"), format!("`{other}` is not admin or viewer")));
+            }
         };
         let credential = match (raw.token_sha256, raw.spki) {
-            (Some(hex), None) => Credential::TokenSha256(
-                parse_hex32(&hex)
-                    .ok_or_else(|| self.error(key("token_sha256"), "expected 64 hex digits (osgate-controlplane hash-token)"))?,
-            ),
+            (Some(hex), None) => Credential::TokenSha256(parse_hex32(&hex).ok_or_else(|| {
+                self.error(
+                    key("token_sha256"),
+                    "expected 64 hex digits (osgate-controlplane hash-token)",
+                )
+            })?),
             (None, Some(pin)) => Credential::Key(
                 SpkiPin::parse(&pin).map_err(|e| self.error(key("spki"), e.to_string()))?,
             ),
-            _ => return Err(self.error(format!("admin[{i}]"), "give exactly one of token_sha256 and spki")),
+            _ => {
+                return Err(self.error(
+                    format!("admin[{i}]"),
+                    "give exactly one of token_sha256 and spki",
+                ));
+            }
         };
         Ok(Admin {
             name: raw.name,
@@ -167,17 +176,27 @@ impl Config {
         let dir = file.parent().map(Path::to_owned).unwrap_or_default();
         let loader = Loader { file, dir };
         let text = std::fs::read_to_string(file).map_err(|e| loader.error("", e.to_string()))?;
-        let deserializer = toml::Deserializer::parse(&text).map_err(|e| loader.error("", e.to_string()))?;
+        let deserializer =
+            toml::Deserializer::parse(&text).map_err(|e| loader.error("", e.to_string()))?;
         let raw: Raw = serde_path_to_error::deserialize(deserializer)
             .map_err(|e| loader.error(e.path().to_string(), e.inner().message().to_owned()))?;
         let cp = raw.controlplane;
         let cert_path = loader.resolve(&cp.certificate);
         let chain = CertificateDer::pem_file_iter(&cert_path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| loader.error("controlplane.certificate", format!("{}: {e}", cert_path.display())))?;
+            .map_err(|e| {
+                loader.error(
+                    "controlplane.certificate",
+                    format!("{}: {e}", cert_path.display()),
+                )
+            })?;
         let key_path = loader.resolve(&cp.private_key);
-        let key = PrivateKeyDer::from_pem_file(&key_path)
-            .map_err(|e| loader.error("controlplane.private_key", format!("{}: {e}", key_path.display())))?;
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+            loader.error(
+                "controlplane.private_key",
+                format!("{}: {e}", key_path.display()),
+            )
+        })?;
         let database = match cp.database {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
             Some(path) => sqlite_url(&loader.resolve(Path::new(&path))),
@@ -197,7 +216,10 @@ impl Config {
             listen: loader.addr("controlplane.listen", &cp.listen)?,
             chain,
             key,
-            metrics: cp.metrics.map(|m| loader.addr("controlplane.metrics", &m)).transpose()?,
+            metrics: cp
+                .metrics
+                .map(|m| loader.addr("controlplane.metrics", &m))
+                .transpose()?,
             database,
             corroboration,
             admins,

@@ -133,9 +133,10 @@ impl Db {
     /// Starts a mutation: the transaction holds the next revision's lock until it commits.
     pub async fn begin(&self) -> Result<(Tx<'static>, u64), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision")
-            .fetch_one(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query("UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+                .fetch_one(&mut *tx)
+                .await?;
         Ok((tx, from_db(row.try_get(0)?)))
     }
 
@@ -164,14 +165,16 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("INSERT INTO audit (revision, at, who, action, detail) VALUES ($1, $2, $3, $4, $5)")
-            .bind(to_db(revision))
-            .bind(to_db(now))
-            .bind(audit.who)
-            .bind(audit.action)
-            .bind(audit.detail)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit (revision, at, who, action, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(to_db(revision))
+        .bind(to_db(now))
+        .bind(audit.who)
+        .bind(audit.action)
+        .bind(audit.detail)
+        .execute(&mut *tx)
+        .await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)

@@ -40,11 +40,17 @@ pub async fn register(ctx: &Ctx, caller: &Caller, key: pb::NodeKey) -> Result<u6
     };
     let m = ctx.begin().await?;
     let writes = Some(vec![put("node", name, &resource)]);
-    ctx.finish(m, caller, "nodes.register", detail, writes).await
+    ctx.finish(m, caller, "nodes.register", detail, writes)
+        .await
 }
 
 /// Creates a one-time token that registers the first key that presents it as node `name`.
-pub async fn create_token(ctx: &Ctx, caller: &Caller, name: String, ttl: u64) -> Result<pb::EnrollTokenReply, Status> {
+pub async fn create_token(
+    ctx: &Ctx,
+    caller: &Caller,
+    name: String,
+    ttl: u64,
+) -> Result<pb::EnrollTokenReply, Status> {
     let check = pb::NodeKey {
         name: name.clone(),
         spki: osgate_core::pin::SpkiPin::of_spki(b"").to_string(),
@@ -54,7 +60,12 @@ pub async fn create_token(ctx: &Ctx, caller: &Caller, name: String, ttl: u64) ->
     let mut secret = [0u8; 32];
     aws_lc_rs::rand::fill(&mut secret).map_err(|_| Status::internal("no randomness"))?;
     let token = URL_SAFE_NO_PAD.encode(secret);
-    let expires = unix_now() + if ttl == 0 { DEFAULT_TOKEN_TTL_SECS } else { ttl };
+    let expires = unix_now()
+        + if ttl == 0 {
+            DEFAULT_TOKEN_TTL_SECS
+        } else {
+            ttl
+        };
     let hashed = hex(&sha256(token.as_bytes()));
     let mut m = ctx.begin().await?;
     sqlx::query("INSERT INTO enroll_tokens (token_sha256, name, expires) VALUES ($1, $2, $3)")
@@ -65,23 +76,34 @@ pub async fn create_token(ctx: &Ctx, caller: &Caller, name: String, ttl: u64) ->
         .await
         .map_err(storage)?;
     let detail = format!("node/{name}");
-    ctx.finish(m, caller, "nodes.enroll-token", detail, Some(Vec::new())).await?;
+    ctx.finish(m, caller, "nodes.enroll-token", detail, Some(Vec::new()))
+        .await?;
     Ok(pb::EnrollTokenReply { token, expires })
 }
 
 /// Redeems `token` for the calling key.
-pub async fn redeem(ctx: &Ctx, caller: &Caller, token: &str, addresses: Vec<String>) -> Result<String, Status> {
+pub async fn redeem(
+    ctx: &Ctx,
+    caller: &Caller,
+    token: &str,
+    addresses: Vec<String>,
+) -> Result<String, Status> {
     let Caller::Enrolling { key } = caller else {
         return Err(Status::permission_denied("enrolment needs a client key"));
     };
     let hashed = hex(&sha256(token.as_bytes()));
     let mut tx = ctx.db.pool.begin().await.map_err(storage)?;
-    let row = sqlx::query("DELETE FROM enroll_tokens WHERE token_sha256 = $1 RETURNING name, expires")
-        .bind(&hashed)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(storage)?;
-    let refused = || Status::permission_denied("the enrolment token is unknown, used or expired; ask an admin for a new one");
+    let row =
+        sqlx::query("DELETE FROM enroll_tokens WHERE token_sha256 = $1 RETURNING name, expires")
+            .bind(&hashed)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(storage)?;
+    let refused = || {
+        Status::permission_denied(
+            "the enrolment token is unknown, used or expired; ask an admin for a new one",
+        )
+    };
     let row = row.ok_or_else(refused)?;
     let name: String = row.try_get(0).map_err(storage)?;
     if from_db(row.try_get(1).map_err(storage)?) < unix_now() {

@@ -33,7 +33,9 @@ pub struct FleetService {
 fn node_name(caller: &Caller) -> Result<String, Status> {
     match caller {
         Caller::Node { name } => Ok(name.clone()),
-        _ => Err(Status::permission_denied("only registered nodes use this method")),
+        _ => Err(Status::permission_denied(
+            "only registered nodes use this method",
+        )),
     }
 }
 
@@ -96,14 +98,24 @@ impl Session {
 impl Fleet for FleetService {
     type WatchStream = Updates;
 
-    async fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> Result<Response<Updates>, Status> {
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Updates>, Status> {
         let node = node_name(&caller(&req)?)?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::WatchRequest { msg: Some(Msg::Hello(h)) }))) => h,
+            Ok(Ok(Some(pb::WatchRequest {
+                msg: Some(Msg::Hello(h)),
+            }))) => h,
             _ => return Err(Status::invalid_argument("a watch stream starts with Hello")),
         };
-        tracing::info!(node, holds = hello.revision, version = hello.version, "node stream opened");
+        tracing::info!(
+            node,
+            holds = hello.revision,
+            version = hello.version,
+            "node stream opened"
+        );
         self.ctx.nodes.connected(&node, hello.version, hello.peers);
         let (out, rx) = mpsc::channel(4);
         let session = Session {
@@ -117,12 +129,17 @@ impl Fleet for FleetService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn report(&self, req: Request<pb::ReportBatch>) -> Result<Response<pb::ReportReply>, Status> {
+    async fn report(
+        &self,
+        req: Request<pb::ReportBatch>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
         let caller = caller(&req)?;
         let node = node_name(&caller)?;
         let batch = req.into_inner();
         if batch.pins.len() > MAX_REPORTED_PINS {
-            return Err(Status::invalid_argument(format!("at most {MAX_REPORTED_PINS} pins per report")));
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_REPORTED_PINS} pins per report"
+            )));
         }
         // A node speaks only for itself, and only about peers it carries traffic to.
         let declared: BTreeSet<String> = self.ctx.nodes.peers(&node).into_iter().collect();
@@ -138,7 +155,11 @@ impl Fleet for FleetService {
                 ..Default::default()
             };
             if osgate_api::validate::pin(&check).is_err() || !declared.contains(&check.peer) {
-                tracing::warn!(node, peer = check.peer, "pin report refused: malformed, or a peer the node does not serve");
+                tracing::warn!(
+                    node,
+                    peer = check.peer,
+                    "pin report refused: malformed, or a peer the node does not serve"
+                );
                 continue;
             }
             sqlx::query(
@@ -163,14 +184,21 @@ impl Fleet for FleetService {
         for peer in peers {
             let detail = format!("pins of {peer} after a report");
             let mut m = self.ctx.begin().await?;
-            let writes = pins::sync_peer(&mut m.tx, state, &peer, corroboration).await.map_err(storage)?;
+            let writes = pins::sync_peer(&mut m.tx, state, &peer, corroboration)
+                .await
+                .map_err(storage)?;
             let writes = (!writes.is_empty()).then_some(writes);
-            self.ctx.finish(m, &caller, "pins.report", detail, writes).await?;
+            self.ctx
+                .finish(m, &caller, "pins.report", detail, writes)
+                .await?;
         }
         Ok(Response::new(pb::ReportReply { accepted }))
     }
 
-    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollReply>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollReply>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let name = enroll::redeem(&self.ctx, &caller, &r.token, r.addresses).await?;

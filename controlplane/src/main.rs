@@ -26,7 +26,11 @@ use config::Config;
 use ctx::Ctx;
 
 #[derive(Parser)]
-#[command(name = "osgate-controlplane", version, about = "The osgate control plane")]
+#[command(
+    name = "osgate-controlplane",
+    version,
+    about = "The osgate control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,7 +94,10 @@ fn hash_token() -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };

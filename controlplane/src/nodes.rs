@@ -64,7 +64,12 @@ impl Tracker {
 
     pub fn nack(&self, node: &str, revision: u64, error: String) {
         counter!(m::NACKS).increment(1);
-        tracing::warn!(node, revision, error, "node refused an update and keeps its last-known-good");
+        tracing::warn!(
+            node,
+            revision,
+            error,
+            "node refused an update and keeps its last-known-good"
+        );
         self.update(node, |s| {
             s.nacked = revision;
             s.nack_error = error;
@@ -74,7 +79,11 @@ impl Tracker {
     /// The peers `node` said it carries traffic to.
     pub fn peers(&self, node: &str) -> Vec<String> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.nodes.get(node).map(|s| s.peers.clone()).unwrap_or_default()
+        inner
+            .nodes
+            .get(node)
+            .map(|s| s.peers.clone())
+            .unwrap_or_default()
     }
 
     /// Writes changed statuses, and refreshes `last_seen` of connected nodes.
@@ -137,13 +146,18 @@ pub async fn stored(db: &Db) -> Result<HashMap<String, Status>, sqlx::Error> {
         let last_seen = from_db(r.try_get(5)?);
         let peers: String = r.try_get(7)?;
         let status = Status {
-            connected: r.try_get::<i64, _>(1)? != 0 && now.saturating_sub(last_seen) < STALE_AFTER_SECS,
+            connected: r.try_get::<i64, _>(1)? != 0
+                && now.saturating_sub(last_seen) < STALE_AFTER_SECS,
             acked: from_db(r.try_get(2)?),
             nacked: from_db(r.try_get(3)?),
             nack_error: r.try_get(4)?,
             last_seen,
             version: r.try_get(6)?,
-            peers: peers.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+            peers: peers
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
         };
         out.insert(r.try_get(0)?, status);
     }

@@ -30,7 +30,11 @@ pub struct Standing {
 }
 
 /// The standing of every key of one peer.
-pub fn standings(peer: &str, keys: &BTreeMap<String, Observed>, corroboration: u32) -> Vec<Standing> {
+pub fn standings(
+    peer: &str,
+    keys: &BTreeMap<String, Observed>,
+    corroboration: u32,
+) -> Vec<Standing> {
     let revoked = |o: &Observed| matches!(o.decision, Some((PinState::Revoked, _)));
     let approved = |o: &Observed| matches!(o.decision, Some((PinState::Approved, _)));
     let live = keys.values().filter(|o| !revoked(o)).count();
@@ -74,22 +78,35 @@ pub async fn observed(
     .bind(filter)
     .fetch_all(&mut *conn)
     .await?;
-    let decisions = sqlx::query(
-        "SELECT peer, spki, state, next FROM pin_decisions WHERE $1 = '' OR peer = $1",
-    )
-    .bind(filter)
-    .fetch_all(&mut *conn)
-    .await?;
+    let decisions =
+        sqlx::query("SELECT peer, spki, state, next FROM pin_decisions WHERE $1 = '' OR peer = $1")
+            .bind(filter)
+            .fetch_all(&mut *conn)
+            .await?;
     let mut out: BTreeMap<String, BTreeMap<String, Observed>> = BTreeMap::new();
     for row in &reports {
-        let (peer, spki, node): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        out.entry(peer).or_default().entry(spki).or_default().reporters.push(node);
+        let (peer, spki, node): (String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        out.entry(peer)
+            .or_default()
+            .entry(spki)
+            .or_default()
+            .reporters
+            .push(node);
     }
     for row in &decisions {
-        let (peer, spki, state, next): (String, String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        let (peer, spki, state, next): (String, String, String, String) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
         if let Some(state) = PinState::from_name(&state) {
-            out.entry(peer).or_default().entry(spki).or_default().decision = Some((state, next));
+            out.entry(peer)
+                .or_default()
+                .entry(spki)
+                .or_default()
+                .decision = Some((state, next));
         }
     }
     Ok(out)
@@ -147,7 +164,10 @@ mod tests {
     }
 
     fn states(keys: &[(&str, Observed)], corroboration: u32) -> Vec<(String, bool)> {
-        let keys = keys.iter().map(|(k, o)| ((*k).to_owned(), o.clone())).collect();
+        let keys = keys
+            .iter()
+            .map(|(k, o)| ((*k).to_owned(), o.clone()))
+            .collect();
         standings("p:443", &keys, corroboration)
             .into_iter()
             .map(|s| (s.pin.state, s.conflict))
@@ -156,7 +176,10 @@ mod tests {
 
     #[test]
     fn one_reporter_is_not_corroboration() {
-        assert_eq!(states(&[("k1", observed(&["n1"], None))], 2), [("learned".into(), false)]);
+        assert_eq!(
+            states(&[("k1", observed(&["n1"], None))], 2),
+            [("learned".into(), false)]
+        );
         assert_eq!(
             states(&[("k1", observed(&["n1", "n2"], None))], 2),
             [("corroborated".into(), false)]
@@ -166,7 +189,10 @@ mod tests {
     #[test]
     fn conflicting_keys_are_kept_and_neither_spreads() {
         let s = states(
-            &[("k1", observed(&["n1", "n2"], None)), ("k2", observed(&["n3", "n4"], None))],
+            &[
+                ("k1", observed(&["n1", "n2"], None)),
+                ("k2", observed(&["n3", "n4"], None)),
+            ],
             2,
         );
         assert_eq!(s, [("learned".into(), true), ("learned".into(), true)]);
@@ -193,6 +219,9 @@ mod tests {
             ],
             2,
         );
-        assert_eq!(s, [("revoked".into(), false), ("corroborated".into(), false)]);
+        assert_eq!(
+            s,
+            [("revoked".into(), false), ("corroborated".into(), false)]
+        );
     }
 }

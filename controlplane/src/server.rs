@@ -42,13 +42,21 @@ impl Connected for TlsIo {
 }
 
 impl AsyncRead for TlsIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -62,7 +70,10 @@ impl AsyncWrite for TlsIo {
 }
 
 /// Accepts connections and runs their TLS handshakes off the accept loop.
-fn accept(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> ReceiverStream<io::Result<TlsIo>> {
+fn accept(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<io::Result<TlsIo>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
@@ -102,7 +113,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<FleetServer<FleetService>>().await;
+    health_reporter
+        .set_serving::<FleetServer<FleetService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(osgate_api::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;

@@ -45,7 +45,10 @@ impl State {
     }
 
     pub fn revision(&self) -> u64 {
-        self.inner.read().unwrap_or_else(PoisonError::into_inner).revision
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .revision
     }
 
     /// Loads what storage has beyond the current revision and publishes it.
@@ -69,7 +72,11 @@ impl State {
                 None => None,
             };
             let key = (row.kind, row.name);
-            inner.by_revision.entry(row.revision).or_default().push(key.clone());
+            inner
+                .by_revision
+                .entry(row.revision)
+                .or_default()
+                .push(key.clone());
             inner.resources.insert(key, (row.revision, resource));
         }
         inner.revision = inner.revision.max(stored);

@@ -22,7 +22,11 @@ fn update(revision: u64, snapshot: bool, upserts: Vec<pb::Resource>) -> pb::Upda
 
 #[test]
 fn a_snapshot_then_a_delta_apply() -> Result<(), Invalid> {
-    let held = Held::default().apply(&update(3, true, vec![policy("a", "*.x.example", "encrypt")]))?;
+    let held = Held::default().apply(&update(
+        3,
+        true,
+        vec![policy("a", "*.x.example", "encrypt")],
+    ))?;
     let mut delta = update(4, false, vec![policy("b", "10.0.0.0/8", "deny")]);
     delta.deletes.push(pb::ResourceRef {
         kind: "policy".into(),
@@ -37,7 +41,11 @@ fn a_snapshot_then_a_delta_apply() -> Result<(), Invalid> {
 
 #[test]
 fn one_bad_resource_rejects_the_update_by_name_and_keeps_the_state() -> Result<(), Invalid> {
-    let held = Held::default().apply(&update(1, true, vec![policy("a", "*.x.example", "encrypt")]))?;
+    let held = Held::default().apply(&update(
+        1,
+        true,
+        vec![policy("a", "*.x.example", "encrypt")],
+    ))?;
     let bad = update(
         2,
         true,
@@ -75,7 +83,11 @@ fn a_required_feature_the_node_lacks_is_refused() {
 #[test]
 fn a_resource_of_an_unknown_kind_is_refused_not_skipped() {
     let unknown = pb::Resource { kind: None };
-    assert!(Held::default().apply(&update(1, true, vec![unknown])).is_err());
+    assert!(
+        Held::default()
+            .apply(&update(1, true, vec![unknown]))
+            .is_err()
+    );
 }
 
 #[test]
@@ -112,7 +124,8 @@ fn control_plane_rules_win_ties_with_local_rules() -> Result<(), Invalid> {
     }
     .build("policy[0]".into())
     .map_err(|e| invalid("local", e.to_string()))?;
-    let held = Held::default().apply(&update(1, true, vec![policy("p", "h.example", "encrypt")]))?;
+    let held =
+        Held::default().apply(&update(1, true, vec![policy("p", "h.example", "encrypt")]))?;
     let fleet = held.fleet(&PolicySet::new(vec![local]))?;
     let peer = Peer {
         host: "h.example",

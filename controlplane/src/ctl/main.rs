@@ -20,7 +20,11 @@ mod output;
 mod policy_file;
 
 #[derive(Parser)]
-#[command(name = "osgatectl", version, about = "Administers an osgate control plane")]
+#[command(
+    name = "osgatectl",
+    version,
+    about = "Administers an osgate control plane"
+)]
 struct Cli {
     #[command(flatten)]
     conn: Connection,
@@ -34,7 +38,12 @@ struct Cli {
 #[derive(Args)]
 struct Connection {
     /// The control plane, host:port.
-    #[arg(long, env = "OSGATE_SERVER", global = true, default_value = "127.0.0.1:7400")]
+    #[arg(
+        long,
+        env = "OSGATE_SERVER",
+        global = true,
+        default_value = "127.0.0.1:7400"
+    )]
     server: String,
     /// The control plane's key (sha256/<base64>), as `osgate keygen` printed it.
     #[arg(long, env = "OSGATE_SERVER_PIN", global = true)]
@@ -117,7 +126,11 @@ enum PinAction {
     /// Revokes PEER's key SPKI: every node refuses it.
     Revoke { peer: String, spki: String },
     /// Vouches for NEXT as PEER's next key: both work until the peer presents NEXT.
-    Vouch { peer: String, spki: String, next: String },
+    Vouch {
+        peer: String,
+        spki: String,
+        next: String,
+    },
     /// Forgets the pins of PEER (or all, with --all --confirm).
     Delete {
         peer: Option<String>,
@@ -166,7 +179,9 @@ fn usage(message: impl Into<String>) -> Failure {
 fn from_status(server: &str, status: tonic::Status) -> Failure {
     use tonic::Code;
     let hint = match status.code() {
-        Code::Unauthenticated => " (give a token with --token or OSGATE_TOKEN, or an admin key with --cert/--key)",
+        Code::Unauthenticated => {
+            " (give a token with --token or OSGATE_TOKEN, or an admin key with --cert/--key)"
+        }
         Code::PermissionDenied => " (ask for a token with role admin)",
         Code::Unavailable => " (is the control plane running, and is --server right?)",
         _ => "",
@@ -179,7 +194,9 @@ fn from_status(server: &str, status: tonic::Status) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let result = match runtime {
         Ok(rt) => rt.block_on(run(cli)),
         Err(e) => Err(usage(format!("cannot start: {e}"))),
@@ -193,7 +210,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn client(conn: &Connection) -> Result<AdminClient<InterceptedService<Channel, Bearer>>, Failure> {
+async fn client(
+    conn: &Connection,
+) -> Result<AdminClient<InterceptedService<Channel, Bearer>>, Failure> {
     let pin = conn.server_pin.as_deref().ok_or_else(|| {
         usage("the control plane's key is needed: --server-pin or OSGATE_SERVER_PIN (sha256/…, printed by `osgate keygen`)")
     })?;
@@ -203,13 +222,17 @@ async fn client(conn: &Connection) -> Result<AdminClient<InterceptedService<Chan
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|c| c.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| usage(format!("--cert {}: {e}", cert.display())))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| usage(format!("--key {}: {e}", key.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| usage(format!("--key {}: {e}", key.display())))?;
             Some((chain, key))
         }
         _ => None,
     };
-    let crypto = CryptoPolicy::new(KxGroup::DEFAULT, TlsFloor::Tls13).map_err(|e| usage(e.to_string()))?;
-    let tls = crypto.pinned_client(vec![pin], identity).map_err(|e| usage(e.to_string()))?;
+    let crypto =
+        CryptoPolicy::new(KxGroup::DEFAULT, TlsFloor::Tls13).map_err(|e| usage(e.to_string()))?;
+    let tls = crypto
+        .pinned_client(vec![pin], identity)
+        .map_err(|e| usage(e.to_string()))?;
     let target = Target {
         address: conn.server.clone(),
         tls,
@@ -219,7 +242,9 @@ async fn client(conn: &Connection) -> Result<AdminClient<InterceptedService<Chan
     };
     let channel = target.connect().await.map_err(|e| Failure {
         code: 1,
-        message: format!("{e} (is the control plane running, and are --server and --server-pin right?)"),
+        message: format!(
+            "{e} (is the control plane running, and are --server and --server-pin right?)"
+        ),
     })?;
     let bearer = match &conn.token {
         Some(token) => Some(
@@ -238,9 +263,14 @@ async fn client(conn: &Connection) -> Result<AdminClient<InterceptedService<Chan
 struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert(osgate_api::AUTHORIZATION, value.clone());
+            request
+                .metadata_mut()
+                .insert(osgate_api::AUTHORIZATION, value.clone());
         }
         Ok(request)
     }
@@ -251,17 +281,29 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let status = |s| from_status(&server, s);
     let out = output::Printer { format: cli.output };
     match cli.command {
-        Command::Apply { file, dry_run, confirm } => {
+        Command::Apply {
+            file,
+            dry_run,
+            confirm,
+        } => {
             let policies = policy_file::load(&file).map_err(usage)?;
             let mut admin = client(&cli.conn).await?;
-            let request = pb::ApplyPoliciesRequest { policies, dry_run, confirm };
+            let request = pb::ApplyPoliciesRequest {
+                policies,
+                dry_run,
+                confirm,
+            };
             let reply = admin.apply_policies(request).await.map_err(status)?;
             out.apply(&reply.into_inner(), dry_run);
         }
         Command::Diff { file } => {
             let policies = policy_file::load(&file).map_err(usage)?;
             let mut admin = client(&cli.conn).await?;
-            let request = pb::ApplyPoliciesRequest { policies, dry_run: true, confirm: false };
+            let request = pb::ApplyPoliciesRequest {
+                policies,
+                dry_run: true,
+                confirm: false,
+            };
             let reply = admin.apply_policies(request).await.map_err(status)?;
             out.apply(&reply.into_inner(), true);
         }
@@ -269,33 +311,78 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut admin = client(&cli.conn).await?;
             let name = name.unwrap_or_default();
             match what {
-                Kind::Policies => out.policies(&admin.list_policies(pb::ListRequest { name }).await.map_err(status)?.into_inner()),
-                Kind::Pins => out.pins(&admin.list_pins(pb::ListRequest { name }).await.map_err(status)?.into_inner()),
-                Kind::Nodes => out.nodes(&admin.list_nodes(pb::ListRequest { name }).await.map_err(status)?.into_inner()),
+                Kind::Policies => out.policies(
+                    &admin
+                        .list_policies(pb::ListRequest { name })
+                        .await
+                        .map_err(status)?
+                        .into_inner(),
+                ),
+                Kind::Pins => out.pins(
+                    &admin
+                        .list_pins(pb::ListRequest { name })
+                        .await
+                        .map_err(status)?
+                        .into_inner(),
+                ),
+                Kind::Nodes => out.nodes(
+                    &admin
+                        .list_nodes(pb::ListRequest { name })
+                        .await
+                        .map_err(status)?
+                        .into_inner(),
+                ),
                 Kind::Audit => {
-                    let request = pb::AuditRequest { since_revision: 0, limit: 1000 };
-                    out.audit(&admin.list_audit(request).await.map_err(status)?.into_inner());
+                    let request = pb::AuditRequest {
+                        since_revision: 0,
+                        limit: 1000,
+                    };
+                    out.audit(
+                        &admin
+                            .list_audit(request)
+                            .await
+                            .map_err(status)?
+                            .into_inner(),
+                    );
                 }
             }
         }
-        Command::Delete { names, all, dry_run, confirm } => {
+        Command::Delete {
+            names,
+            all,
+            dry_run,
+            confirm,
+        } => {
             if names.is_empty() && !all {
                 return Err(usage("name the policies to delete, or --all"));
             }
             let mut admin = client(&cli.conn).await?;
-            let request = pb::DeletePoliciesRequest { names, all, dry_run, confirm };
+            let request = pb::DeletePoliciesRequest {
+                names,
+                all,
+                dry_run,
+                confirm,
+            };
             let reply = admin.delete_policies(request).await.map_err(status)?;
             out.apply(&reply.into_inner(), dry_run);
         }
         Command::Pins { action } => {
             let mut admin = client(&cli.conn).await?;
             let reply = match action {
-                PinAction::Approve { peer, spki } => admin.approve_pin(pb::PinRequest { peer, spki }).await,
-                PinAction::Revoke { peer, spki } => admin.revoke_pin(pb::PinRequest { peer, spki }).await,
-                PinAction::Vouch { peer, spki, next } => admin.vouch_pin(pb::VouchRequest { peer, spki, next }).await,
+                PinAction::Approve { peer, spki } => {
+                    admin.approve_pin(pb::PinRequest { peer, spki }).await
+                }
+                PinAction::Revoke { peer, spki } => {
+                    admin.revoke_pin(pb::PinRequest { peer, spki }).await
+                }
+                PinAction::Vouch { peer, spki, next } => {
+                    admin.vouch_pin(pb::VouchRequest { peer, spki, next }).await
+                }
                 PinAction::Delete { peer, all, confirm } => {
                     let peer = peer.unwrap_or_default();
-                    admin.delete_pins(pb::DeletePinsRequest { peer, all, confirm }).await
+                    admin
+                        .delete_pins(pb::DeletePinsRequest { peer, all, confirm })
+                        .await
                 }
             };
             out.apply(&reply.map_err(status)?.into_inner(), false);
@@ -303,13 +390,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Nodes { action } => {
             let mut admin = client(&cli.conn).await?;
             match action {
-                NodeAction::Register { name, spki, addresses } => {
-                    let key = pb::NodeKey { name, spki, addresses, requires: Vec::new() };
-                    let reply = admin.register_node(pb::RegisterNodeRequest { key: Some(key) }).await;
+                NodeAction::Register {
+                    name,
+                    spki,
+                    addresses,
+                } => {
+                    let key = pb::NodeKey {
+                        name,
+                        spki,
+                        addresses,
+                        requires: Vec::new(),
+                    };
+                    let reply = admin
+                        .register_node(pb::RegisterNodeRequest { key: Some(key) })
+                        .await;
                     out.apply(&reply.map_err(status)?.into_inner(), false);
                 }
                 NodeAction::Enroll { name, ttl } => {
-                    let reply = admin.create_enroll_token(pb::EnrollTokenRequest { name, ttl }).await;
+                    let reply = admin
+                        .create_enroll_token(pb::EnrollTokenRequest { name, ttl })
+                        .await;
                     out.token(&reply.map_err(status)?.into_inner());
                 }
                 NodeAction::Delete { name } => {

@@ -18,7 +18,11 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.to_vec());
@@ -28,19 +32,28 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 fn json_out(value: Value) {
-    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    );
 }
 
 impl Printer {
     pub fn apply(&self, reply: &pb::ApplyReply, dry_run: bool) {
         if let Format::Json = self.format {
-            let changes: Vec<Value> = reply.changes.iter().map(|c| json!({"kind": c.kind, "name": c.name, "action": c.action})).collect();
+            let changes: Vec<Value> = reply
+                .changes
+                .iter()
+                .map(|c| json!({"kind": c.kind, "name": c.name, "action": c.action}))
+                .collect();
             let affected: Vec<Value> = reply
                 .affected
                 .iter()
                 .map(|a| json!({"node": a.node, "peer": a.peer, "before": a.before, "after": a.after}))
                 .collect();
-            return json_out(json!({"revision": reply.revision, "dry_run": dry_run, "changes": changes, "affected": affected, "warnings": reply.warnings}));
+            return json_out(
+                json!({"revision": reply.revision, "dry_run": dry_run, "changes": changes, "affected": affected, "warnings": reply.warnings}),
+            );
         }
         for c in &reply.changes {
             println!("{}/{} {}", c.kind, c.name, c.action);
@@ -53,12 +66,22 @@ impl Printer {
             let rows: Vec<Vec<String>> = reply
                 .affected
                 .iter()
-                .map(|a| vec![a.node.clone(), a.peer.clone(), a.before.clone(), a.after.clone()])
+                .map(|a| {
+                    vec![
+                        a.node.clone(),
+                        a.peer.clone(),
+                        a.before.clone(),
+                        a.after.clone(),
+                    ]
+                })
                 .collect();
             table(&["NODE", "PEER", "BEFORE", "AFTER"], &rows);
         }
         match dry_run {
-            true => println!("dry run: nothing stored ({} peer(s) affected)", reply.affected.len()),
+            true => println!(
+                "dry run: nothing stored ({} peer(s) affected)",
+                reply.affected.len()
+            ),
             false => println!("revision {}", reply.revision),
         }
     }
@@ -85,16 +108,30 @@ impl Printer {
                     p.r#match.clone(),
                     p.level.clone(),
                     p.methods.join(","),
-                    if p.min_tls.is_empty() { "-".into() } else { p.min_tls.clone() },
-                    if p.report_only { "report-only".into() } else { "enforced".into() },
+                    if p.min_tls.is_empty() {
+                        "-".into()
+                    } else {
+                        p.min_tls.clone()
+                    },
+                    if p.report_only {
+                        "report-only".into()
+                    } else {
+                        "enforced".into()
+                    },
                 ]
             })
             .collect();
-        table(&["NAME", "MATCH", "LEVEL", "METHODS", "MIN_TLS", "MODE"], &rows);
+        table(
+            &["NAME", "MATCH", "LEVEL", "METHODS", "MIN_TLS", "MODE"],
+            &rows,
+        );
     }
 
     pub fn pins(&self, list: &pb::PinList) {
-        let pins = list.pins.iter().filter_map(|r| r.pin.as_ref().map(|p| (p, r.conflict)));
+        let pins = list
+            .pins
+            .iter()
+            .filter_map(|r| r.pin.as_ref().map(|p| (p, r.conflict)));
         if let Format::Json = self.format {
             let items: Vec<Value> = pins
                 .map(|(p, conflict)| {
@@ -111,8 +148,16 @@ impl Printer {
                     p.spki.clone(),
                     p.state.clone(),
                     p.reporters.join(","),
-                    if p.next.is_empty() { "-".into() } else { p.next.clone() },
-                    if conflict { "CONFLICT".into() } else { String::new() },
+                    if p.next.is_empty() {
+                        "-".into()
+                    } else {
+                        p.next.clone()
+                    },
+                    if conflict {
+                        "CONFLICT".into()
+                    } else {
+                        String::new()
+                    },
                 ]
             })
             .collect();
@@ -149,7 +194,11 @@ impl Printer {
                 let key = n.key.clone().unwrap_or_default();
                 vec![
                     key.name,
-                    if n.connected { "connected".into() } else { "disconnected".into() },
+                    if n.connected {
+                        "connected".into()
+                    } else {
+                        "disconnected".into()
+                    },
                     n.acked_revision.to_string(),
                     status(n),
                     key.spki,
@@ -172,7 +221,15 @@ impl Printer {
         let rows: Vec<Vec<String>> = list
             .entries
             .iter()
-            .map(|e| vec![e.revision.to_string(), e.at.to_string(), e.who.clone(), e.action.clone(), e.detail.clone()])
+            .map(|e| {
+                vec![
+                    e.revision.to_string(),
+                    e.at.to_string(),
+                    e.who.clone(),
+                    e.action.clone(),
+                    e.detail.clone(),
+                ]
+            })
             .collect();
         table(&["REVISION", "AT", "WHO", "ACTION", "DETAIL"], &rows);
     }

@@ -95,9 +95,14 @@ impl Fleet {
         for (peer, pin) in pins {
             let entry = by_peer.entry(peer.clone()).or_default();
             match pin.state {
-                PinState::Approved => entry.approved.extend([Some(pin.key), pin.next].into_iter().flatten()),
+                PinState::Approved => entry
+                    .approved
+                    .extend([Some(pin.key), pin.next].into_iter().flatten()),
                 PinState::Revoked => entry.revoked.push(pin.key),
-                PinState::Corroborated => corroborated.entry(peer).or_default().push((pin.key, pin.next)),
+                PinState::Corroborated => corroborated
+                    .entry(peer)
+                    .or_default()
+                    .push((pin.key, pin.next)),
                 PinState::Learned => {}
             }
         }
@@ -110,7 +115,10 @@ impl Fleet {
         let mut by_address: HashMap<String, Vec<SpkiPin>> = HashMap::new();
         for node in nodes {
             for address in &node.addresses {
-                by_address.entry(address.to_ascii_lowercase()).or_default().push(node.key);
+                by_address
+                    .entry(address.to_ascii_lowercase())
+                    .or_default()
+                    .push(node.key);
             }
         }
         Self {
@@ -184,7 +192,10 @@ mod tests {
         let f = fleet(&[("a:443", state(pin(1), PinState::Corroborated))]);
         assert_eq!(f.tofu("a:443", Tofu::Unknown), Tofu::Pinned(pin(1)));
         assert_eq!(f.tofu("a:443", Tofu::Pinned(pin(2))), Tofu::Pinned(pin(2)));
-        assert_eq!(f.tofu("a:443", Tofu::StoreUnavailable), Tofu::StoreUnavailable);
+        assert_eq!(
+            f.tofu("a:443", Tofu::StoreUnavailable),
+            Tofu::StoreUnavailable
+        );
         assert_eq!(f.tofu("b:443", Tofu::Unknown), Tofu::Unknown);
     }
 

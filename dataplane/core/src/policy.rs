@@ -74,7 +74,9 @@ pub enum Selector {
 
 /// A rule's selector did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}` is not a selector: {why} (expected host, *.suffix, address/prefix, host:port or *)")]
+#[error(
+    "`{text}` is not a selector: {why} (expected host, *.suffix, address/prefix, host:port or *)"
+)]
 pub struct SelectorError {
     pub text: String,
     pub why: &'static str,

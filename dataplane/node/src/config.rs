@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use osgate_core::crypto::{KxGroup, TlsFloor};
+use osgate_core::crypto::KxGroup;
+use osgate_core::outcome::Method;
 use osgate_core::pin::SpkiPin;
 use osgate_core::policy::{Level, PolicySet, Rule, RuleSpec};
 use rustls_pki_types::pem::PemObject;
@@ -176,6 +177,40 @@ pub struct Config {
     pub tofu: Option<TofuConfig>,
     /// `None`: DANE is off.
     pub dns: Option<DnsConfig>,
+    /// `None`: no control plane; the node runs on its own config.
+    pub controlplane: Option<ControlPlaneConfig>,
+}
+
+/// `[controlplane]`: where the fleet's policy and capability caches come from.
+#[derive(Debug)]
+pub struct ControlPlaneConfig {
+    /// `host:port`.
+    pub address: String,
+    /// The control plane's key.
+    pub server_pin: SpkiPin,
+    /// The node key: its identity to the control plane.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// The last-known-good snapshot.
+    pub state: PathBuf,
+    /// A one-time token to enrol the node key with, if it is not registered yet.
+    pub enroll_token: Option<String>,
+    /// `host:port` of this node's inbound listeners, as other nodes reach them.
+    pub advertise: Vec<String>,
+}
+
+impl Clone for ControlPlaneConfig {
+    fn clone(&self) -> Self {
+        Self {
+            address: self.address.clone(),
+            server_pin: self.server_pin,
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            state: self.state.clone(),
+            enroll_token: self.enroll_token.clone(),
+            advertise: self.advertise.clone(),
+        }
+    }
 }
 
 impl Config {
@@ -238,6 +273,21 @@ impl Validator<'_> {
             ratchet: Duration::from_secs(t.ratchet_hours * 3600),
         });
         let dns = file.dns.map(|d| self.dns(d)).transpose()?;
+        let controlplane = file
+            .controlplane
+            .map(|c| self.controlplane(c, &inbound))
+            .transpose()?;
+        if controlplane.is_none() {
+            let fleet = policy
+                .iter()
+                .position(|r| r.methods.contains(&Method::Fleet));
+            if let Some(i) = fleet {
+                return Err(self.error(
+                    format!("policy[{i}].methods"),
+                    "method `fleet` needs [controlplane]: fleet node keys come from the control plane",
+                ));
+            }
+        }
         let config = Config {
             node,
             outbound,
@@ -245,9 +295,40 @@ impl Validator<'_> {
             policy: PolicySet::new(policy),
             tofu,
             dns,
+            controlplane,
         };
         self.distinct_listeners(&config)?;
         Ok(config)
+    }
+
+    fn controlplane(
+        &self,
+        c: raw::ControlPlane,
+        inbound: &[Inbound],
+    ) -> Result<ControlPlaneConfig, ConfigError> {
+        let server_pin = SpkiPin::parse(&c.server_pin)
+            .map_err(|e| self.error("controlplane.server_pin", e.to_string()))?;
+        let chain = self.certificates("controlplane.certificate", &c.certificate)?;
+        let key_path = self.resolve(&c.private_key);
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+            self.error(
+                "controlplane.private_key",
+                format!("{}: {e}", key_path.display()),
+            )
+        })?;
+        let advertise = match c.advertise.is_empty() {
+            true => inbound.iter().map(|i| i.listen.to_string()).collect(),
+            false => c.advertise,
+        };
+        Ok(ControlPlaneConfig {
+            address: c.address,
+            server_pin,
+            chain,
+            key,
+            state: self.resolve(&c.state),
+            enroll_token: c.enroll_token,
+            advertise,
+        })
     }
 
     fn node(&self, node: raw::Node) -> Result<NodeConfig, ConfigError> {

@@ -4,10 +4,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use metrics::gauge;
 use osgate_core::crypto::{ChainVerifier, CryptoPolicy, TlsFloor};
+use osgate_core::fleet::Fleet;
 use osgate_core::outcome::Direction;
-use osgate_core::policy::{Level, PolicySet};
+use osgate_core::policy::Level;
 use rustls_pki_types::ServerName;
 
 use crate::config::{Host, HostPort, Timeouts};
@@ -20,7 +22,9 @@ pub(crate) struct Node {
     pub timeouts: Timeouts,
     pub client_tls: ClientConfigs,
     pub chain: ChainVerifier,
-    pub policy: PolicySet,
+    /// Explicit policy (the control plane's rules, then this node's) and the fleet's pins and
+    /// node keys, swapped whole when the control plane sends an update.
+    pub fleet: ArcSwap<Fleet>,
     /// TOFU pins and the ratchet; `None` when `[tofu]` is not configured.
     pub store: Option<crate::store::Store>,
     /// `[tofu] mode = "enforce"`: learn and check pins (else only the ratchet).

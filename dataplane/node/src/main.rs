@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod config;
+mod controlplane;
 mod ctx;
 mod dns;
+mod durable;
 mod inbound;
 mod io;
 mod keygen;
@@ -108,7 +110,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Keygen { cert, key, names } => match keygen::generate(&names, &cert, &key) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(pin) => {
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{pin}");
+                }
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("keygen: {e}");
                 ExitCode::FAILURE

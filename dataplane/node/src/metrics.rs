@@ -38,6 +38,19 @@ pub const DNSSEC_VALIDATION_AVAILABLE: &str = "osgate_dnssec_validation_availabl
 /// Accept errors by `kind` (e.g. descriptor exhaustion).
 pub const ACCEPT_ERRORS_TOTAL: &str = "osgate_accept_errors_total";
 
+/// Gauge: the control-plane revision this node applies (0: none).
+pub const CP_REVISION: &str = "osgate_controlplane_revision";
+/// Gauge: seconds since the node last knew its control-plane config was current.
+pub const CP_CONFIG_AGE: &str = "osgate_controlplane_config_age_seconds";
+/// Gauge: 1 while a watch stream to the control plane is open.
+pub const CP_CONNECTED: &str = "osgate_controlplane_connected";
+/// Gauge: 1 while the node runs with no control-plane overrides (none received or persisted).
+pub const CP_NO_OVERRIDES: &str = "osgate_controlplane_no_overrides";
+/// Counter: control-plane updates by `result` (`ack`, `nack`).
+pub const CP_UPDATES_TOTAL: &str = "osgate_controlplane_updates_total";
+/// Gauge: pins learned here and not yet reported to the control plane.
+pub const CP_PINS_PENDING: &str = "osgate_controlplane_pins_pending";
+
 /// Starts the Prometheus endpoint (its own thread) and describes every metric.
 pub fn install(listen: Option<SocketAddr>) -> Result<(), String> {
     if let Some(addr) = listen {

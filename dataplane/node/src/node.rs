@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use metrics::gauge;
 use osgate_core::crypto::{ChainVerifier, CryptoError, CryptoPolicy, TlsFloor};
+use osgate_core::fleet::Fleet;
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
@@ -40,6 +42,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
         n => n,
     };
     let plans = plan(&config, workers)?;
+    if let (Some(cp), Some(first)) = (config.controlplane.clone(), plans.first()) {
+        let peers = config
+            .outbound
+            .iter()
+            .map(|o| o.peer.to_string().to_ascii_lowercase())
+            .collect();
+        crate::controlplane::start(cp, first.node.clone(), config.policy.clone(), peers)
+            .map_err(StartError::Worker)?;
+    }
     tracing::info!(target: "osgate::node", driver = driver.name(), workers, "osgate node started");
     worker::run(driver, plans).map_err(StartError::Worker)
 }
@@ -82,7 +93,7 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         timeouts: config.node.timeouts,
         client_tls: client_configs(config)?,
         chain: ChainVerifier::new(roots, &crypto),
-        policy: config.policy.clone(),
+        fleet: ArcSwap::from_pointee(Fleet::new(0, config.policy.clone(), [], &[])),
         store: open_store(config),
         tofu_enforce: config.tofu.as_ref().is_some_and(|t| t.enforce),
         dns: config.dns.clone(),

@@ -10,6 +10,7 @@ use metrics::counter;
 use osgate_core::auth::{ChainChecks, Evidence, Methods, Tofu, authenticate};
 use osgate_core::crypto::{TlsFloor, check_dane_ta, tls_params};
 use osgate_core::dane::{Match, Tlsa, TlsaSet, match_chain};
+use osgate_core::fleet::Fleet;
 use osgate_core::ladder::{Ladder, Plan, Step, TlsResult, simulate};
 use osgate_core::outcome::{
     Close, Direction, Level as Achieved, Method, Outcome, Reason, TlsParams,
@@ -55,6 +56,7 @@ fn decide<'a>(
     rule: Option<&'a Rule>,
     listener: &'a OutboundListener,
     node: &Node,
+    fleet: &'a Fleet,
     now: u64,
     dane: Option<&'a Dane>,
 ) -> Decision<'a> {
@@ -66,11 +68,13 @@ fn decide<'a>(
         Some(r) if r.level == Level::Authenticate => Methods::Only(&r.methods),
         _ => Methods::All,
     };
+    let peer = listener.peer_key.as_str();
     let (tofu, ratchet) = match &node.store {
-        Some(store) => store.lookup(&listener.peer_key, now),
+        Some(store) => store.lookup(peer, now),
         None => (Tofu::Off, false),
     };
     let tofu = if node.tofu_enforce { tofu } else { Tofu::Off };
+    let tofu = fleet.tofu(peer, tofu);
     let (tlsa, base, tls_committed): (&[Tlsa], Option<&str>, bool) = match dane {
         Some(Dane::Records {
             set: TlsaSet::Usable(records),
@@ -82,8 +86,13 @@ fn decide<'a>(
         }) => (&[], None, true),
         _ => (&[], None, false),
     };
+    let rule_pins = rule.map_or(&[][..], |r| r.pins.as_slice());
     let evidence = Evidence {
-        pins: rule.map_or(&[], |r| r.pins.as_slice()),
+        pins: match rule_pins.is_empty() {
+            true => fleet.approved(peer),
+            false => rule_pins,
+        },
+        fleet: fleet.node_keys(peer),
         dane: !tlsa.is_empty(),
         tofu,
     };
@@ -203,9 +212,17 @@ async fn establish<D: Driver>(
 ) -> (Outcome, Option<Connected<D::Conn>>) {
     let now = UnixTime::now().as_secs();
     let peer = policy_peer(listener);
-    let selected = node.policy.select(&peer);
+    let fleet = node.fleet.load_full();
+    let selected = fleet.policy.select(&peer);
     let found = lookup(listener, selected.enforced, dns).await;
-    let decision = decide(selected.enforced, listener, node, now, found.dane.as_ref());
+    let decision = decide(
+        selected.enforced,
+        listener,
+        node,
+        &fleet,
+        now,
+        found.dane.as_ref(),
+    );
     let mut outcome = Outcome {
         direction: Direction::Outbound,
         listener: listener.listen.clone(),
@@ -219,9 +236,7 @@ async fn establish<D: Driver>(
         bytes_down: 0,
         handshake: None,
         duration: Duration::ZERO,
-        policy: decision
-            .rule
-            .map_or_else(|| "listener".to_owned(), |r| r.id.clone()),
+        policy: policy_id(decision.rule, &fleet),
         peer_key: None,
         downgrade_suspected: false,
         dane: found.dane.as_ref().map(Dane::label),
@@ -288,6 +303,7 @@ async fn establish<D: Driver>(
             rule,
             listener,
             node,
+            &fleet,
             now,
             tls_result,
             cleartext_connects,
@@ -348,6 +364,15 @@ fn remember(
     }
 }
 
+/// The rule as outcome records name it; control-plane rules with their revision.
+fn policy_id(rule: Option<&Rule>, fleet: &Fleet) -> String {
+    match rule {
+        None => "listener".to_owned(),
+        Some(r) if r.id.starts_with("cp:") => format!("{}@{}", r.id, fleet.revision),
+        Some(r) => r.id.clone(),
+    }
+}
+
 fn policy_peer(listener: &OutboundListener) -> Peer<'_> {
     Peer {
         host: &listener.policy_host,
@@ -372,12 +397,13 @@ fn report_only(
     rule: &Rule,
     listener: &OutboundListener,
     node: &Node,
+    fleet: &Fleet,
     now: u64,
     tls: Option<TlsResult>,
     cleartext_connects: bool,
 ) -> (String, Achieved, Reason) {
     count_policy(Some(rule), true);
-    let decision = decide(Some(rule), listener, node, now, None);
+    let decision = decide(Some(rule), listener, node, fleet, now, None);
     // Without an observed TLS attempt, the best guess is that TLS would have been offered
     // and the peer would have refused it.
     let tls = tls.unwrap_or(TlsResult::PeerNoTls);

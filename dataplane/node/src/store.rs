@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -175,22 +174,12 @@ impl Contents {
 
     /// Writes the store atomically (temp file, fsync, rename, fsync of the folder).
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        let error = |source| StoreError::Write {
-            path: path.to_owned(),
-            source,
-        };
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(error)?;
-        file.write_all(self.render().as_bytes()).map_err(error)?;
-        file.sync_all().map_err(error)?;
-        std::fs::rename(&tmp, path).map_err(error)?;
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(error)
+        crate::durable::write_atomic(path, self.render().as_bytes()).map_err(|source| {
+            StoreError::Write {
+                path: path.to_owned(),
+                source,
+            }
+        })
     }
 }
 
@@ -261,6 +250,18 @@ impl Store {
         };
         let ratchet = c.ratchet.get(peer).is_some_and(|until| *until > now);
         (tofu, ratchet)
+    }
+
+    /// Pins this node learned itself (not those an operator set), for reporting to the
+    /// control plane: `(peer, key, first seen)`.
+    pub fn learned(&self) -> Vec<(String, SpkiPin, u64)> {
+        let guard = self.lock();
+        let Some(c) = &*guard else { return Vec::new() };
+        c.pins
+            .iter()
+            .filter(|(_, r)| r.state == PinState::Learned)
+            .map(|(peer, r)| (peer.clone(), r.pin, r.first_seen))
+            .collect()
     }
 
     /// Records a TLS connection to `peer` at `now`: extends the ratchet, and pins `pin` if the

@@ -19,6 +19,20 @@ pub(super) struct File {
     pub policy: Vec<Policy>,
     pub tofu: Option<Tofu>,
     pub dns: Option<Dns>,
+    pub controlplane: Option<ControlPlane>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ControlPlane {
+    pub address: String,
+    pub server_pin: String,
+    pub certificate: String,
+    pub private_key: String,
+    pub state: String,
+    pub enroll_token: Option<String>,
+    #[serde(default)]
+    pub advertise: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,320 @@
+//! The node's side of the control plane: a watch stream that applies each update whole or
+//! NACKs it, a persisted last-known-good to start from when the control plane is away, and
+//! reports of the pins this node learned. Runs on its own thread; workers only ever see a
+//! whole [`Fleet`] swapped in at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge};
+use osgate_api::connect::Target;
+use osgate_api::pb::{self, fleet_client::FleetClient, watch_request::Msg};
+use osgate_api::validate::Held;
+use osgate_core::crypto::{CryptoPolicy, KxGroup, TlsFloor};
+use osgate_core::policy::PolicySet;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::config::ControlPlaneConfig;
+use crate::ctx::Node;
+use crate::metrics as m;
+
+mod backoff;
+mod lkg;
+
+use backoff::Backoff;
+
+/// Pins per report.
+const REPORT_BATCH: usize = 1_000;
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct Client {
+    config: ControlPlaneConfig,
+    node: Arc<Node>,
+    local: PolicySet,
+    peers: Vec<String>,
+    held: Held,
+    /// When the node last knew its config was current (Unix seconds).
+    synced_at: Arc<AtomicU64>,
+    reported: HashSet<(String, String)>,
+    enrolled: bool,
+}
+
+/// Loads the last-known-good into `node` now, then follows the control plane on a thread.
+pub fn start(
+    config: ControlPlaneConfig,
+    node: Arc<Node>,
+    local: PolicySet,
+    peers: Vec<String>,
+) -> std::io::Result<()> {
+    let (held, saved_at) = load_last_known_good(&config, &node, &local);
+    let client = Client {
+        config,
+        node,
+        local,
+        peers,
+        held,
+        synced_at: Arc::new(AtomicU64::new(saved_at)),
+        reported: HashSet::new(),
+        enrolled: false,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("osgate-controlplane".into())
+        .spawn(move || runtime.block_on(client.run()))?;
+    Ok(())
+}
+
+fn load_last_known_good(
+    config: &ControlPlaneConfig,
+    node: &Node,
+    local: &PolicySet,
+) -> (Held, u64) {
+    let path = config.state.display().to_string();
+    let loaded = lkg::load(&config.state).and_then(|(snapshot, saved_at)| {
+        let held = Held::default()
+            .apply(&snapshot)
+            .map_err(|e| e.to_string())?;
+        let fleet = held.fleet(local).map_err(|e| e.to_string())?;
+        Ok((held, fleet, saved_at))
+    });
+    match loaded {
+        Ok((held, fleet, saved_at)) => {
+            tracing::info!(target: "osgate::controlplane", revision = held.revision, path, "serving the last-known-good until the control plane answers");
+            gauge!(m::CP_REVISION).set(held.revision as f64);
+            gauge!(m::CP_NO_OVERRIDES).set(0.0);
+            node.fleet.store(Arc::new(fleet));
+            (held, saved_at)
+        }
+        Err(e) => {
+            let missing = !config.state.exists();
+            match missing {
+                true => {
+                    tracing::info!(target: "osgate::controlplane", path, "no last-known-good yet: running with no overrides until the control plane answers")
+                }
+                false => {
+                    tracing::error!(target: "osgate::controlplane", path, error = e, "last-known-good is unreadable: running with no overrides until the control plane answers")
+                }
+            }
+            gauge!(m::CP_NO_OVERRIDES).set(1.0);
+            (Held::default(), unix_now())
+        }
+    }
+}
+
+impl Client {
+    fn target(&self) -> Result<Target, String> {
+        let crypto =
+            CryptoPolicy::new(KxGroup::DEFAULT, TlsFloor::Tls13).map_err(|e| e.to_string())?;
+        let identity = (self.config.chain.clone(), self.config.key.clone_key());
+        let tls = crypto
+            .pinned_client(vec![self.config.server_pin], Some(identity))
+            .map_err(|e| e.to_string())?;
+        Ok(Target {
+            address: self.config.address.clone(),
+            tls,
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+        })
+    }
+
+    async fn run(mut self) {
+        let target = match self.target() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(target: "osgate::controlplane", error = e, "cannot set up TLS to the control plane");
+                return;
+            }
+        };
+        tokio::spawn(age_gauge(self.synced_at.clone()));
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        loop {
+            let outcome = self.session(&target).await;
+            gauge!(m::CP_CONNECTED).set(0.0);
+            match outcome {
+                Ok(true) => backoff.reset(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(target: "osgate::controlplane", error = e, "control plane stream ended; serving revision {} meanwhile", self.held.revision)
+                }
+            }
+            tokio::time::sleep(backoff.next_delay(jitter())).await;
+        }
+    }
+
+    /// One stream, until it ends. `Ok(true)`: it carried at least one update.
+    async fn session(&mut self, target: &Target) -> Result<bool, String> {
+        let channel = target.connect().await.map_err(|e| e.to_string())?;
+        let mut fleet = FleetClient::new(channel)
+            .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(osgate_api::MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel(8);
+        let hello = pb::Hello {
+            revision: self.held.revision,
+            features: osgate_api::features::SUPPORTED
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            peers: self.peers.clone(),
+        };
+        let _ = tx
+            .send(pb::WatchRequest {
+                msg: Some(Msg::Hello(hello)),
+            })
+            .await;
+        let mut updates = match fleet.watch(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                self.enroll(&mut fleet).await?;
+                return Err(format!("{} (enrolled now; reconnecting)", status.message()));
+            }
+            Err(status) => return Err(status.message().to_owned()),
+        };
+        gauge!(m::CP_CONNECTED).set(1.0);
+        let mut any = false;
+        let mut reports = tokio::time::interval(REPORT_EVERY);
+        loop {
+            tokio::select! {
+                message = updates.message() => match message {
+                    Ok(Some(update)) => {
+                        any = true;
+                        let reply = self.apply(&update);
+                        if tx.send(reply).await.is_err() {
+                            return Ok(any);
+                        }
+                    }
+                    Ok(None) => return Ok(any),
+                    Err(status) => return Err(status.message().to_owned()),
+                },
+                _ = reports.tick() => {
+                    self.synced_at.store(unix_now(), Ordering::Relaxed);
+                    self.report(&mut fleet).await;
+                }
+            }
+        }
+    }
+
+    /// Enrols the node key with the configured one-time token, once per process.
+    async fn enroll(&mut self, fleet: &mut FleetClient<Channel>) -> Result<(), String> {
+        let Some(token) = self.config.enroll_token.clone().filter(|_| !self.enrolled) else {
+            return Err("this node's key is not registered with the control plane (osgatectl nodes register, or [controlplane] enroll_token)".into());
+        };
+        self.enrolled = true;
+        let request = pb::EnrollRequest {
+            token,
+            addresses: self.config.advertise.clone(),
+        };
+        let reply = fleet
+            .enroll(request)
+            .await
+            .map_err(|s| format!("enrolment refused: {}", s.message()))?;
+        tracing::info!(target: "osgate::controlplane", name = reply.into_inner().name, "enrolled with the control plane");
+        Ok(())
+    }
+
+    /// Applies `update` whole, or refuses it and keeps the last-known-good.
+    fn apply(&mut self, update: &pb::Update) -> pb::WatchRequest {
+        let applied = self.held.apply(update).and_then(|held| {
+            let fleet = held.fleet(&self.local)?;
+            Ok((held, fleet))
+        });
+        match applied {
+            Ok((held, fleet)) => {
+                if let Err(e) = lkg::save(&self.config.state, &held.to_snapshot(), unix_now()) {
+                    tracing::error!(target: "osgate::controlplane", error = %e, path = %self.config.state.display(), "cannot persist the last-known-good");
+                }
+                self.node.fleet.store(Arc::new(fleet));
+                self.held = held;
+                self.synced_at.store(unix_now(), Ordering::Relaxed);
+                gauge!(m::CP_REVISION).set(self.held.revision as f64);
+                gauge!(m::CP_NO_OVERRIDES).set(0.0);
+                counter!(m::CP_UPDATES_TOTAL, "result" => "ack").increment(1);
+                tracing::info!(target: "osgate::controlplane", revision = self.held.revision, snapshot = update.snapshot, "applied control plane update");
+                pb::WatchRequest {
+                    msg: Some(Msg::Ack(pb::Ack {
+                        revision: self.held.revision,
+                    })),
+                }
+            }
+            Err(e) => {
+                counter!(m::CP_UPDATES_TOTAL, "result" => "nack").increment(1);
+                tracing::warn!(target: "osgate::controlplane", revision = update.revision, error = %e, kept = self.held.revision, "refused control plane update; keeping the last-known-good");
+                pb::WatchRequest {
+                    msg: Some(Msg::Nack(pb::Nack {
+                        revision: update.revision,
+                        error: e.to_string(),
+                    })),
+                }
+            }
+        }
+    }
+
+    /// Sends pins learned here and not reported yet. They stay in the pin store until then,
+    /// so a control plane away for hours loses none.
+    async fn report(&mut self, fleet: &mut FleetClient<Channel>) {
+        let Some(store) = &self.node.store else {
+            return;
+        };
+        let pending: Vec<pb::LearnedPin> = store
+            .learned()
+            .into_iter()
+            .map(|(peer, pin, first_seen)| pb::LearnedPin {
+                peer,
+                spki: pin.to_string(),
+                first_seen,
+            })
+            .filter(|p| !self.reported.contains(&(p.peer.clone(), p.spki.clone())))
+            .collect();
+        gauge!(m::CP_PINS_PENDING).set(pending.len() as f64);
+        if pending.is_empty() {
+            return;
+        }
+        let batch: Vec<pb::LearnedPin> = pending.into_iter().take(REPORT_BATCH).collect();
+        let sent: Vec<(String, String)> = batch
+            .iter()
+            .map(|p| (p.peer.clone(), p.spki.clone()))
+            .collect();
+        let request = pb::ReportBatch {
+            pins: batch,
+            outcomes: Vec::new(),
+        };
+        match fleet.report(request).await {
+            Ok(_) => self.reported.extend(sent),
+            Err(s) => {
+                tracing::warn!(target: "osgate::controlplane", error = s.message(), "pin report failed; will retry")
+            }
+        }
+    }
+}
+
+/// Seconds since the node last knew its config was current.
+async fn age_gauge(synced_at: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let age = unix_now().saturating_sub(synced_at.load(Ordering::Relaxed));
+        gauge!(m::CP_CONFIG_AGE).set(age as f64);
+    }
+}
+
+/// A uniform fraction in [0, 1) for backoff jitter.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    match aws_lc_rs::rand::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_be_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}
