@@ -72,9 +72,29 @@ fn name_ok(kind: &str, name: &str) -> Result<(), Invalid> {
 
 /// A policy resource as a rule, named `cp:NAME` in outcome records.
 pub fn policy(p: &pb::Policy) -> Result<Rule, Invalid> {
-    name_ok("policy", &p.name)?;
     let resource = format!("policy/{}", p.name);
     supported(&resource, &p.requires)?;
+    policy_fields(p)
+}
+
+/// A policy's fields, whatever features it requires: what the control plane checks before
+/// storing. It stores policies that need features some nodes lack (a fleet upgrades node by
+/// node); those nodes NACK them, and `osgatectl get nodes` shows it.
+pub fn policy_fields(p: &pb::Policy) -> Result<Rule, Invalid> {
+    name_ok("policy", &p.name)?;
+    let resource = format!("policy/{}", p.name);
+    for feature in &p.requires {
+        if feature.is_empty()
+            || !feature
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                &resource,
+                format!("`{feature}` is not a feature name"),
+            ));
+        }
+    }
     let spec = RuleSpec {
         selector: &p.r#match,
         level: &p.level,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use metrics::{counter, gauge};
+use metrics::counter;
 use osgate_api::pb::admin_server::Admin;
 use osgate_api::pb::{self, resource::Kind};
 use osgate_api::validate::{self, Invalid};
@@ -46,7 +46,7 @@ fn policy_of(r: &pb::Resource) -> Option<&pb::Policy> {
 fn policy_set(policies: &BTreeMap<String, pb::Policy>) -> Result<PolicySet, Status> {
     let rules = policies
         .values()
-        .map(validate::policy)
+        .map(validate::policy_fields)
         .collect::<Result<Vec<_>, _>>();
     rules.map(PolicySet::new).map_err(bad)
 }
@@ -87,7 +87,7 @@ impl AdminService {
             };
             changes.push(change("policy", name, action));
             if action != "unchanged" {
-                let rule = validate::policy(p).map_err(bad)?;
+                let rule = validate::policy_fields(p).map_err(bad)?;
                 warnings.extend(blast::danger(&rule));
                 let resource = pb::Resource {
                     kind: Some(Kind::Policy(p.clone())),
@@ -161,7 +161,7 @@ impl AdminService {
     ) -> Result<pb::ApplyReply, Status> {
         let mut after = self.current_policies();
         for mut p in req.policies {
-            validate::policy(&p).map_err(bad)?;
+            validate::policy_fields(&p).map_err(bad)?;
             if p.requires.is_empty() {
                 p.requires.push("policy.v1".into());
             }
@@ -210,14 +210,6 @@ impl AdminService {
                     conflict: s.conflict,
                 });
             }
-        }
-        if peer.is_none() {
-            let conflicts = rows
-                .iter()
-                .filter(|r| r.conflict)
-                .filter_map(|r| r.pin.as_ref().map(|p| &p.peer));
-            let peers: std::collections::BTreeSet<_> = conflicts.collect();
-            gauge!(m::PIN_CONFLICTS).set(peers.len() as f64);
         }
         Ok(pb::PinList { pins: rows })
     }
@@ -270,6 +262,7 @@ impl AdminService {
             .ctx
             .finish(m, &caller, action, detail, Some(writes))
             .await?;
+        pins::count_conflicts(&self.ctx).await;
         Ok(pb::ApplyReply {
             revision,
             changes: vec![change(

@@ -41,51 +41,53 @@ fn node_name(caller: &Caller) -> Result<String, Status> {
 
 type Updates = Pin<Box<dyn Stream<Item = Result<pb::Update, Status>> + Send>>;
 
-/// One node's stream: what it was sent and what it holds.
+/// One node's stream.
 struct Session {
     ctx: Arc<Ctx>,
     node: String,
     inbound: Streaming<pb::WatchRequest>,
     out: mpsc::Sender<Result<pb::Update, Status>>,
-    /// The revision of the last update sent; after a NACK, `None`: send a snapshot next.
-    sent: Option<u64>,
+    /// The revision of the last update sent.
+    sent: u64,
+    /// The node refused an update: it holds an older state than `sent`, so the next update
+    /// is a whole snapshot. Nothing is resent until the revision moves (a NACKed update
+    /// would only be NACKed again).
+    resync: bool,
 }
 
 impl Session {
-    async fn send_from(&mut self, current: u64) -> bool {
-        let update = match self.sent {
-            Some(sent) if sent >= current => return true,
-            Some(sent) => {
-                let mut delta = self.ctx.state.delta(sent);
-                delta.requires.clear();
-                delta
-            }
-            None => self.ctx.state.snapshot(),
-        };
-        self.sent = Some(update.revision);
+    async fn send(&mut self, update: pb::Update) -> bool {
+        self.sent = update.revision;
         self.out.send(Ok(update)).await.is_ok()
     }
 
     async fn run(mut self) {
         let mut revisions = self.ctx.state.subscribe();
-        let mut current = *revisions.borrow_and_update();
-        loop {
-            if !self.send_from(current).await {
-                break;
-            }
+        revisions.mark_unchanged();
+        let snapshot = self.ctx.state.snapshot();
+        let mut open = self.send(snapshot).await;
+        while open {
             tokio::select! {
-                changed = revisions.changed() => match changed {
-                    Ok(()) => current = *revisions.borrow_and_update(),
-                    Err(_) => break,
-                },
+                changed = revisions.changed() => {
+                    let current = *revisions.borrow_and_update();
+                    open = changed.is_ok();
+                    if open && current > self.sent {
+                        let update = match self.resync {
+                            true => self.ctx.state.snapshot(),
+                            false => self.ctx.state.delta(self.sent),
+                        };
+                        self.resync = false;
+                        open = self.send(update).await;
+                    }
+                }
                 message = self.inbound.message() => match message {
                     Ok(Some(pb::WatchRequest { msg: Some(Msg::Ack(ack)) })) => self.ctx.nodes.ack(&self.node, ack.revision),
                     Ok(Some(pb::WatchRequest { msg: Some(Msg::Nack(nack)) })) => {
                         self.ctx.nodes.nack(&self.node, nack.revision, nack.error);
-                        self.sent = None;
+                        self.resync = true;
                     }
                     Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
+                    Ok(None) | Err(_) => open = false,
                 },
             }
         }
@@ -123,7 +125,8 @@ impl Fleet for FleetService {
             node,
             inbound,
             out,
-            sent: None,
+            sent: 0,
+            resync: false,
         };
         tokio::spawn(session.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -192,6 +195,7 @@ impl Fleet for FleetService {
                 .finish(m, &caller, "pins.report", detail, writes)
                 .await?;
         }
+        pins::count_conflicts(&self.ctx).await;
         Ok(Response::new(pb::ReportReply { accepted }))
     }
 

@@ -152,6 +152,25 @@ pub async fn sync_peer(
     Ok(writes)
 }
 
+/// Sets the conflicts gauge from storage.
+pub async fn count_conflicts(ctx: &crate::ctx::Ctx) {
+    let Ok(mut conn) = ctx.db.pool.acquire().await else {
+        return;
+    };
+    let Ok(all) = observed(&mut conn, None).await else {
+        return;
+    };
+    let conflicts = all
+        .iter()
+        .filter(|(peer, keys)| {
+            standings(peer, keys, ctx.corroboration)
+                .iter()
+                .any(|s| s.conflict)
+        })
+        .count();
+    metrics::gauge!(crate::metrics::PIN_CONFLICTS).set(conflicts as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

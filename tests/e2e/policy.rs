@@ -182,10 +182,7 @@ fn tls13_floor_refuses_a_tls12_peer(io: Io) {
 }
 
 fn init_store(dir: &Path) -> String {
-    let store = dir.join("capabilities");
-    let (code, err) = osgate(&["pins", "--store", store.to_str().unwrap(), "init"]);
-    assert_eq!(code, 0, "{err}");
-    format!("[tofu]\nstore = \"{}\"\n", store.display())
+    osgate_tests::node::tofu_store(&dir.join("capabilities"))
 }
 
 fn pins_list(dir: &Path) -> String {

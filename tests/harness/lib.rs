@@ -11,10 +11,12 @@
 )]
 
 pub mod certs;
+pub mod controlplane;
 pub mod dns;
 pub mod node;
 pub mod openssl;
 pub mod peers;
+pub mod process;
 
 pub use node::{Io, Node};
 
@@ -22,6 +24,19 @@ use std::time::Duration;
 
 /// The longest any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `condition` until it holds, for state that changes without a log line to wait on
+/// (another process's database, a metric); fails the test after [`WAIT`].
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not true after {WAIT:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Runs a scenario once per I/O driver: `drivers!(name => scenario_fn);`
 #[macro_export]

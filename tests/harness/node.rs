@@ -1,16 +1,15 @@
 //! An osgate node process with JSON logs, its bound addresses, outcomes and metrics.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
 
 use crate::WAIT;
+use crate::process::{Process, sample, scrape};
 
 /// The I/O driver a node is started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +29,14 @@ impl Io {
 
 /// The `osgate` binary next to this test's build output (`cargo build --bins` builds it).
 pub fn osgate_bin() -> PathBuf {
+    bin("osgate")
+}
+
+/// A binary of the workspace next to this test's build output.
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("osgate");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: build it first (cargo build --release --bins)",
@@ -43,13 +47,12 @@ pub fn osgate_bin() -> PathBuf {
 
 /// A running node. Killed on drop.
 pub struct Node {
-    child: Child,
-    events: Receiver<Value>,
-    /// Every log line seen so far.
-    pub log: Vec<Value>,
+    pub process: Process,
     /// Bound addresses by config key (`outbound[0]`, `inbound[0]`).
     pub listeners: HashMap<String, SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    /// The config file it runs on.
+    pub config: PathBuf,
 }
 
 impl Node {
@@ -63,36 +66,20 @@ impl Node {
         );
         let path = dir.join(format!("node-{}.toml", unique()));
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(osgate_bin())
+        Node::run(path, Some(metrics))
+    }
+
+    /// Starts a node on an existing config file (e.g. again, after a restart).
+    pub fn run(config: PathBuf, metrics: Option<SocketAddr>) -> Node {
+        let mut command = Command::new(osgate_bin());
+        command
             .args(["run", "-c"])
-            .arg(&path)
+            .arg(&config)
             .args(["--log-format", "json"])
-            .env("OSGATE_LOG", "info,osgate::tls=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, events) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut node = Node {
-            child,
-            events,
-            log: Vec::new(),
-            listeners: HashMap::new(),
-            metrics: Some(metrics),
-        };
-        node.wait_for(|v| v["message"] == "osgate node started");
-        let listeners = node
+            .env("OSGATE_LOG", "info,osgate::tls=debug");
+        let mut process = Process::spawn(command);
+        process.wait_for(|v| v["message"] == "osgate node started");
+        let listeners = process
             .log
             .iter()
             .filter(|v| v["message"] == "listening")
@@ -101,95 +88,62 @@ impl Node {
                 (key, v["listen"].as_str().unwrap().parse().unwrap())
             })
             .collect();
-        node.listeners = listeners;
-        node
+        Node {
+            process,
+            listeners,
+            metrics,
+            config,
+        }
     }
 
     pub fn addr(&self, key: &str) -> SocketAddr {
         self.listeners[key]
     }
 
+    /// Every log line seen so far.
+    pub fn log(&self) -> &[Value] {
+        &self.process.log
+    }
+
     /// Waits for a log event matching `pred` (already seen or new) and returns it.
     pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(found) = self.log.iter().find(|v| pred(v)) {
-                return found.clone();
-            }
-            self.receive(deadline);
-        }
+        self.process.wait_for(pred)
     }
 
     /// The next outcome record of `direction` not yet returned by this function.
     pub fn outcome(&mut self, direction: &str) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
-            let untaken = self
-                .log
+            let log = &mut self.process.log;
+            let untaken = log
                 .iter()
                 .position(|v| is_outcome(v, direction) && v["taken"] != true);
             if let Some(i) = untaken {
-                self.log[i]["taken"] = Value::Bool(true);
-                return self.log[i].clone();
+                log[i]["taken"] = Value::Bool(true);
+                return log[i].clone();
             }
-            self.receive(deadline);
-        }
-    }
-
-    /// Appends the next log event, failing the test at `deadline` or if the node exited.
-    fn receive(&mut self, deadline: Instant) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.events.recv_timeout(left) {
-            Ok(value) => self.log.push(value),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("no matching event in {WAIT:?}; log: {:#?}", self.log)
-            }
-            Err(RecvTimeoutError::Disconnected) => panic!("node exited; log: {:#?}", self.log),
+            self.process.receive(deadline);
         }
     }
 
     /// The node's Prometheus exposition.
     pub fn scrape(&self) -> String {
-        let addr = self.metrics.unwrap();
-        let mut stream = TcpStream::connect(addr).unwrap();
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
+        scrape(self.metrics.unwrap())
     }
 
     /// The value of the sample `name{labels}` (labels in any order), 0 when absent.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self.scrape();
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.rsplit_once(' '))
-            .filter(|(series, _)| {
-                let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-                metric == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-            })
-            .map(|(_, value)| value.parse::<f64>().unwrap())
-            .sum()
+        sample(&self.scrape(), name, labels)
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.process.is_running()
     }
 }
 
 fn is_outcome(v: &Value, direction: &str) -> bool {
     v["target"] == "osgate::outcome" && v["direction"] == direction
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A loopback port that was free a moment ago (for peers that cannot report their own).
@@ -198,7 +152,7 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-fn unique() -> u64 {
+pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -211,4 +165,11 @@ pub fn osgate(args: &[&str]) -> (i32, String) {
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Creates an empty capability store at `store` and returns the `[tofu]` section using it.
+pub fn tofu_store(store: &Path) -> String {
+    let (code, err) = osgate(&["pins", "--store", store.to_str().unwrap(), "init"]);
+    assert_eq!(code, 0, "{err}");
+    format!("[tofu]\nstore = \"{}\"\n", store.display())
 }

@@ -28,6 +28,9 @@ struct Policy {
     allow_cleartext_fallback: Option<bool>,
     #[serde(default)]
     report_only: bool,
+    /// Features a node must implement to apply the policy (nodes lacking one NACK it).
+    #[serde(default)]
+    requires: Vec<String>,
 }
 
 /// The policies of `path`, or an error naming the file, the key and the reason.
@@ -50,9 +53,12 @@ pub fn load(path: &Path) -> Result<Vec<pb::Policy>, String> {
                 min_tls: p.min_tls.unwrap_or_default(),
                 allow_cleartext_fallback: p.allow_cleartext_fallback,
                 report_only: p.report_only,
-                requires: vec!["policy.v1".into()],
+                requires: match p.requires.is_empty() {
+                    true => vec!["policy.v1".into()],
+                    false => p.requires,
+                },
             };
-            osgate_api::validate::policy(&policy)
+            osgate_api::validate::policy_fields(&policy)
                 .map(|_| policy)
                 .map_err(|e| format!("{shown}: policy[{i}]: {e}"))
         })

@@ -197,6 +197,8 @@ pub struct ControlPlaneConfig {
     pub enroll_token: Option<String>,
     /// `host:port` of this node's inbound listeners, as other nodes reach them.
     pub advertise: Vec<String>,
+    /// PING interval on the watch stream (and how long an answer may take).
+    pub keepalive: Duration,
 }
 
 impl Clone for ControlPlaneConfig {
@@ -209,6 +211,7 @@ impl Clone for ControlPlaneConfig {
             state: self.state.clone(),
             enroll_token: self.enroll_token.clone(),
             advertise: self.advertise.clone(),
+            keepalive: self.keepalive,
         }
     }
 }
@@ -328,6 +331,7 @@ impl Validator<'_> {
             state: self.resolve(&c.state),
             enroll_token: c.enroll_token,
             advertise,
+            keepalive: self.duration("controlplane.keepalive_ms", c.keepalive_ms)?,
         })
     }
 

@@ -33,6 +33,13 @@ pub(super) struct ControlPlane {
     pub enroll_token: Option<String>,
     #[serde(default)]
     pub advertise: Vec<String>,
+    /// HTTP/2 PING interval on the watch stream; a dead stream is found within twice this.
+    #[serde(default = "keepalive_ms")]
+    pub keepalive_ms: u64,
+}
+
+fn keepalive_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,8 +4,8 @@
 //! whole [`Fleet`] swapped in at once.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge};
@@ -29,7 +29,7 @@ use backoff::Backoff;
 
 /// Pins per report.
 const REPORT_BATCH: usize = 1_000;
-const REPORT_EVERY: Duration = Duration::from_secs(5);
+const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -45,7 +45,8 @@ struct Client {
     held: Held,
     /// When the node last knew its config was current (Unix seconds).
     synced_at: Arc<AtomicU64>,
-    reported: HashSet<(String, String)>,
+    /// Pins the control plane accepted: `(peer, key)`.
+    reported: Arc<Mutex<HashSet<(String, String)>>>,
     enrolled: bool,
 }
 
@@ -64,7 +65,7 @@ pub fn start(
         peers,
         held,
         synced_at: Arc::new(AtomicU64::new(saved_at)),
-        reported: HashSet::new(),
+        reported: Arc::default(),
         enrolled: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -125,8 +126,8 @@ impl Client {
             address: self.config.address.clone(),
             tls,
             connect_timeout: Duration::from_secs(5),
-            keepalive: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(5),
+            keepalive: self.config.keepalive,
+            keepalive_timeout: self.config.keepalive,
         })
     }
 
@@ -138,7 +139,11 @@ impl Client {
                 return;
             }
         };
-        tokio::spawn(age_gauge(self.synced_at.clone()));
+        tokio::spawn(gauges(
+            self.synced_at.clone(),
+            self.node.clone(),
+            self.reported.clone(),
+        ));
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         loop {
             let outcome = self.session(&target).await;
@@ -263,26 +268,15 @@ impl Client {
     }
 
     /// Sends pins learned here and not reported yet. They stay in the pin store until then,
-    /// so a control plane away for hours loses none.
+    /// so a control plane away for hours loses none; the store bounds the queue.
     async fn report(&mut self, fleet: &mut FleetClient<Channel>) {
-        let Some(store) = &self.node.store else {
-            return;
-        };
-        let pending: Vec<pb::LearnedPin> = store
-            .learned()
+        let batch: Vec<pb::LearnedPin> = pending(&self.node, &self.reported)
             .into_iter()
-            .map(|(peer, pin, first_seen)| pb::LearnedPin {
-                peer,
-                spki: pin.to_string(),
-                first_seen,
-            })
-            .filter(|p| !self.reported.contains(&(p.peer.clone(), p.spki.clone())))
+            .take(REPORT_BATCH)
             .collect();
-        gauge!(m::CP_PINS_PENDING).set(pending.len() as f64);
-        if pending.is_empty() {
+        if batch.is_empty() {
             return;
         }
-        let batch: Vec<pb::LearnedPin> = pending.into_iter().take(REPORT_BATCH).collect();
         let sent: Vec<(String, String)> = batch
             .iter()
             .map(|p| (p.peer.clone(), p.spki.clone()))
@@ -292,7 +286,11 @@ impl Client {
             outcomes: Vec::new(),
         };
         match fleet.report(request).await {
-            Ok(_) => self.reported.extend(sent),
+            Ok(_) => self
+                .reported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(sent),
             Err(s) => {
                 tracing::warn!(target: "osgate::controlplane", error = s.message(), "pin report failed; will retry")
             }
@@ -300,13 +298,36 @@ impl Client {
     }
 }
 
-/// Seconds since the node last knew its config was current.
-async fn age_gauge(synced_at: Arc<AtomicU64>) {
+/// Pins learned here that the control plane has not accepted yet.
+fn pending(node: &Node, reported: &Mutex<HashSet<(String, String)>>) -> Vec<pb::LearnedPin> {
+    let Some(store) = &node.store else {
+        return Vec::new();
+    };
+    let learned = store.learned();
+    let reported = reported.lock().unwrap_or_else(PoisonError::into_inner);
+    learned
+        .into_iter()
+        .map(|(peer, pin, first_seen)| pb::LearnedPin {
+            peer,
+            spki: pin.to_string(),
+            first_seen,
+        })
+        .filter(|p| !reported.contains(&(p.peer.clone(), p.spki.clone())))
+        .collect()
+}
+
+/// Config age and the report queue, every second, connected or not.
+async fn gauges(
+    synced_at: Arc<AtomicU64>,
+    node: Arc<Node>,
+    reported: Arc<Mutex<HashSet<(String, String)>>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let age = unix_now().saturating_sub(synced_at.load(Ordering::Relaxed));
         gauge!(m::CP_CONFIG_AGE).set(age as f64);
+        gauge!(m::CP_PINS_PENDING).set(pending(&node, &reported).len() as f64);
     }
 }
 
