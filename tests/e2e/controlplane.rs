@@ -12,10 +12,53 @@ use osgate_tests::controlplane::{
 use osgate_tests::node::tofu_store;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
+use osgate_tests::postgres::Postgres;
 use osgate_tests::{Io, Node, eventually};
 
-fn sqlite(dir: &Path) -> ControlPlane {
-    ControlPlane::start(dir, dir.join("cp.db").to_str().unwrap(), "")
+/// Runs each scenario against both stores: `per_store!(name, ...)`.
+macro_rules! per_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Store::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::Store::Postgres) })*
+        }
+    };
+}
+per_store!(
+    a_policy_applied_with_osgatectl_changes_what_the_next_connection_gets,
+    an_update_the_node_cannot_apply_is_nacked_and_traffic_flows_on_the_last_known_good,
+    a_bad_policy_in_a_batch_is_rejected_by_name_and_nothing_of_the_batch_is_stored,
+    a_node_restarted_while_the_control_plane_is_down_serves_its_persisted_snapshot,
+    acknowledged_writes_survive_kill_9_of_the_control_plane,
+    no_token_gets_nothing_and_a_viewer_cannot_write,
+    dangerous_changes_show_their_blast_radius_and_need_confirmation,
+    a_learned_pin_spreads_only_after_corroboration_or_approval,
+    an_approved_pin_is_an_operator_pin_for_every_node,
+    conflicting_pins_are_kept_side_by_side_and_neither_spreads,
+    fleet_node_keys_authenticate_node_to_node_without_a_ca,
+    an_enrolment_token_registers_a_node_once,
+    a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later,
+);
+
+#[derive(Clone, Copy)]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: an SQLite file, or a fresh PostgreSQL cluster (kept alive by
+/// the returned guard, which must outlive the control plane).
+fn database(store: Store, dir: &Path) -> (Option<Postgres>, String) {
+    match store {
+        Store::Sqlite => (None, dir.join("cp.db").to_str().unwrap().to_owned()),
+        Store::Postgres => {
+            let pg = Postgres::start();
+            let url = pg.database("osgate");
+            (Some(pg), url)
+        }
+    }
 }
 
 /// A node of `cp` named `name`, registered, with one outbound listener to `peer` and `extra`
@@ -54,10 +97,10 @@ fn deny(name: &str, selector: &str) -> String {
     format!("[[policy]]\nname = \"{name}\"\nmatch = \"{selector}\"\nlevel = \"deny\"\n")
 }
 
-#[test]
-fn a_policy_applied_with_osgatectl_changes_what_the_next_connection_gets() {
+fn a_policy_applied_with_osgatectl_changes_what_the_next_connection_gets(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let server = Server::start(peers::echo);
     let (mut node, _) = fleet_node(dir.path(), &cp, "n1", Io::Uring, server.addr, "");
 
@@ -109,10 +152,12 @@ fn a_policy_applied_with_osgatectl_changes_what_the_next_connection_gets() {
     );
 }
 
-#[test]
-fn an_update_the_node_cannot_apply_is_nacked_and_traffic_flows_on_the_last_known_good() {
+fn an_update_the_node_cannot_apply_is_nacked_and_traffic_flows_on_the_last_known_good(
+    store: Store,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let server = Server::start(peers::echo);
     let (mut node, _) = fleet_node(dir.path(), &cp, "n1", Io::Epoll, server.addr, "");
     let good = revision(
@@ -164,10 +209,10 @@ fn an_update_the_node_cannot_apply_is_nacked_and_traffic_flows_on_the_last_known
     wait_applied(&mut node, fixed);
 }
 
-#[test]
-fn a_bad_policy_in_a_batch_is_rejected_by_name_and_nothing_of_the_batch_is_stored() {
+fn a_bad_policy_in_a_batch_is_rejected_by_name_and_nothing_of_the_batch_is_stored(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let batch = format!(
         "{}\n[[policy]]\nname = \"broken\"\nmatch = \"*.example\"\nlevel = \"authenticate\"\nallow_cleartext_fallback = true\n",
         deny("fine", "10.0.0.0/8")
@@ -184,10 +229,10 @@ fn a_bad_policy_in_a_batch_is_rejected_by_name_and_nothing_of_the_batch_is_store
     assert_eq!(stored["revision"], 0);
 }
 
-#[test]
-fn a_node_restarted_while_the_control_plane_is_down_serves_its_persisted_snapshot() {
+fn a_node_restarted_while_the_control_plane_is_down_serves_its_persisted_snapshot(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let mut cp = ControlPlane::start(dir.path(), &url, "");
     let server = Server::start(peers::echo);
     let (mut node, _) = fleet_node(dir.path(), &cp, "n1", Io::Uring, server.addr, "");
     let rev = revision(
@@ -220,10 +265,10 @@ fn a_node_restarted_while_the_control_plane_is_down_serves_its_persisted_snapsho
     assert_eq!(outcome_of(&mut node).0, "cleartext");
 }
 
-#[test]
-fn acknowledged_writes_survive_kill_9_of_the_control_plane() {
+fn acknowledged_writes_survive_kill_9_of_the_control_plane(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let mut cp = ControlPlane::start(dir.path(), &url, "");
     let (acked_tx, acked_rx) = std::sync::mpsc::channel();
     let writer = {
         let (addr, pin) = (cp.addr, cp.key.pin.clone());
@@ -280,10 +325,10 @@ fn acknowledged_writes_survive_kill_9_of_the_control_plane() {
     assert!(stored["revision"].as_u64().unwrap() >= acked.len() as u64);
 }
 
-#[test]
-fn no_token_gets_nothing_and_a_viewer_cannot_write() {
+fn no_token_gets_nothing_and_a_viewer_cannot_write(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     cp.apply(dir.path(), &deny("seed", "10.0.0.0/8"), &[])
         .json();
 
@@ -339,10 +384,10 @@ fn no_token_gets_nothing_and_a_viewer_cannot_write() {
     );
 }
 
-#[test]
-fn dangerous_changes_show_their_blast_radius_and_need_confirmation() {
+fn dangerous_changes_show_their_blast_radius_and_need_confirmation(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let server = Server::start(peers::echo);
     let (mut node, _) = fleet_node(dir.path(), &cp, "n1", Io::Epoll, server.addr, "");
     let encrypt_all = "[[policy]]\nname = \"encrypt-all\"\nmatch = \"*\"\nlevel = \"encrypt\"\n";
@@ -401,10 +446,10 @@ fn pin_rows(cp: &ControlPlane) -> Vec<serde_json::Value> {
         .clone()
 }
 
-#[test]
-fn a_learned_pin_spreads_only_after_corroboration_or_approval() {
+fn a_learned_pin_spreads_only_after_corroboration_or_approval(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
     let server = SServer::start(&pem, &[]);
     let mut a = tofu_node(dir.path(), &cp, "a", server.addr);
@@ -451,10 +496,10 @@ fn a_learned_pin_spreads_only_after_corroboration_or_approval() {
     assert_eq!(outcome_of(&mut a).2, "pin-revoked");
 }
 
-#[test]
-fn an_approved_pin_is_an_operator_pin_for_every_node() {
+fn an_approved_pin_is_an_operator_pin_for_every_node(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
     let server = SServer::start(&pem, &[]);
     let mut c = tofu_node(dir.path(), &cp, "c", server.addr);
@@ -485,10 +530,10 @@ fn an_approved_pin_is_an_operator_pin_for_every_node() {
     assert_eq!(outcome_of(&mut c).1, "pinned");
 }
 
-#[test]
-fn conflicting_pins_are_kept_side_by_side_and_neither_spreads() {
+fn conflicting_pins_are_kept_side_by_side_and_neither_spreads(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let first = certs::self_signed(dir.path(), "first", "127.0.0.1");
     let server = SServer::start(&first, &[]);
     let addr = server.addr;
@@ -515,10 +560,10 @@ fn conflicting_pins_are_kept_side_by_side_and_neither_spreads() {
     assert_eq!(cp.metric("osgate_cp_pin_conflicts", &[]), 1.0);
 }
 
-#[test]
-fn fleet_node_keys_authenticate_node_to_node_without_a_ca() {
+fn fleet_node_keys_authenticate_node_to_node_without_a_ca(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let backend = Server::start(peers::echo);
     // The inbound node, registered with the address it serves.
     let key_b = keygen(dir.path(), "b");
@@ -562,10 +607,10 @@ fn fleet_node_keys_authenticate_node_to_node_without_a_ca() {
     assert_eq!(outcome_of(&mut a).2, "fleet-key-mismatch");
 }
 
-#[test]
-fn an_enrolment_token_registers_a_node_once() {
+fn an_enrolment_token_registers_a_node_once(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let token = cp
         .ctl(Some(ADMIN_TOKEN), &["nodes", "enroll", "edge-1"])
         .stdout
@@ -613,10 +658,10 @@ fn an_enrolment_token_registers_a_node_once() {
     assert_eq!(cp.nodes()["nodes"].as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later() {
+fn a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = sqlite(dir.path());
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
     let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
     let server = SServer::start(&pem, &[]);
     let mut a = tofu_node(dir.path(), &cp, "a", server.addr);
@@ -652,4 +697,40 @@ fn a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later() {
     eventually("the queued pin was reported", || pin_rows(&cp).len() == 1);
     assert_eq!(pin_rows(&cp)[0]["spki"], pin_of(&pem));
     assert!(a.metric("osgate_controlplane_config_age_seconds", &[]) < 10.0);
+}
+
+#[test]
+fn postgres_replicas_stream_each_others_changes_to_their_own_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, url) = database(Store::Postgres, dir.path());
+    let one = ControlPlane::start(dir.path(), &url, "");
+    let two = ControlPlane::start(dir.path(), &url, "");
+    let server = Server::start(peers::echo);
+    // Registered through replica one, connected to replica two.
+    let key = keygen(dir.path(), "n1");
+    let registered = one.register("n1", &key, &[]);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\n\n{}",
+        server.addr,
+        two.section(&key, &dir.path().join("n1.lkg"), "")
+    );
+    let mut node = Node::start(dir.path(), Io::Uring, "", &body);
+    wait_applied(&mut node, registered);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"open"), b"open");
+    assert_eq!(outcome_of(&mut node).0, "cleartext");
+
+    let rev = revision(
+        &one.apply(dir.path(), &deny("from-one", "127.0.0.1"), &[])
+            .json(),
+    );
+    wait_applied(&mut node, rev);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"x"), b"");
+    assert_eq!(outcome_of(&mut node).3, format!("cp:from-one@{rev}"));
+    // Either replica shows the node, in sync, whichever it is connected to.
+    eventually("replica one sees the ACK given to replica two", || {
+        let status = &one.nodes()["nodes"][0];
+        status["connected"] == true && status["acked_revision"].as_u64() == Some(rev)
+    });
+    assert_eq!(two.metric("osgate_cp_nodes_connected", &[]), 1.0);
+    assert_eq!(one.metric("osgate_cp_nodes_connected", &[]), 0.0);
 }

@@ -16,6 +16,7 @@ pub mod dns;
 pub mod node;
 pub mod openssl;
 pub mod peers;
+pub mod postgres;
 pub mod process;
 
 pub use node::{Io, Node};
