@@ -36,6 +36,8 @@ struct RawAdmin {
     role: String,
     token_sha256: Option<String>,
     spki: Option<String>,
+    /// An admin's client certificate file: its key is the credential.
+    certificate: Option<PathBuf>,
 }
 
 /// What an admin may do.
@@ -132,20 +134,36 @@ impl Loader<'_> {
                 return Err(self.error(key("role"), format!("`{other}` is not admin or viewer")));
             }
         };
-        let credential = match (raw.token_sha256, raw.spki) {
-            (Some(hex), None) => Credential::TokenSha256(parse_hex32(&hex).ok_or_else(|| {
-                self.error(
-                    key("token_sha256"),
-                    "expected 64 hex digits (osgate-controlplane hash-token)",
-                )
-            })?),
-            (None, Some(pin)) => Credential::Key(
+        let credential = match (raw.token_sha256, raw.spki, raw.certificate) {
+            (Some(hex), None, None) => {
+                Credential::TokenSha256(parse_hex32(&hex).ok_or_else(|| {
+                    self.error(
+                        key("token_sha256"),
+                        "expected 64 hex digits (osgate-controlplane hash-token)",
+                    )
+                })?)
+            }
+            (None, Some(pin), None) => Credential::Key(
                 SpkiPin::parse(&pin).map_err(|e| self.error(key("spki"), e.to_string()))?,
             ),
+            (None, None, Some(path)) => {
+                let path = self.resolve(&path);
+                let pin = CertificateDer::pem_file_iter(&path)
+                    .ok()
+                    .and_then(|mut certs| certs.next())
+                    .and_then(Result::ok)
+                    .and_then(|cert| SpkiPin::of_certificate(&cert));
+                Credential::Key(pin.ok_or_else(|| {
+                    self.error(
+                        key("certificate"),
+                        format!("{}: no readable PEM certificate", path.display()),
+                    )
+                })?)
+            }
             _ => {
                 return Err(self.error(
                     format!("admin[{i}]"),
-                    "give exactly one of token_sha256 and spki",
+                    "give exactly one of token_sha256, spki and certificate",
                 ));
             }
         };
@@ -230,3 +248,6 @@ impl Config {
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
+
+#[cfg(test)]
+mod tests;

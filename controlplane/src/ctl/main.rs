@@ -48,6 +48,14 @@ struct Connection {
     /// The control plane's key (sha256/<base64>), as `osgate keygen` printed it.
     #[arg(long, env = "OSGATE_SERVER_PIN", global = true)]
     server_pin: Option<String>,
+    /// The control plane's certificate file (its key is pinned), instead of --server-pin.
+    #[arg(
+        long,
+        env = "OSGATE_SERVER_CERT",
+        global = true,
+        conflicts_with = "server_pin"
+    )]
+    server_cert: Option<PathBuf>,
     /// A bearer token of an `[[admin]]`.
     #[arg(long, env = "OSGATE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -143,11 +151,13 @@ enum PinAction {
 
 #[derive(Subcommand)]
 enum NodeAction {
-    /// Registers a node by its key.
+    /// Registers a node by its key (--spki, or --node-cert with its certificate file).
     Register {
         name: String,
-        #[arg(long)]
-        spki: String,
+        #[arg(long, required_unless_present = "node_cert")]
+        spki: Option<String>,
+        #[arg(long, conflicts_with = "spki")]
+        node_cert: Option<PathBuf>,
         /// host:port of its inbound listeners (repeatable).
         #[arg(long = "address")]
         addresses: Vec<String>,
@@ -213,10 +223,15 @@ fn main() -> ExitCode {
 async fn client(
     conn: &Connection,
 ) -> Result<AdminClient<InterceptedService<Channel, Bearer>>, Failure> {
-    let pin = conn.server_pin.as_deref().ok_or_else(|| {
-        usage("the control plane's key is needed: --server-pin or OSGATE_SERVER_PIN (sha256/…, printed by `osgate keygen`)")
-    })?;
-    let pin = SpkiPin::parse(pin).map_err(|e| usage(format!("--server-pin: {e}")))?;
+    let pin = match (&conn.server_pin, &conn.server_cert) {
+        (Some(pin), _) => SpkiPin::parse(pin).map_err(|e| usage(format!("--server-pin: {e}")))?,
+        (None, Some(cert)) => pin_of_file(cert)?,
+        (None, None) => {
+            return Err(usage(
+                "the control plane's key is needed: --server-pin or OSGATE_SERVER_PIN (sha256/…, printed by `osgate keygen`), or --server-cert",
+            ));
+        }
+    };
     let identity = match (&conn.cert, &conn.key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
@@ -256,6 +271,16 @@ async fn client(
     };
     Ok(AdminClient::with_interceptor(channel, Bearer(bearer))
         .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES))
+}
+
+/// The pin of the key in the first certificate of a PEM file.
+fn pin_of_file(path: &std::path::Path) -> Result<SpkiPin, Failure> {
+    CertificateDer::pem_file_iter(path)
+        .ok()
+        .and_then(|mut certs| certs.next())
+        .and_then(Result::ok)
+        .and_then(|cert| SpkiPin::of_certificate(&cert))
+        .ok_or_else(|| usage(format!("{}: no readable PEM certificate", path.display())))
 }
 
 /// Adds the bearer token to every request.
@@ -393,8 +418,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 NodeAction::Register {
                     name,
                     spki,
+                    node_cert,
                     addresses,
                 } => {
+                    let spki = match (spki, node_cert) {
+                        (Some(spki), _) => spki,
+                        (None, Some(cert)) => pin_of_file(&cert)?.to_string(),
+                        (None, None) => return Err(usage("give --spki or --node-cert")),
+                    };
                     let key = pb::NodeKey {
                         name,
                         spki,

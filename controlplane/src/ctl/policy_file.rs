@@ -64,3 +64,31 @@ pub fn load(path: &Path) -> Result<Vec<pb::Policy>, String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_example_policy_file_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples/controlplane/fleet-policy.toml");
+        let policies = load(&example).unwrap();
+        assert_eq!(policies.len(), 2);
+        assert_eq!(policies[0].methods, ["fleet"]);
+    }
+
+    #[test]
+    fn a_bad_policy_is_named_with_its_file_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[[policy]]\nname = \"a\"\nmatch = \"*\"\nlevel = \"encrypt\"\n[[policy]]\nname = \"b\"\nmatch = \"*\"\nlevel = \"loud\"\n").unwrap();
+        let error = load(&path).unwrap_err();
+        assert!(
+            error.contains("p.toml: policy[1]: policy/b: level"),
+            "{error}"
+        );
+    }
+}

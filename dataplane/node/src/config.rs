@@ -309,8 +309,24 @@ impl Validator<'_> {
         c: raw::ControlPlane,
         inbound: &[Inbound],
     ) -> Result<ControlPlaneConfig, ConfigError> {
-        let server_pin = SpkiPin::parse(&c.server_pin)
-            .map_err(|e| self.error("controlplane.server_pin", e.to_string()))?;
+        let server_pin = match (&c.server_pin, &c.server_certificate) {
+            (Some(pin), None) => SpkiPin::parse(pin)
+                .map_err(|e| self.error("controlplane.server_pin", e.to_string()))?,
+            (None, Some(path)) => {
+                let key = "controlplane.server_certificate";
+                let chain = self.certificates(key, path)?;
+                chain
+                    .first()
+                    .and_then(SpkiPin::of_certificate)
+                    .ok_or_else(|| self.error(key, "the certificate does not parse"))?
+            }
+            _ => {
+                return Err(self.error(
+                    "controlplane",
+                    "give exactly one of server_pin and server_certificate (the control plane's key)",
+                ));
+            }
+        };
         let chain = self.certificates("controlplane.certificate", &c.certificate)?;
         let key_path = self.resolve(&c.private_key);
         let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {

@@ -26,7 +26,9 @@ pub(super) struct File {
 #[serde(deny_unknown_fields)]
 pub(super) struct ControlPlane {
     pub address: String,
-    pub server_pin: String,
+    pub server_pin: Option<String>,
+    /// The control plane's certificate file: its key is pinned.
+    pub server_certificate: Option<String>,
     pub certificate: String,
     pub private_key: String,
     pub state: String,

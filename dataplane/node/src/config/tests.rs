@@ -83,12 +83,14 @@ fn every_deploy_example_parses() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("keys")).unwrap();
-    crate::keygen::generate(
-        &["gw.test".into()],
-        &dir.path().join("keys/node.crt"),
-        &dir.path().join("keys/node.key"),
-    )
-    .unwrap();
+    for key in ["node", "controlplane"] {
+        crate::keygen::generate(
+            &["gw.test".into()],
+            &dir.path().join(format!("keys/{key}.crt")),
+            &dir.path().join(format!("keys/{key}.key")),
+        )
+        .unwrap();
+    }
     std::fs::write(
         dir.path().join("keys/trust-anchor.key"),
         ". 3600 IN DNSKEY 257 3 13 9HVjWlF2BTVAX4VyfVahw+ReTOEnilNmJ03bT+LvtvV3ehZGjgSrUNLaK4gLB/OCHbN/6RChNOf7wEQmLpbn1g==\n",

@@ -1,0 +1,99 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+fn keys(dir: &Path) {
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    for stem in ["controlplane", "admin"] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["cp.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join(format!("keys/{stem}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("keys/{stem}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    keys(dir.path());
+    let path = dir.path().join("cp.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path)
+}
+
+const BASE: &str = "[controlplane]\nlisten = \"127.0.0.1:7400\"\ncertificate = \"keys/controlplane.crt\"\nprivate_key = \"keys/controlplane.key\"\n";
+
+#[test]
+fn the_example_config_loads() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/controlplane/controlplane.toml");
+    let dir = tempfile::tempdir().unwrap();
+    keys(dir.path());
+    let copy = dir.path().join("controlplane/controlplane.toml");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(&example, &copy).unwrap();
+    let config = Config::load(&copy).unwrap();
+    assert_eq!(config.admins.len(), 1);
+    assert!(matches!(config.admins[0].credential, Credential::Key(_)));
+    assert!(config.database.starts_with("sqlite://"));
+}
+
+#[test]
+fn errors_name_the_file_the_key_and_the_reason() {
+    let cases = [
+        (
+            format!("{BASE}colour = \"blue\"\n"),
+            "controlplane.colour",
+            "unknown field `colour`",
+        ),
+        (
+            BASE.replace("127.0.0.1:7400", "nowhere"),
+            "controlplane.listen",
+            "not an address:port",
+        ),
+        (
+            format!("{BASE}corroboration = 0\n"),
+            "controlplane.corroboration",
+            "at least 1",
+        ),
+        (
+            format!("{BASE}[[admin]]\nname = \"x\"\nrole = \"root\"\ntoken_sha256 = \"00\"\n"),
+            "admin[0].role",
+            "not admin or viewer",
+        ),
+        (
+            format!("{BASE}[[admin]]\nname = \"x\"\nrole = \"admin\"\ntoken_sha256 = \"00\"\n"),
+            "admin[0].token_sha256",
+            "64 hex digits",
+        ),
+        (
+            format!("{BASE}[[admin]]\nname = \"x\"\nrole = \"admin\"\n"),
+            "admin[0]",
+            "exactly one of",
+        ),
+        (
+            BASE.replace("keys/controlplane.key", "keys/missing.key"),
+            "controlplane.private_key",
+            "missing.key",
+        ),
+    ];
+    for (text, key, reason) in cases {
+        let error = load(&text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {text}"));
+        let shown = error.to_string();
+        assert!(shown.contains("cp.toml"), "{shown}");
+        assert_eq!(error.key, key, "{shown}");
+        assert!(error.reason.contains(reason), "{shown}");
+    }
+}
+
+#[test]
+fn a_postgres_url_is_kept_and_a_path_becomes_an_sqlite_url() {
+    let pg = load(&format!("{BASE}database = \"postgres://u@db/osgate\"\n")).unwrap();
+    assert_eq!(pg.database, "postgres://u@db/osgate");
+    let file = load(&format!("{BASE}database = \"state/cp.db\"\n")).unwrap();
+    assert!(file.database.starts_with("sqlite://") && file.database.contains("state/cp.db"));
+}
