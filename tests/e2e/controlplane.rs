@@ -734,3 +734,35 @@ fn postgres_replicas_stream_each_others_changes_to_their_own_nodes() {
     assert_eq!(two.metric("osgate_cp_nodes_connected", &[]), 1.0);
     assert_eq!(one.metric("osgate_cp_nodes_connected", &[]), 0.0);
 }
+
+#[test]
+fn an_oversized_request_is_refused_with_a_clear_error_and_nothing_stored() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), dir.path().join("cp.db").to_str().unwrap(), "");
+    // About 18 MB of valid pins: over the 16 MiB message limit.
+    let pins: Vec<String> = (0..340_000u32)
+        .map(|i| {
+            let digest = Sha256::digest(i.to_be_bytes());
+            format!("\"sha256/{}\"", STANDARD.encode(digest))
+        })
+        .collect();
+    let body = format!(
+        "[[policy]]\nname = \"huge\"\nmatch = \"*\"\nlevel = \"authenticate\"\nmethods = [\"pinned\"]\npins = [{}]\n",
+        pins.join(",")
+    );
+    let out = cp.apply(dir.path(), &body, &[]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("too large"), "{}", out.stderr);
+    let mut cp = cp;
+    assert!(cp.process.is_running(), "the control plane survives");
+    assert_eq!(
+        cp.admin_json(&["get", "policies"])["policies"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}

@@ -136,3 +136,45 @@ fn control_plane_rules_win_ties_with_local_rules() -> Result<(), Invalid> {
     assert_eq!(chosen.as_deref(), Some("cp:p"));
     Ok(())
 }
+
+mod arbitrary_input {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever bytes arrive, decoding and applying returns a value or an error: the
+        /// apply path never panics (CONFORMANCE G.50).
+        #[test]
+        fn any_bytes_decode_and_apply_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(update) = pb::Update::decode(bytes.as_slice()) {
+                let held = Held::default().apply(&update);
+                if let Ok(held) = held {
+                    let _ = held.fleet(&PolicySet::default());
+                }
+            }
+        }
+
+        /// Updates built from arbitrary field values: same guarantee, and a refused update
+        /// leaves the held state as it was.
+        #[test]
+        fn arbitrary_policies_are_applied_or_refused_whole(
+            names in proptest::collection::vec("[a-z0-9.*/:-]{0,12}", 1..6),
+            levels in proptest::collection::vec("[a-z]{0,13}", 1..6),
+            selectors in proptest::collection::vec("[a-z0-9.*/:\\[\\]-]{0,20}", 1..6),
+        ) {
+            let upserts: Vec<pb::Resource> = names
+                .iter()
+                .zip(&levels)
+                .zip(&selectors)
+                .map(|((n, l), m)| policy(n, m, l))
+                .collect();
+            let before = Held::default().apply(&update(1, true, vec![])).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            match before.apply(&update(2, false, upserts.clone())) {
+                Ok(after) => prop_assert!(after.resources.len() <= upserts.len()),
+                Err(_) => prop_assert_eq!(before.resources.len(), 0),
+            }
+        }
+    }
+}
