@@ -513,8 +513,9 @@ async fn watch(
 
 /// When the last of `n` nodes received and ACKed `revision` (or later).
 struct Wave {
-    last_received: Instant,
-    last_acked: Instant,
+    /// `None` only for an empty wave.
+    last_received: Option<Instant>,
+    last_acked: Option<Instant>,
     /// Updates that were not what the wave expected (kind of update, policy level).
     unexpected: Vec<String>,
     /// Updates for older revisions seen meanwhile.
@@ -531,10 +532,9 @@ async fn wave(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = vec![false; n];
     let mut count = 0;
-    let start = Instant::now();
     let mut out = Wave {
-        last_received: start,
-        last_acked: start,
+        last_received: None,
+        last_acked: None,
         unexpected: Vec::new(),
         stale: 0,
     };
@@ -572,8 +572,8 @@ async fn wave(
                 }
                 if !std::mem::replace(&mut seen[node], true) {
                     count += 1;
-                    out.last_received = out.last_received.max(received);
-                    out.last_acked = out.last_acked.max(acked);
+                    out.last_received = out.last_received.max(Some(received));
+                    out.last_acked = out.last_acked.max(Some(acked));
                 }
             }
         }
@@ -741,7 +741,9 @@ async fn bench(args: &Args, cp: &ControlPlane) -> Result<Report, Error> {
         },
     )
     .await?;
-    report.setup = setup.last_acked - started;
+    report.setup = setup
+        .last_acked
+        .map_or(Duration::ZERO, |t| t.saturating_duration_since(started));
     report.unexpected.extend(setup.unexpected);
     report.stale += setup.stale;
     // Let the control plane take the last ACKs in before measuring its memory.
@@ -809,8 +811,12 @@ async fn bench(args: &Args, cp: &ControlPlane) -> Result<Report, Error> {
         }
         let result = Round {
             reply_ms: ms(replied - t0),
-            received_ms: ms(got.last_received.saturating_duration_since(t0)),
-            acked_ms: ms(got.last_acked.saturating_duration_since(t0)),
+            received_ms: got
+                .last_received
+                .map_or(0.0, |t| ms(t.saturating_duration_since(t0))),
+            acked_ms: got
+                .last_acked
+                .map_or(0.0, |t| ms(t.saturating_duration_since(t0))),
             cp_counted_ms,
         };
         eprintln!(

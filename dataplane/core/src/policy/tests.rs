@@ -141,3 +141,59 @@ fn contradictions_are_rejected() {
         Err(RuleError::MethodsNeedAuthenticate)
     );
 }
+
+mod report_only_invariant {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn selector() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("*".to_owned()),
+            "[ab]\\.example".prop_map(|s| s),
+            "\\*\\.(example|a\\.example)".prop_map(|s| s),
+            "10\\.0\\.[0-1]\\.[0-9]".prop_map(|s| s),
+            "10\\.0\\.0\\.0/(8|16|24)".prop_map(|s| s),
+            "(a\\.example|10\\.0\\.0\\.1):(443|25)".prop_map(|s| s),
+        ]
+    }
+
+    fn level() -> impl Strategy<Value = Level> {
+        prop_oneof![
+            Just(Level::Opportunistic),
+            Just(Level::Encrypt),
+            Just(Level::Cleartext),
+            Just(Level::Deny),
+        ]
+    }
+
+    proptest! {
+        /// Adding report-only rules, anywhere in the list, never changes which rule is
+        /// enforced for any peer: report-only never changes the wire.
+        #[test]
+        fn report_only_rules_never_change_the_enforced_rule(
+            enforced in proptest::collection::vec((selector(), level()), 0..6),
+            trial in proptest::collection::vec((selector(), level()), 1..6),
+            positions in proptest::collection::vec(0usize..12, 1..6),
+            host in prop_oneof![Just("a.example"), Just("b.example"), Just("x.a.example"), Just("10.0.0.1"), Just("10.0.1.7")],
+            port in prop_oneof![Just(443u16), Just(25u16)],
+        ) {
+            let base: Vec<Rule> = enforced
+                .iter()
+                .enumerate()
+                .map(|(i, (s, l))| rule(&format!("e{i}"), s, *l, false))
+                .collect();
+            let mut mixed = base.clone();
+            for (i, ((s, l), at)) in trial.iter().zip(positions.iter().cycle()).enumerate() {
+                let at = (*at).min(mixed.len());
+                mixed.insert(at, rule(&format!("r{i}"), s, *l, true));
+            }
+            let (plain, with_trials) = (PolicySet::new(base), PolicySet::new(mixed));
+            let p = peer(host, port);
+            prop_assert_eq!(
+                plain.select(&p).enforced.map(|r| r.id.clone()),
+                with_trials.select(&p).enforced.map(|r| r.id.clone())
+            );
+        }
+    }
+}
