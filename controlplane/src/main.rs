@@ -161,7 +161,7 @@ async fn serve(config: Config) -> Result<(), String> {
     server::serve(ctx.clone(), config.admins, listener, tls, shutdown)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = ctx.nodes.flush(&ctx.db).await;
+    let _ = ctx.nodes.flush(&ctx.db, true).await;
     Ok(())
 }
 
@@ -184,7 +184,8 @@ async fn background(ctx: Arc<Ctx>) {
     loop {
         tick.tick().await;
         ticks += 1;
-        if let Err(e) = ctx.nodes.flush(&ctx.db).await {
+        // Statuses as they change; every connected node's heartbeat every 5 s.
+        if let Err(e) = ctx.nodes.flush(&ctx.db, ticks % 5 == 0).await {
             tracing::warn!(error = %e, "cannot store node statuses");
         }
         if ticks % 5 == 0 {

@@ -27,6 +27,7 @@ pub struct Status {
 struct Inner {
     nodes: HashMap<String, Status>,
     dirty: HashSet<String>,
+    connected: usize,
 }
 
 #[derive(Debug, Default)]
@@ -38,11 +39,18 @@ impl Tracker {
     fn update(&self, node: &str, change: impl FnOnce(&mut Status)) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let status = inner.nodes.entry(node.to_owned()).or_default();
+        let was = status.connected;
         change(status);
         status.last_seen = unix_now();
+        let now = status.connected;
         inner.dirty.insert(node.to_owned());
-        let connected = inner.nodes.values().filter(|s| s.connected).count();
-        gauge!(m::NODES_CONNECTED).set(connected as f64);
+        if was != now {
+            inner.connected = match now {
+                true => inner.connected + 1,
+                false => inner.connected.saturating_sub(1),
+            };
+            gauge!(m::NODES_CONNECTED).set(inner.connected as f64);
+        }
     }
 
     pub fn connected(&self, node: &str, version: String, peers: Vec<String>) {
@@ -86,8 +94,9 @@ impl Tracker {
             .unwrap_or_default()
     }
 
-    /// Writes changed statuses, and refreshes `last_seen` of connected nodes.
-    pub async fn flush(&self, db: &Db) -> Result<(), sqlx::Error> {
+    /// Writes changed statuses; with `heartbeat`, also refreshes `last_seen` of every
+    /// connected node (so other replicas can tell a live stream from a dead replica's).
+    pub async fn flush(&self, db: &Db, heartbeat: bool) -> Result<(), sqlx::Error> {
         let batch: Vec<(String, Status)> = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             let now = unix_now();
@@ -95,7 +104,7 @@ impl Tracker {
             inner
                 .nodes
                 .iter_mut()
-                .filter(|(name, s)| s.connected || dirty.contains(*name))
+                .filter(|(name, s)| (heartbeat && s.connected) || dirty.contains(*name))
                 .map(|(name, s)| {
                     s.last_seen = now;
                     (name.clone(), s.clone())

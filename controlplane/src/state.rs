@@ -55,8 +55,11 @@ impl State {
     pub async fn refresh(&self, db: &Db) -> Result<u64, sqlx::Error> {
         let _one_at_a_time = self.refreshing.lock().await;
         let since = self.revision();
-        let rows = db.changes_since(since).await?;
+        // The counter first, then the rows: a commit landing in between shows up in the rows
+        // (and is counted by its row's revision) or not at all, never counted but unloaded.
         let stored = db.revision().await?;
+        let rows = db.changes_since(since).await?;
+        let newest_row = rows.iter().map(|r| r.revision).max().unwrap_or(0);
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         for row in rows {
             // Rows are written by this build after validation; one that does not decode is
@@ -79,7 +82,7 @@ impl State {
                 .push(key.clone());
             inner.resources.insert(key, (row.revision, resource));
         }
-        inner.revision = inner.revision.max(stored);
+        inner.revision = inner.revision.max(stored).max(newest_row);
         let revision = inner.revision;
         drop(inner);
         self.published.send_replace(revision);
