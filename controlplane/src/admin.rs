@@ -102,7 +102,11 @@ impl AdminService {
                 name: name.clone(),
             });
         }
-        self.ctx.nodes.flush(&self.ctx.db, false).await.map_err(storage)?;
+        self.ctx
+            .nodes
+            .flush(&self.ctx.db, false)
+            .await
+            .map_err(storage)?;
         let statuses = nodes::stored(&self.ctx.db).await.map_err(storage)?;
         let affected = blast::affected(&policy_set(&before)?, &policy_set(&after)?, &statuses);
         Ok(Plan {
@@ -333,7 +337,11 @@ impl AdminService {
     }
 
     async fn list_nodes(&self, req: pb::ListRequest) -> Result<pb::NodeList, Status> {
-        self.ctx.nodes.flush(&self.ctx.db, false).await.map_err(storage)?;
+        self.ctx
+            .nodes
+            .flush(&self.ctx.db, false)
+            .await
+            .map_err(storage)?;
         let statuses = nodes::stored(&self.ctx.db).await.map_err(storage)?;
         let mut out = Vec::new();
         for r in self.ctx.state.list("node") {

@@ -106,12 +106,13 @@ fn openssl_case(io: Io, host: &str, zones: impl FnOnce(u16, &Pem) -> Zones) -> O
 }
 
 fn secure_matching_tlsa_is_authenticated_dane(io: Io) {
-    let mut case = openssl_case(io, "mx.test", |port, pem| Zones {
-        secure: vec![
-            "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &spki_sha256_hex(pem)),
-        ],
-        ..Zones::default()
+    let mut digest = String::new();
+    let mut case = openssl_case(io, "mx.test", |port, pem| {
+        digest = spki_sha256_hex(pem);
+        Zones {
+            secure: vec!["mx IN A 127.0.0.1".into(), tlsa(port, "mx", &digest)],
+            ..Zones::default()
+        }
     });
     assert_eq!(
         case.node.metric("osgate_dnssec_validation_available", &[]),
@@ -119,13 +120,15 @@ fn secure_matching_tlsa_is_authenticated_dane(io: Io) {
     );
     case.server
         .send_line(case.node.addr("outbound[0]"), "hello dane");
-    outcome(
+    let out = outcome(
         &mut case.node,
         "authenticated",
         "dane",
         "none",
         "secure-usable",
     );
+    // The evidence names the record that matched.
+    assert_eq!(out["tlsa"], format!("3 1 1 {}…", &digest[..16]), "{out}");
 }
 
 fn secure_tlsa_through_a_cname_uses_the_target_as_base(io: Io) {

@@ -24,6 +24,20 @@ const DANE_TA: u8 = 2;
 /// DANE-EE(3): the record names the server's own certificate or key.
 const DANE_EE: u8 = 3;
 
+/// `usage selector matching` and the first bytes of the data, for outcome records.
+impl std::fmt::Display for Tlsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} ", self.usage, self.selector, self.matching)?;
+        for byte in self.data.iter().take(8) {
+            write!(f, "{byte:02x}")?;
+        }
+        if self.data.len() > 8 {
+            write!(f, "…")?;
+        }
+        Ok(())
+    }
+}
+
 impl Tlsa {
     /// Usable per RFC 7672 §3.1 and RFC 6698 §2.1: usage 2 or 3, selector 0 (full
     /// certificate) or 1 (SPKI), matching 0 (full), 1 (SHA-256, 32 bytes) or 2 (SHA-512,

@@ -251,6 +251,8 @@ pub struct Outcome {
     pub downgrade_suspected: bool,
     /// The DANE lookup's result label, when one was made (`secure-usable`, `no-tlsa`, …).
     pub dane: Option<&'static str>,
+    /// The TLSA record that authenticated the peer (`usage selector matching data…`).
+    pub tlsa: Option<String>,
     /// What a more specific report-only rule would have done: (rule, achieved, reason).
     pub report_only: Option<(String, Level, Reason)>,
 }

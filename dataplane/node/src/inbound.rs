@@ -58,6 +58,7 @@ pub(crate) async fn serve<D: Driver>(
         peer_key: None,
         downgrade_suspected: false,
         dane: None,
+        tlsa: None,
         report_only: None,
     };
     let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);

@@ -1,6 +1,7 @@
 //! Outbound: a plain client of this node, carried to its peer with the best protection the
 //! peer supports, as explicit policy, capability evidence and the ladder decide.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ struct Established<C> {
     params: TlsParams,
     handshake: Duration,
     presented: Option<SpkiPin>,
+    /// The TLSA record that authenticated the peer, when DANE did.
+    tlsa_match: Option<String>,
 }
 
 /// Everything decided before connecting: the enforced rule's plan and evidence.
@@ -240,6 +243,7 @@ async fn establish<D: Driver>(
         peer_key: None,
         downgrade_suspected: false,
         dane: found.dane.as_ref().map(Dane::label),
+        tlsa: None,
         report_only: None,
     };
     count_policy(decision.rule, false);
@@ -290,6 +294,7 @@ async fn establish<D: Driver>(
             Step::Relay { achieved, reason } => {
                 outcome.achieved = achieved;
                 outcome.reason = reason;
+                outcome.tlsa = tls.as_ref().and_then(|e| e.tlsa_match.clone());
                 if let Some(est) = &tls {
                     remember(node, listener, &decision, achieved, est.presented, now);
                 }
@@ -465,8 +470,13 @@ async fn try_tls<D: Driver>(
         session: &session,
         decision,
         node,
+        matched: Cell::new(None),
     };
     let auth = authenticate(decision.methods, &decision.evidence, presented, &checks);
+    let tlsa_match = match auth {
+        Ok(Method::Dane) => checks.matched.take(),
+        _ => None,
+    };
     count_tofu(&decision.evidence, auth);
     let params = tls_params(&session.conn());
     let established = Established {
@@ -475,6 +485,7 @@ async fn try_tls<D: Driver>(
         params,
         handshake: started.elapsed(),
         presented,
+        tlsa_match,
     };
     (TlsResult::Established { auth }, Some(established))
 }
@@ -494,23 +505,30 @@ struct Checks<'a> {
     session: &'a Session,
     decision: &'a Decision<'a>,
     node: &'a Node,
+    /// The TLSA record `dane()` matched, for the outcome record.
+    matched: Cell<Option<String>>,
 }
 
 impl ChainChecks for Checks<'_> {
     fn dane(&self) -> Result<(), Reason> {
         let conn = self.session.conn();
         let chain = conn.peer_certificates().unwrap_or_default();
-        match match_chain(self.decision.tlsa, chain) {
-            Match::EndEntity(_) => Ok(()),
-            Match::TrustAnchor(_, anchor) => check_dane_ta(
-                &self.node.crypto,
-                chain,
-                anchor,
-                &self.decision.server_name,
-                UnixTime::now(),
+        let (record, checked) = match match_chain(self.decision.tlsa, chain) {
+            Match::EndEntity(record) => (record, Ok(())),
+            Match::TrustAnchor(record, anchor) => (
+                record,
+                check_dane_ta(
+                    &self.node.crypto,
+                    chain,
+                    anchor,
+                    &self.decision.server_name,
+                    UnixTime::now(),
+                ),
             ),
-            Match::NoMatch => Err(Reason::TlsaInvalid),
-        }
+            Match::NoMatch => return Err(Reason::TlsaInvalid),
+        };
+        self.matched.set(Some(record.to_string()));
+        checked
     }
 
     fn pkix(&self) -> Result<(), Reason> {

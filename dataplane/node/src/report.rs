@@ -54,6 +54,7 @@ pub fn emit(outcome: &Outcome) {
         peer_key = outcome.peer_key.as_deref(),
         downgrade_suspected = outcome.downgrade_suspected,
         dane = outcome.dane,
+        tlsa = outcome.tlsa.as_deref(),
         report_only_policy = outcome.report_only.as_ref().map(|r| r.0.as_str()),
         report_only_achieved = outcome.report_only.as_ref().map(|r| r.1.as_str()),
         report_only_method = outcome.report_only.as_ref().map(|r| r.1.method_str()),
