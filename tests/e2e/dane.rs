@@ -7,6 +7,7 @@ use std::path::Path;
 
 use osgate_tests::certs::{self, Pem};
 use osgate_tests::dns::{Testbed, Zones, spki_sha256_hex};
+use osgate_tests::faulty_dns::FaultyDns;
 use osgate_tests::node::free_port;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
@@ -21,6 +22,7 @@ per_driver!(
     bogus_zone_is_refused_as_dnssec_invalid,
     secure_denial_of_tlsa_continues_down_the_ladder,
     unanswered_lookups_refuse_and_are_never_read_as_no_tlsa,
+    tlsa_servfail_refuses_and_is_never_read_as_no_tlsa,
     dane_required_without_validation_is_refused,
 );
 
@@ -286,6 +288,37 @@ fn unanswered_lookups_refuse_and_are_never_read_as_no_tlsa(io: Io) {
     );
     assert!(plain.try_result().is_none(), "nothing was sent anywhere");
     let _ = free_port();
+}
+
+fn tlsa_servfail_refuses_and_is_never_read_as_no_tlsa(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(peers::record);
+    let port = plain.addr.port();
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"cd".repeat(32)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    // The resolver answers everything but TLSA (type 52), which gets SERVFAIL.
+    let faulty = FaultyDns::start(dns.addr, 52);
+    let config = dns
+        .config()
+        .replace(&dns.addr.to_string(), &faulty.addr.to_string());
+    let mut node = node(dir.path(), io, &format!("mx.test:{port}"), &config, "");
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
+    outcome(&mut node, "refused", "none", "dns-lookup-failed", "failed");
+    assert!(
+        faulty.servfails() >= 1,
+        "the TLSA query was made, after a secure address"
+    );
+    assert!(
+        plain.try_result().is_none(),
+        "nothing reached the peer, in TLS or cleartext"
+    );
 }
 
 fn dane_required_without_validation_is_refused(io: Io) {
