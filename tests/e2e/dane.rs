@@ -17,6 +17,7 @@ per_driver!(
     secure_matching_tlsa_is_authenticated_dane,
     secure_tlsa_through_a_cname_uses_the_target_as_base,
     secure_mismatching_tlsa_is_refused_never_downgraded,
+    tlsa_mismatch_at_one_address_tries_the_next,
     secure_unusable_tlsa_makes_tls_mandatory,
     insecure_zone_tlsa_is_ignored,
     bogus_zone_is_refused_as_dnssec_invalid,
@@ -288,6 +289,40 @@ fn unanswered_lookups_refuse_and_are_never_read_as_no_tlsa(io: Io) {
     );
     assert!(plain.try_result().is_none(), "nothing was sent anywhere");
     let _ = free_port();
+}
+
+fn tlsa_mismatch_at_one_address_tries_the_next(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let right = peer_key(dir.path());
+    let wrong = certs::self_signed(dir.path(), "wrong", "mx.test");
+    let port = free_port().port();
+    let first = SServer::start_on(format!("127.0.0.1:{port}").parse().unwrap(), &wrong, &[]);
+    let second = SServer::start_on(format!("127.0.0.2:{port}").parse().unwrap(), &right, &[]);
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            "mx IN A 127.0.0.2".into(),
+            tlsa(port, "mx", &spki_sha256_hex(&right)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(
+        dir.path(),
+        io,
+        &format!("mx.test:{port}"),
+        &dns.config(),
+        "",
+    );
+    second.send_line(
+        node.addr("outbound[0]"),
+        "to the address with the right key",
+    );
+    outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
+    node.wait_for(|v| {
+        v["message"] == "TLSA records do not match this address's key; trying the next address"
+    });
+    drop(first);
 }
 
 fn tlsa_servfail_refuses_and_is_never_read_as_no_tlsa(io: Io) {

@@ -123,8 +123,8 @@ fn decide<'a>(
 
 /// What DNS said before connecting.
 struct Lookup {
-    /// The address to connect to (`None`: resolve with the system resolver).
-    addr: Option<SocketAddr>,
+    /// The addresses to try, in order (empty: resolve with the system resolver).
+    addrs: Vec<SocketAddr>,
     dane: Option<Dane>,
     /// A DANE-relevant lookup failed: refuse (never read as "no TLSA").
     refuse: Option<Reason>,
@@ -138,7 +138,7 @@ async fn lookup(
     dns: Option<&WorkerDns>,
 ) -> Lookup {
     let mut out = Lookup {
-        addr: None,
+        addrs: Vec::new(),
         dane: None,
         refuse: None,
     };
@@ -159,10 +159,11 @@ async fn lookup(
             return out;
         }
     };
-    out.addr = addresses
+    out.addrs = addresses
         .ips
-        .first()
-        .map(|ip| SocketAddr::new(*ip, listener.peer.port));
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, listener.peer.port))
+        .collect();
     if !dns.validating {
         out.refuse = requires_dane.then_some(Reason::DaneRequired);
         return out;
@@ -247,10 +248,15 @@ async fn establish<D: Driver>(
         report_only: None,
     };
     count_policy(decision.rule, false);
-    let addr = match found.addr {
-        Some(addr) => Some(addr),
-        None => ctx::resolve(&listener.peer).await.ok(),
+    let addrs = match found.addrs.is_empty() {
+        false => found.addrs,
+        true => ctx::resolve(&listener.peer)
+            .await
+            .ok()
+            .into_iter()
+            .collect(),
     };
+    let addr = addrs.first().copied();
     let (mut ladder, mut step) = match found.refuse {
         Some(reason) => (
             Ladder::Done,
@@ -267,7 +273,7 @@ async fn establish<D: Driver>(
     let connected = loop {
         match step {
             Step::TryTls => {
-                let (result, est) = try_tls::<D>(addr, &decision, listener, node).await;
+                let (result, est) = try_addresses::<D>(&addrs, &decision, listener, node).await;
                 tls_result = Some(result);
                 (ladder, step) = ladder.on_tls(result);
                 tls = est;
@@ -425,6 +431,33 @@ async fn connect<D: Driver>(addr: Option<SocketAddr>, node: &Node) -> Option<D::
 }
 
 /// One TLS attempt: connect, handshake under a deadline, authenticate the key.
+/// TLS to each address in turn while secure TLSA records do not match the key presented
+/// (RFC 7672 §2.2: another address of the peer may hold the right key); any other result
+/// ends the search. Never more than one attempt per address.
+async fn try_addresses<D: Driver>(
+    addrs: &[SocketAddr],
+    decision: &Decision<'_>,
+    listener: &OutboundListener,
+    node: &Node,
+) -> (TlsResult, Option<Established<D::Conn>>) {
+    let mut tried = 0;
+    loop {
+        let addr = addrs.get(tried).copied();
+        let (result, est) = try_tls::<D>(addr, decision, listener, node).await;
+        tried += 1;
+        let mismatch = matches!(
+            result,
+            TlsResult::Established {
+                auth: Err(Reason::TlsaInvalid)
+            }
+        );
+        if !mismatch || tried >= addrs.len() {
+            return (result, est);
+        }
+        tracing::info!(target: "osgate::dane", peer = %listener.peer, addr = ?addr, "TLSA records do not match this address's key; trying the next address");
+    }
+}
+
 async fn try_tls<D: Driver>(
     addr: Option<SocketAddr>,
     decision: &Decision<'_>,
