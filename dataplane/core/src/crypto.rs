@@ -18,6 +18,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use crate::outcome::{Reason, TlsParams};
 
 mod control;
+mod sessions;
+pub use sessions::SessionCache;
 
 /// A key-exchange group osgate can offer, by its configuration name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -142,6 +144,15 @@ impl CryptoPolicy {
     /// signature is valid. Connections made with it are `encrypted` unless something checks
     /// the peer afterwards ([`ChainVerifier`]).
     pub fn unauthenticated_client(&self) -> Result<Arc<ClientConfig>, CryptoError> {
+        self.unauthenticated_client_with(None)
+    }
+
+    /// [`Self::unauthenticated_client`] keeping its sessions in `sessions` (when resumption
+    /// is on), so the caller can forget a peer's sessions.
+    pub fn unauthenticated_client_with(
+        &self,
+        sessions: Option<Arc<SessionCache>>,
+    ) -> Result<Arc<ClientConfig>, CryptoError> {
         let verifier = Arc::new(danger::UnauthenticatedServer {
             provider: self.provider.clone(),
         });
@@ -150,9 +161,11 @@ impl CryptoPolicy {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        if !self.resumption {
-            config.resumption = rustls::client::Resumption::disabled();
-        }
+        config.resumption = match (self.resumption, sessions) {
+            (false, _) => rustls::client::Resumption::disabled(),
+            (true, Some(store)) => rustls::client::Resumption::store(store),
+            (true, None) => rustls::client::Resumption::default(),
+        };
         Ok(Arc::new(config))
     }
 

@@ -51,6 +51,9 @@ pub(crate) struct WorkerDns {
 pub(crate) struct ClientConfigs {
     /// `[floor][authentication required]`: TLS 1.2+ then TLS 1.3.
     pub by_class: [[Arc<rustls::ClientConfig>; 2]; 2],
+    /// The session cache of the authentication-required configs, which forgets a peer's
+    /// sessions when its TLSA set changes.
+    pub authenticated_sessions: Arc<osgate_core::crypto::SessionCache>,
 }
 
 impl ClientConfigs {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use metrics::gauge;
-use osgate_core::crypto::{ChainVerifier, CryptoError, CryptoPolicy, TlsFloor};
+use osgate_core::crypto::{ChainVerifier, CryptoError, CryptoPolicy, SessionCache, TlsFloor};
 use osgate_core::fleet::Fleet;
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
@@ -158,22 +158,31 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
 }
 
 fn client_configs(config: &Config) -> Result<ClientConfigs, StartError> {
-    let make = |floor| {
+    let sessions = SessionCache::new(256);
+    let make = |floor, sessions: Option<Arc<SessionCache>>| {
         CryptoPolicy::new(&config.node.tls_groups, floor)
             .and_then(|p| {
                 p.with_resumption(config.node.tls_resumption)
-                    .unauthenticated_client()
+                    .unauthenticated_client_with(sessions)
             })
             .map_err(|source| StartError::Tls {
                 what: "outbound client".into(),
                 source,
             })
     };
+    let required = || Some(sessions.clone());
     Ok(ClientConfigs {
         by_class: [
-            [make(TlsFloor::Tls12)?, make(TlsFloor::Tls12)?],
-            [make(TlsFloor::Tls13)?, make(TlsFloor::Tls13)?],
+            [
+                make(TlsFloor::Tls12, None)?,
+                make(TlsFloor::Tls12, required())?,
+            ],
+            [
+                make(TlsFloor::Tls13, None)?,
+                make(TlsFloor::Tls13, required())?,
+            ],
         ],
+        authenticated_sessions: sessions.clone(),
     })
 }
 

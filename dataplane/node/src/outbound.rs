@@ -227,6 +227,10 @@ async fn establish<D: Driver>(
         now,
         found.dane.as_ref(),
     );
+    if !decision.tlsa.is_empty() {
+        let sessions = &node.client_tls.authenticated_sessions;
+        sessions.note_tlsa(&decision.server_name, decision.tlsa);
+    }
     let mut outcome = Outcome {
         direction: Direction::Outbound,
         listener: listener.listen.clone(),

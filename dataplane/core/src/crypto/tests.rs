@@ -114,3 +114,61 @@ fn chain_verdicts_name_the_rfc_8460_reason() {
         Err(Reason::CertificateNotTrusted)
     );
 }
+
+/// A handshake with `client_config` against `server_config`, delivering the server's
+/// session tickets; returns how the handshake went.
+fn handshake_kind(
+    client_config: Arc<ClientConfig>,
+    server_config: Arc<ServerConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let mut client = ClientConnection::new(client_config, "gw.test".try_into().unwrap()).unwrap();
+    let mut server = ServerConnection::new(server_config).unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..4 {
+        buf.clear();
+        client.write_tls(&mut buf).unwrap();
+        server.read_tls(&mut &buf[..]).unwrap();
+        server.process_new_packets().unwrap();
+        buf.clear();
+        server.write_tls(&mut buf).unwrap();
+        client.read_tls(&mut &buf[..]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    client.handshake_kind()
+}
+
+#[test]
+fn sessions_are_forgotten_when_the_tlsa_set_changes() {
+    use crate::dane::Tlsa;
+    let pki = pki("gw.test");
+    let server = policy(KxGroup::DEFAULT)
+        .server(pki.chain.clone(), pki.key.clone_key())
+        .unwrap();
+    let sessions = SessionCache::new(16);
+    let client = policy(KxGroup::DEFAULT)
+        .unauthenticated_client_with(Some(sessions.clone()))
+        .unwrap();
+    let name: ServerName<'_> = "gw.test".try_into().unwrap();
+    let record = |byte| Tlsa {
+        usage: 3,
+        selector: 1,
+        matching: 1,
+        data: vec![byte; 32],
+    };
+    let (first, second) = ([record(1), record(2)], [record(2), record(1)]);
+    let changed = [record(3)];
+    use rustls::HandshakeKind::{Full, Resumed};
+
+    sessions.note_tlsa(&name, &first);
+    assert_eq!(handshake_kind(client.clone(), server.clone()), Some(Full));
+    // The same set, in another order: the session is resumed.
+    sessions.note_tlsa(&name, &second);
+    assert_eq!(
+        handshake_kind(client.clone(), server.clone()),
+        Some(Resumed)
+    );
+    // A new set: the peer's sessions are gone, the next handshake is full.
+    sessions.note_tlsa(&name, &changed);
+    assert_eq!(handshake_kind(client.clone(), server.clone()), Some(Full));
+    assert_eq!(handshake_kind(client, server), Some(Resumed));
+}
