@@ -18,6 +18,7 @@ per_driver!(
     secure_tlsa_through_a_cname_uses_the_target_as_base,
     secure_mismatching_tlsa_is_refused_never_downgraded,
     tlsa_mismatch_at_one_address_tries_the_next,
+    a_key_vouched_for_by_dane_replaces_the_tofu_pin,
     secure_unusable_tlsa_makes_tls_mandatory,
     insecure_zone_tlsa_is_ignored,
     bogus_zone_is_refused_as_dnssec_invalid,
@@ -323,6 +324,49 @@ fn tlsa_mismatch_at_one_address_tries_the_next(io: Io) {
         v["message"] == "TLSA records do not match this address's key; trying the next address"
     });
     drop(first);
+}
+
+fn a_key_vouched_for_by_dane_replaces_the_tofu_pin(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let old = certs::self_signed(dir.path(), "old", "mx.test");
+    let new = peer_key(dir.path());
+    let server = SServer::start(&new, &[]);
+    let port = server.addr.port();
+    let store = dir.path().join("pins");
+    let tofu = osgate_tests::node::tofu_store(&store);
+    let peer = format!("mx.test:{port}");
+    let store_arg = store.to_str().unwrap();
+    let (code, err) = osgate_tests::node::osgate(&[
+        "pins",
+        "--store",
+        store_arg,
+        "add",
+        &peer,
+        &certs::pin_of(&old),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &spki_sha256_hex(&new)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let mut node = node(dir.path(), io, &peer, &dns.config(), &tofu);
+    // The peer rotated to a key its secure TLSA records name: no outage.
+    server.send_line(node.addr("outbound[0]"), "rotated under DANE");
+    outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
+    let listed = std::process::Command::new(osgate_tests::node::osgate_bin())
+        .args(["pins", "--store", store_arg, "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&certs::pin_of(&new)),
+        "the pin follows the vouched key: {listed}"
+    );
+    assert!(!listed.contains(&certs::pin_of(&old)), "{listed}");
 }
 
 fn tlsa_servfail_refuses_and_is_never_read_as_no_tlsa(io: Io) {

@@ -27,6 +27,7 @@ use crate::ctx::{self, Active, Node, OutboundListener, WorkerDns};
 use crate::dns::Dane;
 use crate::io::{Conn, Driver};
 use crate::metrics as m;
+use crate::store::PinUpdate;
 use crate::tls::{HandshakeError, Session};
 use crate::watchdog::Watchdog;
 use crate::{relay, report};
@@ -374,7 +375,14 @@ fn remember(
     if learn {
         counter!(m::TOFU_CHECKS_TOTAL, "decision" => "learned").increment(1);
     }
-    if let Err(e) = store.record_tls(&listener.peer_key, presented, learn, now) {
+    let update = match (learn, achieved) {
+        (true, _) => PinUpdate::Learn,
+        (false, Achieved::Authenticated(Method::Dane)) if node.tofu_enforce => {
+            PinUpdate::VouchedByDane
+        }
+        _ => PinUpdate::Keep,
+    };
+    if let Err(e) = store.record_tls(&listener.peer_key, presented, update, now) {
         tracing::error!(target: "osgate::store", error = %e, "cannot persist the capability store");
     }
 }

@@ -183,6 +183,17 @@ impl Contents {
     }
 }
 
+/// What a completed TLS connection teaches the pin store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinUpdate {
+    /// Nothing about the key (the ratchet is still extended).
+    Keep,
+    /// Pin the key if the peer has no pin yet (TOFU).
+    Learn,
+    /// The key was authenticated by DANE: it replaces a different pin (rotation).
+    VouchedByDane,
+}
+
 /// The store as a running node uses it.
 #[derive(Debug)]
 pub struct Store {
@@ -264,13 +275,13 @@ impl Store {
             .collect()
     }
 
-    /// Records a TLS connection to `peer` at `now`: extends the ratchet, and pins `pin` if the
-    /// peer has none yet (`learn`). Persists only when something changed.
+    /// Records a TLS connection to `peer` at `now`: extends the ratchet, and updates the pin
+    /// as `update` says. Persists only when something changed.
     pub fn record_tls(
         &self,
         peer: &str,
         pin: Option<SpkiPin>,
-        learn: bool,
+        update: PinUpdate,
         now: u64,
     ) -> Result<(), StoreError> {
         let mut guard = self.lock();
@@ -293,8 +304,19 @@ impl Store {
                     changed = true;
                 }
             }
+            // A secure TLSA record vouched for a new key: it replaces the pin, so the peer
+            // stays reachable if its TLSA records are later withdrawn.
+            if let (Some(pin), PinUpdate::VouchedByDane) = (pin, update) {
+                if record.pin != pin && record.state != PinState::Revoked {
+                    tracing::info!(target: "osgate::store", peer, old = %record.pin, new = %pin, "pin rotated: the new key was vouched for by DANE");
+                    record.pin = pin;
+                    record.next = None;
+                    record.last_seen = now;
+                    changed = true;
+                }
+            }
         }
-        if let (Some(pin), true) = (pin, learn) {
+        if let (Some(pin), PinUpdate::Learn) = (pin, update) {
             if !contents.pins.contains_key(peer) {
                 contents.pins.insert(
                     peer.to_owned(),
@@ -435,10 +457,10 @@ mod tests {
         assert!(error.is_none());
         assert_eq!(store.lookup("a.test:443", 1000), (Tofu::Unknown, false));
         store
-            .record_tls("a.test:443", Some(pin(1)), true, 1000)
+            .record_tls("a.test:443", Some(pin(1)), PinUpdate::Learn, 1000)
             .unwrap();
         store
-            .record_tls("a.test:443", Some(pin(2)), true, 1001)
+            .record_tls("a.test:443", Some(pin(2)), PinUpdate::Learn, 1001)
             .unwrap();
         assert_eq!(
             store.lookup("a.test:443", 1099),
@@ -448,5 +470,36 @@ mod tests {
         assert!(!store.lookup("a.test:443", 1101).1, "the ratchet expired");
         let reloaded = Contents::load(&path).unwrap();
         assert_eq!(reloaded.pins["a.test:443"].pin, pin(1));
+    }
+
+    #[test]
+    fn a_key_vouched_for_by_dane_replaces_the_pin_unless_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        Contents::default().save(&path).unwrap();
+        let (store, _) = Store::open(path.clone(), 0);
+        store
+            .record_tls("a.test:443", Some(pin(1)), PinUpdate::Learn, 1)
+            .unwrap();
+        store
+            .record_tls("a.test:443", Some(pin(2)), PinUpdate::Keep, 2)
+            .unwrap();
+        assert_eq!(store.lookup("a.test:443", 2).0, Tofu::Pinned(pin(1)));
+        store
+            .record_tls("a.test:443", Some(pin(2)), PinUpdate::VouchedByDane, 3)
+            .unwrap();
+        assert_eq!(store.lookup("a.test:443", 3).0, Tofu::Pinned(pin(2)));
+        assert_eq!(
+            Contents::load(&path).unwrap().pins["a.test:443"].pin,
+            pin(2)
+        );
+
+        let mut revoked = Contents::load(&path).unwrap();
+        revoked.pins.get_mut("a.test:443").unwrap().state = PinState::Revoked;
+        revoked.save(&path).unwrap();
+        store
+            .record_tls("a.test:443", Some(pin(3)), PinUpdate::VouchedByDane, 4)
+            .unwrap();
+        assert_eq!(store.lookup("a.test:443", 4).0, Tofu::Revoked);
     }
 }
