@@ -25,6 +25,7 @@ per_driver!(
     report_only_rule_is_reported_but_not_enforced,
     learned_pins_survive_kill_9,
     planned_rotation_accepts_both_keys_then_only_the_new_one,
+    tofu_and_the_ratchet_are_on_by_default,
 );
 
 /// An outbound node to `peer` with `extra` config (policy rules, `[tofu]`).
@@ -359,4 +360,48 @@ fn planned_rotation_accepts_both_keys_then_only_the_new_one(io: Io) {
     assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     assert_outcome(&mut node, "refused", "none", "key-changed");
     drop(back);
+}
+
+fn tofu_and_the_ratchet_are_on_by_default(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = certs::self_signed(dir.path(), "peer", "127.0.0.1");
+    let server = SServer::start(&key, &[]);
+    let addr = server.addr;
+    // No [tofu] section: the store is made next to the config on first start.
+    let mut node = node(dir.path(), io, addr, "");
+    node.wait_for(|v| {
+        v["message"]
+            == "first start: created the pin store (TOFU and the ratchet are on by default)"
+    });
+    server.send_line(node.addr("outbound[0]"), "first");
+    assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
+    server.send_line(node.addr("outbound[0]"), "second");
+    assert_outcome(&mut node, "authenticated", "tofu", "none");
+    let store = dir.path().join("state/pins");
+    let listed = std::process::Command::new(osgate_tests::node::osgate_bin())
+        .args(["pins", "--store", store.to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&pin_of(&key)));
+    drop(server);
+
+    // The ratchet: the peer did TLS, so cleartext from it now is a suspected downgrade.
+    let plain = Server::start_on(addr, |mut stream| {
+        let _ = stream.write_all(b"220 plain now\r\n");
+        peers::record(stream)
+    });
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET"), b"");
+    let out = assert_outcome(&mut node, "refused", "none", "peer-no-tls");
+    assert_eq!(out["downgrade_suspected"], true, "{out}");
+    drop(plain);
+    drop(node);
+
+    // A lost store is not a first start: the folder exists, so peers are refused rather
+    // than checked against nothing.
+    std::fs::remove_file(&store).unwrap();
+    let server = SServer::start(&key, &[]);
+    let mut again = self::node(dir.path(), io, server.addr, "");
+    assert_eq!(peers::call(again.addr("outbound[0]"), b"SECRET\n"), b"");
+    assert_outcome(&mut again, "refused", "none", "pin-store-unavailable");
+    drop(server);
 }

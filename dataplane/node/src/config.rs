@@ -141,7 +141,12 @@ pub struct TofuConfig {
     pub store: PathBuf,
     pub enforce: bool,
     pub ratchet: Duration,
+    /// The store is the default one (no `store` key): created on first start.
+    pub default_store: bool,
 }
+
+/// Where the pin store lives when `[tofu]` names none, relative to the config file.
+pub const DEFAULT_PIN_STORE: &str = "state/pins";
 
 /// The certificate chain and key an inbound listener presents.
 #[derive(Debug)]
@@ -270,11 +275,15 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, p)| self.rule(i, p))
             .collect::<Result<Vec<_>, _>>()?;
-        let tofu = file.tofu.map(|t| TofuConfig {
-            store: self.resolve(&t.store),
-            enforce: t.mode == raw::TofuMode::Enforce,
-            ratchet: Duration::from_secs(t.ratchet_hours * 3600),
-        });
+        // TOFU and the ratchet are on unless `[tofu]` turns both off.
+        let tofu = file.tofu.unwrap_or_default();
+        let tofu =
+            (tofu.mode == raw::TofuMode::Enforce || tofu.ratchet_hours > 0).then(|| TofuConfig {
+                store: self.resolve(tofu.store.as_deref().unwrap_or(DEFAULT_PIN_STORE)),
+                enforce: tofu.mode == raw::TofuMode::Enforce,
+                ratchet: Duration::from_secs(tofu.ratchet_hours * 3600),
+                default_store: tofu.store.is_none(),
+            });
         let dns = file.dns.map(|d| self.dns(d)).transpose()?;
         let controlplane = file
             .controlplane

@@ -190,6 +190,9 @@ fn client_configs(config: &Config) -> Result<ClientConfigs, StartError> {
 /// "verification off").
 fn open_store(config: &Config) -> Option<Store> {
     let tofu = config.tofu.as_ref()?;
+    if tofu.default_store {
+        create_on_first_start(&tofu.store);
+    }
     let (store, error) = Store::open(tofu.store.clone(), tofu.ratchet.as_secs());
     match error {
         Some(e) => {
@@ -199,6 +202,31 @@ fn open_store(config: &Config) -> Option<Store> {
         None => gauge!(m::PIN_STORE_AVAILABLE).set(1.0),
     }
     Some(store)
+}
+
+/// Creates the default pin store when its folder does not exist yet: a first start. A
+/// folder without the store is not a first start but a lost store, and stays an error
+/// (never "verification off", CONFORMANCE D.26).
+fn create_on_first_start(store: &std::path::Path) {
+    let Some(dir) = store.parent() else { return };
+    if dir.exists() {
+        return;
+    }
+    let created = std::fs::create_dir_all(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            crate::store::Contents::default()
+                .save(store)
+                .map_err(|e| e.to_string())
+        });
+    match created {
+        Ok(()) => {
+            tracing::info!(target: "osgate::node", store = %store.display(), "first start: created the pin store (TOFU and the ratchet are on by default)")
+        }
+        Err(e) => {
+            tracing::error!(target: "osgate::node", store = %store.display(), error = e, "cannot create the pin store")
+        }
+    }
 }
 
 /// The start-up self-test (CONFORMANCE C.22): the trust anchor's own zone must validate as

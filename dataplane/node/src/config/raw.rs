@@ -76,7 +76,8 @@ pub(super) struct Policy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Tofu {
-    pub store: String,
+    /// Default: `state/pins` next to the config file, created on first start.
+    pub store: Option<String>,
     #[serde(default)]
     pub mode: TofuMode,
     /// How long a peer that completed TLS stays committed to TLS (0: no ratchet).
@@ -86,6 +87,16 @@ pub(super) struct Tofu {
 
 fn ratchet_hours() -> u64 {
     24 * 30
+}
+
+impl Default for Tofu {
+    fn default() -> Self {
+        Self {
+            store: None,
+            mode: TofuMode::Enforce,
+            ratchet_hours: ratchet_hours(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

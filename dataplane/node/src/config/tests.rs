@@ -17,7 +17,11 @@ fn defaults_are_opportunistic_with_post_quantum_first() {
         (Level::Opportunistic, true)
     );
     assert!(config.policy.is_empty());
-    assert!(config.tofu.is_none());
+    // TOFU and the ratchet are on by default, with the store next to the config.
+    let tofu = config.tofu.as_ref().unwrap();
+    assert!(tofu.enforce && tofu.default_store);
+    assert!(tofu.store.ends_with(super::DEFAULT_PIN_STORE));
+    assert_eq!(tofu.ratchet, Duration::from_secs(30 * 24 * 3600));
     assert_eq!(
         out.peer,
         HostPort {
@@ -109,4 +113,15 @@ fn every_deploy_example_parses() {
         }
     }
     assert!(parsed >= 3, "found {parsed} examples");
+}
+
+#[test]
+fn tofu_and_the_ratchet_can_be_turned_off_together() {
+    let text = "[[outbound]]\nlisten = \"127.0.0.1:7001\"\npeer = \"127.0.0.1:7443\"\n\n[tofu]\nmode = \"off\"\nratchet_hours = 0\n";
+    let config = Config::parse(text, Path::new("/etc/osgate/node.toml")).unwrap();
+    assert!(config.tofu.is_none());
+    let ratchet_only = text.replace("ratchet_hours = 0", "ratchet_hours = 1");
+    let config = Config::parse(&ratchet_only, Path::new("/etc/osgate/node.toml")).unwrap();
+    let tofu = config.tofu.unwrap();
+    assert!(!tofu.enforce && tofu.store == Path::new("/etc/osgate/state/pins"));
 }
