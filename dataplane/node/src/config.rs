@@ -127,12 +127,30 @@ pub struct Outbound {
 /// `[dns]`: the validating resolver DANE uses.
 #[derive(Clone, Debug)]
 pub struct DnsConfig {
+    /// Empty: the system's resolvers.
     pub servers: Vec<SocketAddr>,
-    /// DNSKEY records (zone-file lines) to validate from.
-    pub trust_anchor: PathBuf,
+    /// DNSKEY records (zone-file lines) to validate from; `None`: the IANA root anchors.
+    pub trust_anchor: Option<PathBuf>,
     /// The owner of the first trust anchor: the zone the start-up self-test queries.
     pub anchor_zone: String,
     pub timeout: Duration,
+    /// Written in the config: validation must work at start, and a resolver that fails
+    /// refuses. The implicit default tests validation in the background and, while it does
+    /// not work, leaves names to the system resolver (DANE off, and the gauge says so).
+    pub explicit: bool,
+}
+
+impl DnsConfig {
+    /// DANE with no `[dns]` section: the system's resolvers and the root trust anchor.
+    fn implicit() -> Self {
+        Self {
+            servers: Vec::new(),
+            trust_anchor: None,
+            anchor_zone: ".".into(),
+            timeout: Duration::from_millis(2_000),
+            explicit: false,
+        }
+    }
 }
 
 /// `[tofu]`: pins learned on first use, and the ratchet, in one store.
@@ -284,7 +302,11 @@ impl Validator<'_> {
                 ratchet: Duration::from_secs(tofu.ratchet_hours * 3600),
                 default_store: tofu.store.is_none(),
             });
-        let dns = file.dns.map(|d| self.dns(d)).transpose()?;
+        let dns = match file.dns {
+            None => Some(DnsConfig::implicit()),
+            Some(d) if !d.dane => None,
+            Some(d) => Some(self.dns(d)?),
+        };
         let controlplane = file
             .controlplane
             .map(|c| self.controlplane(c, &inbound))
@@ -462,9 +484,6 @@ impl Validator<'_> {
     }
 
     fn dns(&self, d: raw::Dns) -> Result<DnsConfig, ConfigError> {
-        if d.servers.is_empty() {
-            return Err(self.error("dns.servers", "at least one server is needed"));
-        }
         let servers = d
             .servers
             .iter()
@@ -479,31 +498,42 @@ impl Validator<'_> {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let trust_anchor = self.resolve(&d.trust_anchor);
-        let text = std::fs::read_to_string(&trust_anchor).map_err(|e| {
-            self.error(
-                "dns.trust_anchor",
-                format!("cannot read {}: {e}", trust_anchor.display()),
-            )
-        })?;
-        let anchor_zone = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with(';'))
-            .and_then(|l| l.split_whitespace().next())
-            .ok_or_else(|| {
-                self.error(
-                    "dns.trust_anchor",
-                    format!("{} holds no DNSKEY", trust_anchor.display()),
-                )
-            })?
-            .to_owned();
+        let (trust_anchor, anchor_zone) = match &d.trust_anchor {
+            None => (None, ".".to_owned()),
+            Some(path) => {
+                let path = self.resolve(path);
+                let zone = self.anchor_zone(&path)?;
+                (Some(path), zone)
+            }
+        };
         Ok(DnsConfig {
             servers,
             trust_anchor,
             anchor_zone,
             timeout: self.duration("dns.timeout_ms", d.timeout_ms)?,
+            explicit: true,
         })
+    }
+
+    /// The owner of the first DNSKEY in a trust anchor file.
+    fn anchor_zone(&self, path: &Path) -> Result<String, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            self.error(
+                "dns.trust_anchor",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with(';'))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                self.error(
+                    "dns.trust_anchor",
+                    format!("{} holds no DNSKEY", path.display()),
+                )
+            })
     }
 
     fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {

@@ -32,16 +32,13 @@ pub(crate) struct Node {
     /// `[dns]`: DANE is on when set.
     pub dns: Option<crate::config::DnsConfig>,
     /// The start-up self-test validated the trust anchor's zone.
-    pub dnssec_validating: bool,
+    pub dnssec_validating: std::sync::atomic::AtomicBool,
 }
 
 /// A worker's validating resolver.
 #[derive(Debug)]
 pub(crate) struct WorkerDns {
     pub dns: crate::dns::Dns,
-    /// DNSSEC validation works (the node's start-up self-test): without it, DANE-requiring
-    /// peers are refused and DANE is not looked up for others (CONFORMANCE C.22).
-    pub validating: bool,
 }
 
 /// Client configs by TLS floor and policy class. Each has its own session cache, so a

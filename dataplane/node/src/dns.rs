@@ -5,14 +5,14 @@
 //! NOT" be read as "no TLSA records" — it refuses the connection.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+
+use crate::config::DnsConfig;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use osgate_core::dane::{Tlsa, TlsaSet};
@@ -54,6 +54,22 @@ pub struct Dns {
     resolver: TokioResolver,
 }
 
+/// The `nameserver` lines of /etc/resolv.conf.
+fn system_servers() -> Vec<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    parse_resolv_conf(&text)
+}
+
+fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        // Scoped IPv6 (fe80::1%eth0) cannot be used without the scope: skipped.
+        .filter_map(|addr| addr.parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
 impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Dns")
@@ -61,18 +77,23 @@ impl std::fmt::Debug for Dns {
 }
 
 impl Dns {
-    /// A resolver that asks `servers` and validates from the DNSKEYs in `trust_anchor`.
-    pub fn new(
-        servers: &[SocketAddr],
-        trust_anchor: &Path,
-        timeout: Duration,
-    ) -> Result<Self, String> {
-        let anchors = TrustAnchors::from_file(trust_anchor).map_err(|e| {
-            format!(
-                "{}: not a DNSKEY trust anchor file: {e}",
-                trust_anchor.display()
-            )
-        })?;
+    /// A validating resolver as `config` says: its servers (or the system's) and its trust
+    /// anchor (or the IANA root anchors built into hickory).
+    pub fn new(config: &DnsConfig) -> Result<Self, String> {
+        let anchors = match &config.trust_anchor {
+            Some(path) => TrustAnchors::from_file(path)
+                .map_err(|e| format!("{}: not a DNSKEY trust anchor file: {e}", path.display()))?,
+            None => TrustAnchors::default(),
+        };
+        let servers = match config.servers.is_empty() {
+            false => config.servers.clone(),
+            true => system_servers(),
+        };
+        if servers.is_empty() {
+            return Err(
+                "no DNS server: [dns] servers is empty and /etc/resolv.conf names none".into(),
+            );
+        }
         let name_servers = servers
             .iter()
             .map(|addr| {
@@ -84,7 +105,7 @@ impl Dns {
             })
             .collect();
         let mut options = ResolverOpts::default();
-        options.timeout = timeout;
+        options.timeout = config.timeout;
         options.attempts = 1;
         options.validate = true;
         options.edns0 = true;
@@ -244,5 +265,23 @@ fn negative(error: &NetError) -> Dane {
         },
         NetError::Dns(DnsError::DnssecBogus) => Dane::Failed { bogus: true },
         _ => Dane::Failed { bogus: false },
+    }
+}
+
+#[cfg(test)]
+mod resolv_conf_tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_are_read_and_comments_and_scoped_addresses_skipped() {
+        let text = "# generated\nsearch example\nnameserver 10.0.0.53\nnameserver ::1\nnameserver fe80::1%eth0\noptions ndots:2\n";
+        let servers = parse_resolv_conf(text);
+        assert_eq!(
+            servers,
+            [
+                "10.0.0.53:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
     }
 }

@@ -97,8 +97,9 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         store: open_store(config),
         tofu_enforce: config.tofu.as_ref().is_some_and(|t| t.enforce),
         dns: config.dns.clone(),
-        dnssec_validating: dnssec_self_test(config)?,
+        dnssec_validating: std::sync::atomic::AtomicBool::new(dnssec_self_test(config)?),
     });
+    watch_validation(node.clone()).map_err(StartError::Worker)?;
     let mut plans: Vec<WorkerPlan> = (0..workers)
         .map(|_| WorkerPlan {
             node: node.clone(),
@@ -230,20 +231,16 @@ fn create_on_first_start(store: &std::path::Path) {
 }
 
 /// The start-up self-test (CONFORMANCE C.22): the trust anchor's own zone must validate as
-/// secure, or DANE-requiring peers are refused. The gauge says which.
+/// secure, or DANE-requiring peers are refused. The gauge says which. A `[dns]` written in
+/// the config is tested now; the implicit default is tested in the background (see
+/// [`watch_validation`]).
 fn dnssec_self_test(config: &Config) -> Result<bool, StartError> {
-    let Some(dns) = &config.dns else {
+    let Some(dns) = config.dns.as_ref().filter(|d| d.explicit) else {
+        gauge!(m::DNSSEC_VALIDATION_AVAILABLE).set(0.0);
         return Ok(false);
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(StartError::Worker)?;
-    let validating = runtime.block_on(async {
-        let resolver = crate::dns::Dns::new(&dns.servers, &dns.trust_anchor, dns.timeout)?;
-        Ok::<_, String>(resolver.self_test(&dns.anchor_zone).await)
-    });
-    let validating = validating.map_err(|e| StartError::Worker(std::io::Error::other(e)))?;
+    let validating =
+        self_test_once(dns).map_err(|e| StartError::Worker(std::io::Error::other(e)))?;
     gauge!(m::DNSSEC_VALIDATION_AVAILABLE).set(if validating { 1.0 } else { 0.0 });
     if validating {
         tracing::info!(target: "osgate::dns", zone = %dns.anchor_zone, "DNSSEC validation works: DANE is on");
@@ -251,6 +248,45 @@ fn dnssec_self_test(config: &Config) -> Result<bool, StartError> {
         tracing::error!(target: "osgate::dns", zone = %dns.anchor_zone, "DNSSEC validation is unavailable: DANE-requiring peers will be refused");
     }
     Ok(validating)
+}
+
+fn self_test_once(dns: &crate::config::DnsConfig) -> Result<bool, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let resolver = crate::dns::Dns::new(dns)?;
+        Ok(resolver.self_test(&dns.anchor_zone).await)
+    })
+}
+
+/// DANE by default (no `[dns]`): the system's resolvers must validate the root zone with the
+/// built-in anchors. Until they do, DANE is off and says so; tried again every minute.
+fn watch_validation(node: Arc<Node>) -> std::io::Result<()> {
+    let Some(dns) = node.dns.clone().filter(|d| !d.explicit) else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("osgate-dnssec".into())
+        .spawn(move || {
+            let mut said = false;
+            loop {
+                let validating = self_test_once(&dns).unwrap_or(false);
+                node.dnssec_validating.store(validating, std::sync::atomic::Ordering::Relaxed);
+                gauge!(m::DNSSEC_VALIDATION_AVAILABLE).set(if validating { 1.0 } else { 0.0 });
+                if validating {
+                    tracing::info!(target: "osgate::dns", "DNSSEC validation works with the system resolvers: DANE is on");
+                    return;
+                }
+                if !said {
+                    tracing::info!(target: "osgate::dns", "DNSSEC validation is unavailable with the system resolvers: DANE is off (names resolve as usual) until it works; retrying every minute");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+        })
+        .map(drop)
 }
 
 /// Logs the bound address (useful with port 0) under the listener's config key.

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use metrics::counter;
@@ -136,6 +137,7 @@ struct Lookup {
 async fn lookup(
     listener: &OutboundListener,
     rule: Option<&Rule>,
+    node: &Node,
     dns: Option<&WorkerDns>,
 ) -> Lookup {
     let mut out = Lookup {
@@ -152,6 +154,14 @@ async fn lookup(
     }
     let requires_dane =
         rule.is_some_and(|r| r.level == Level::Authenticate && r.methods == [Method::Dane]);
+    let validating = node.dnssec_validating.load(Ordering::Relaxed);
+    let explicit = node.dns.as_ref().is_some_and(|d| d.explicit);
+    if !validating && !explicit {
+        // DANE by default, but the system's resolvers do not validate: names resolve as
+        // they would without osgate, and only peers that require DANE are refused.
+        out.refuse = requires_dane.then_some(Reason::DaneRequired);
+        return out;
+    }
     let addresses = match dns.dns.addresses(host).await {
         Ok(addresses) => addresses,
         Err(failed) => {
@@ -165,7 +175,7 @@ async fn lookup(
         .iter()
         .map(|ip| SocketAddr::new(*ip, listener.peer.port))
         .collect();
-    if !dns.validating {
+    if !validating {
         out.refuse = requires_dane.then_some(Reason::DaneRequired);
         return out;
     }
@@ -219,7 +229,7 @@ async fn establish<D: Driver>(
     let peer = policy_peer(listener);
     let fleet = node.fleet.load_full();
     let selected = fleet.policy.select(&peer);
-    let found = lookup(listener, selected.enforced, dns).await;
+    let found = lookup(listener, selected.enforced, node, dns).await;
     let decision = decide(
         selected.enforced,
         listener,

@@ -108,12 +108,15 @@ async fn worker_dns(node: &crate::ctx::Node) -> io::Result<Option<crate::ctx::Wo
     let Some(config) = &node.dns else {
         return Ok(None);
     };
-    let dns = crate::dns::Dns::new(&config.servers, &config.trust_anchor, config.timeout)
-        .map_err(io::Error::other)?;
-    Ok(Some(crate::ctx::WorkerDns {
-        dns,
-        validating: node.dnssec_validating,
-    }))
+    match crate::dns::Dns::new(config) {
+        Ok(dns) => Ok(Some(crate::ctx::WorkerDns { dns })),
+        // DANE by default needs the system's resolvers; without them it is simply off.
+        Err(e) if !config.explicit => {
+            tracing::debug!(target: "osgate::dns", error = e, "no resolver for DANE by default");
+            Ok(None)
+        }
+        Err(e) => Err(io::Error::other(e)),
+    }
 }
 
 /// Accepts forever. On errors such as descriptor exhaustion it backs off (without spinning)

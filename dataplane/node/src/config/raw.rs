@@ -47,10 +47,20 @@ fn keepalive_ms() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Dns {
+    /// Default: the system's resolvers (/etc/resolv.conf).
+    #[serde(default)]
     pub servers: Vec<String>,
-    pub trust_anchor: String,
+    /// Default: the IANA root trust anchors built into the resolver.
+    pub trust_anchor: Option<String>,
     #[serde(default = "dns_timeout_ms")]
     pub timeout_ms: u64,
+    /// `false` turns DANE off.
+    #[serde(default = "yes")]
+    pub dane: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn dns_timeout_ms() -> u64 {

@@ -125,3 +125,20 @@ fn tofu_and_the_ratchet_can_be_turned_off_together() {
     let tofu = config.tofu.unwrap();
     assert!(!tofu.enforce && tofu.store == Path::new("/etc/osgate/state/pins"));
 }
+
+#[test]
+fn dane_is_on_by_default_with_the_system_resolvers_and_the_root_anchor() {
+    let config = parse(OUT).unwrap();
+    let dns = config.dns.unwrap();
+    assert!(!dns.explicit && dns.servers.is_empty() && dns.trust_anchor.is_none());
+    assert_eq!(dns.anchor_zone, ".");
+    let off = parse(&format!("{OUT}\n[dns]\ndane = false\n")).unwrap();
+    assert!(off.dns.is_none());
+    let servers_only = parse(&format!("{OUT}\n[dns]\nservers = [\"192.0.2.53\"]\n")).unwrap();
+    let dns = servers_only.dns.unwrap();
+    assert!(dns.explicit && dns.trust_anchor.is_none());
+    assert_eq!(
+        dns.servers,
+        ["192.0.2.53:53".parse::<SocketAddr>().unwrap()]
+    );
+}
