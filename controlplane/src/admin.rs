@@ -361,6 +361,20 @@ impl AdminService {
                 last_seen: s.last_seen,
                 version: s.version,
                 peers: s.peers,
+                outcomes: s
+                    .outcomes
+                    .iter()
+                    .filter_map(|(key, count)| {
+                        let mut labels = key.split(' ');
+                        Some(pb::OutcomeCount {
+                            direction: labels.next()?.into(),
+                            level: labels.next()?.into(),
+                            method: labels.next()?.into(),
+                            reason: labels.next()?.into(),
+                            count: *count,
+                        })
+                    })
+                    .collect(),
             });
         }
         if !req.name.is_empty() && out.is_empty() {

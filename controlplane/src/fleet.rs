@@ -118,7 +118,13 @@ impl Fleet for FleetService {
             version = hello.version,
             "node stream opened"
         );
-        self.ctx.nodes.connected(&node, hello.version, hello.peers);
+        let stored = crate::nodes::stored(&self.ctx.db)
+            .await
+            .map_err(storage)?
+            .remove(&node);
+        self.ctx
+            .nodes
+            .connected(&node, hello.version, hello.peers, stored);
         let (out, rx) = mpsc::channel(4);
         let session = Session {
             ctx: self.ctx.clone(),
@@ -139,6 +145,7 @@ impl Fleet for FleetService {
         let caller = caller(&req)?;
         let node = node_name(&caller)?;
         let batch = req.into_inner();
+        self.ctx.nodes.add_outcomes(&node, &batch.outcomes);
         if batch.pins.len() > MAX_REPORTED_PINS {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_REPORTED_PINS} pins per report"

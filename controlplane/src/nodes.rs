@@ -2,7 +2,7 @@
 //! error, its version and peers. Kept in memory and flushed to storage in batches, so a
 //! thousand ACKs cost one transaction and every replica can show every node.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use metrics::{counter, gauge};
@@ -21,6 +21,36 @@ pub struct Status {
     pub last_seen: u64,
     pub version: String,
     pub peers: Vec<String>,
+    /// Reported connections: `direction level method reason` → count.
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// The most outcome kinds kept per node: the labels are a small fixed vocabulary, so more
+/// means a node sending garbage.
+const MAX_OUTCOME_KINDS: usize = 256;
+
+fn label_ok(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 32
+        && label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// `key=count;…`, as stored.
+fn encode_outcomes(outcomes: &BTreeMap<String, u64>) -> String {
+    outcomes
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn decode_outcomes(text: &str) -> BTreeMap<String, u64> {
+    text.split(';')
+        .filter_map(|item| item.rsplit_once('='))
+        .filter_map(|(k, n)| Some((k.to_owned(), n.parse().ok()?)))
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +83,25 @@ impl Tracker {
         }
     }
 
-    pub fn connected(&self, node: &str, version: String, peers: Vec<String>) {
+    /// A node opened a stream; `stored` is what storage held for it, which seeds a node this
+    /// replica has not seen yet (so counts survive restarts and moves between replicas).
+    pub fn connected(
+        &self,
+        node: &str,
+        version: String,
+        peers: Vec<String>,
+        stored: Option<Status>,
+    ) {
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if let (false, Some(stored)) = (inner.nodes.contains_key(node), stored) {
+                let seed = Status {
+                    connected: false,
+                    ..stored
+                };
+                inner.nodes.insert(node.to_owned(), seed);
+            }
+        }
         self.update(node, |s| {
             s.connected = true;
             s.version = version;
@@ -82,6 +130,26 @@ impl Tracker {
             s.nacked = revision;
             s.nack_error = error;
         });
+    }
+
+    /// Adds reported connection counts; malformed entries are dropped and counted.
+    pub fn add_outcomes(&self, node: &str, counts: &[osgate_api::pb::OutcomeCount]) -> usize {
+        let mut accepted = 0;
+        self.update(node, |s| {
+            for c in counts {
+                let labels = [&c.direction, &c.level, &c.method, &c.reason];
+                if !labels.iter().all(|l| label_ok(l)) {
+                    continue;
+                }
+                let key = format!("{} {} {} {}", c.direction, c.level, c.method, c.reason);
+                if s.outcomes.len() >= MAX_OUTCOME_KINDS && !s.outcomes.contains_key(&key) {
+                    continue;
+                }
+                *s.outcomes.entry(key).or_default() += c.count;
+                accepted += 1;
+            }
+        });
+        accepted
     }
 
     /// The peers `node` said it carries traffic to.
@@ -117,11 +185,11 @@ impl Tracker {
         let mut tx = db.pool.begin().await?;
         for (name, s) in batch {
             sqlx::query(
-                "INSERT INTO node_status (node, connected, acked, nacked, nack_error, last_seen, version, peers) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (node) DO UPDATE SET \
+                "INSERT INTO node_status (node, connected, acked, nacked, nack_error, last_seen, version, peers, outcomes) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (node) DO UPDATE SET \
                  connected = excluded.connected, acked = excluded.acked, nacked = excluded.nacked, \
                  nack_error = excluded.nack_error, last_seen = excluded.last_seen, \
-                 version = excluded.version, peers = excluded.peers",
+                 version = excluded.version, peers = excluded.peers, outcomes = excluded.outcomes",
             )
             .bind(name)
             .bind(i64::from(s.connected))
@@ -131,6 +199,7 @@ impl Tracker {
             .bind(to_db(s.last_seen))
             .bind(s.version)
             .bind(s.peers.join(","))
+            .bind(encode_outcomes(&s.outcomes))
             .execute(&mut *tx)
             .await?;
         }
@@ -145,7 +214,7 @@ const STALE_AFTER_SECS: u64 = 15;
 /// Every node's stored status, by name.
 pub async fn stored(db: &Db) -> Result<HashMap<String, Status>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT node, connected, acked, nacked, nack_error, last_seen, version, peers FROM node_status",
+        "SELECT node, connected, acked, nacked, nack_error, last_seen, version, peers, outcomes FROM node_status",
     )
     .fetch_all(&db.pool)
     .await?;
@@ -167,6 +236,7 @@ pub async fn stored(db: &Db) -> Result<HashMap<String, Status>, sqlx::Error> {
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            outcomes: decode_outcomes(&r.try_get::<String, _>(8)?),
         };
         out.insert(r.try_get(0)?, status);
     }

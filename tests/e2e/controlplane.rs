@@ -127,6 +127,21 @@ fn a_policy_applied_with_osgatectl_changes_what_the_next_connection_gets(store: 
 
     let nodes = cp.nodes();
     assert_eq!(nodes["nodes"][0]["acked_revision"].as_u64(), Some(rev));
+    // The node reports what its connections got.
+    let count = |achieved: &str, reason: &str| {
+        cp.nodes()["nodes"][0]["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| {
+                o["direction"] == "outbound" && o["achieved"] == achieved && o["reason"] == reason
+            })
+            .map(|o| o["count"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    eventually("the node reported its outcomes", || {
+        count("cleartext", "tls-handshake-failed") == 1 && count("refused", "policy-deny") == 1
+    });
     assert_eq!(node.metric("osgate_controlplane_revision", &[]), rev as f64);
 
     let deleted = revision(&cp.admin_json(&["delete", "no-lab"]));

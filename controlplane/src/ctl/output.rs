@@ -180,7 +180,12 @@ impl Printer {
                 .iter()
                 .map(|n| {
                     let key = n.key.clone().unwrap_or_default();
-                    json!({"name": key.name, "spki": key.spki, "addresses": key.addresses, "connected": n.connected,
+                    let outcomes: Vec<Value> = n
+                        .outcomes
+                        .iter()
+                        .map(|o| json!({"direction": o.direction, "achieved": o.level, "method": o.method, "reason": o.reason, "count": o.count}))
+                        .collect();
+                    json!({"name": key.name, "spki": key.spki, "addresses": key.addresses, "connected": n.connected, "outcomes": outcomes,
                            "acked_revision": n.acked_revision, "nacked_revision": n.nacked_revision,
                            "nack_error": n.nack_error, "last_seen": n.last_seen, "version": n.version, "peers": n.peers})
                 })
@@ -205,7 +210,10 @@ impl Printer {
                 ]
             })
             .collect();
-        table(&["NAME", "STREAM", "ACKED", "STATUS", "KEY"], &rows);
+        table(
+            &["NAME", "STREAM", "ACKED", "STATUS", "CONNECTIONS", "KEY"],
+            &rows,
+        );
         println!("control plane revision {}", list.revision);
     }
 

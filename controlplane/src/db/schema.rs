@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
          version TEXT NOT NULL, peers TEXT NOT NULL);
      CREATE TABLE enroll_tokens (
          token_sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, expires BIGINT NOT NULL)",
+    "ALTER TABLE node_status ADD COLUMN outcomes TEXT NOT NULL DEFAULT ''",
 ];
 
 fn dialect(backend: Backend, sql: &str) -> String {

@@ -22,6 +22,7 @@ mod relay;
 mod report;
 mod store;
 mod sys;
+mod tally;
 mod tls;
 mod watchdog;
 mod worker;

@@ -7,6 +7,7 @@ use crate::metrics as m;
 
 /// Counts `outcome` and logs it as one event (target `osgate::outcome`).
 pub fn emit(outcome: &Outcome) {
+    crate::tally::count(outcome);
     let direction = outcome.direction.as_str();
     let achieved = outcome.achieved.as_str();
     let tls = outcome.tls.clone().unwrap_or_default();

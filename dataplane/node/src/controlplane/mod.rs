@@ -267,32 +267,43 @@ impl Client {
         }
     }
 
-    /// Sends pins learned here and not reported yet. They stay in the pin store until then,
-    /// so a control plane away for hours loses none; the store bounds the queue.
+    /// Sends pins learned here and not reported yet, and the outcome counts since the last
+    /// report. Pins stay in the pin store until accepted, so a control plane away for hours
+    /// loses none (the store bounds the queue); counts are put back when a report fails.
     async fn report(&mut self, fleet: &mut FleetClient<Channel>) {
-        let batch: Vec<pb::LearnedPin> = pending(&self.node, &self.reported)
+        let pins: Vec<pb::LearnedPin> = pending(&self.node, &self.reported)
             .into_iter()
             .take(REPORT_BATCH)
             .collect();
-        if batch.is_empty() {
+        let counts = crate::tally::take();
+        if pins.is_empty() && counts.is_empty() {
             return;
         }
-        let sent: Vec<(String, String)> = batch
+        let sent: Vec<(String, String)> = pins
             .iter()
             .map(|p| (p.peer.clone(), p.spki.clone()))
             .collect();
-        let request = pb::ReportBatch {
-            pins: batch,
-            outcomes: Vec::new(),
-        };
-        match fleet.report(request).await {
+        let outcomes = counts
+            .iter()
+            .map(
+                |((direction, level, method, reason), count)| pb::OutcomeCount {
+                    direction: (*direction).into(),
+                    level: (*level).into(),
+                    method: (*method).into(),
+                    reason: (*reason).into(),
+                    count: *count,
+                },
+            )
+            .collect();
+        match fleet.report(pb::ReportBatch { pins, outcomes }).await {
             Ok(_) => self
                 .reported
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(sent),
             Err(s) => {
-                tracing::warn!(target: "osgate::controlplane", error = s.message(), "pin report failed; will retry")
+                crate::tally::restore(counts);
+                tracing::warn!(target: "osgate::controlplane", error = s.message(), "report failed; will retry");
             }
         }
     }
