@@ -5,7 +5,9 @@ use std::path::Path;
 use clap::Subcommand;
 use osgate_core::pin::SpkiPin;
 
-use crate::store::{Contents, PinRecord, PinState};
+use osgate_core::fleet::PinState;
+
+use crate::store::{Contents, PinRecord};
 
 #[derive(Debug, Subcommand)]
 pub enum PinsCommand {

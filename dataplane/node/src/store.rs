@@ -13,39 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use osgate_core::auth::Tofu;
+use osgate_core::fleet::PinState;
 use osgate_core::pin::SpkiPin;
 
 const HEADER: &str = "# osgate capability store v1";
-
-/// How far a pin has come (CONFORMANCE D.29).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PinState {
-    /// Learned on first use by this node.
-    Learned,
-    /// Added or approved by an operator.
-    Approved,
-    /// Revoked: the peer is refused until an operator re-pins it.
-    Revoked,
-}
-
-impl PinState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Learned => "learned",
-            Self::Approved => "approved",
-            Self::Revoked => "revoked",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "learned" => Self::Learned,
-            "approved" => Self::Approved,
-            "revoked" => Self::Revoked,
-            _ => return None,
-        })
-    }
-}
 
 /// One peer's pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,7 +104,7 @@ impl Contents {
                     pin: SpkiPin::parse(pin).ok()?,
                     first_seen: first.parse().ok()?,
                     last_seen: last.parse().ok()?,
-                    state: PinState::parse(state)?,
+                    state: PinState::from_name(state)?,
                     next: None,
                 };
                 self.pins.insert((*peer).to_owned(), record);
