@@ -696,6 +696,10 @@ fn a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later(store:
     });
     assert_eq!(a.metric("osgate_controlplane_connected", &[]), 0.0);
 
+    eventually(
+        "the config age grows while the control plane is away",
+        || a.metric("osgate_controlplane_config_age_seconds", &[]) >= 3.0,
+    );
     server.send_line(a.addr("outbound[0]"), "learned while away");
     assert_eq!(outcome_of(&mut a).0, "encrypted");
     eventually("the pin waits in the queue", || {
