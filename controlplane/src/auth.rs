@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use metrics::counter;
-use osgate_api::pb::resource::Kind;
 use osgate_core::crypto::sha::sha256;
 use osgate_core::pin::SpkiPin;
 use tonic::Status;
@@ -97,11 +96,7 @@ impl Auth {
     }
 
     fn node(&self, key: SpkiPin) -> Option<String> {
-        let text = key.to_string();
-        self.state.list("node").iter().find_map(|r| match &r.kind {
-            Some(Kind::Node(n)) if n.spki == text => Some(n.name.clone()),
-            _ => None,
-        })
+        self.state.node_named_by_key(&key.to_string())
     }
 
     /// The caller, or the status that refuses it.

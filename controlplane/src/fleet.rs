@@ -118,10 +118,9 @@ impl Fleet for FleetService {
             version = hello.version,
             "node stream opened"
         );
-        let stored = crate::nodes::stored(&self.ctx.db)
+        let stored = crate::nodes::stored_one(&self.ctx.db, &node)
             .await
-            .map_err(storage)?
-            .remove(&node);
+            .map_err(storage)?;
         self.ctx
             .nodes
             .connected(&node, hello.version, hello.peers, stored);
@@ -156,6 +155,10 @@ impl Fleet for FleetService {
         let mut accepted = 0u32;
         let mut peers = BTreeSet::new();
         let now = unix_now();
+        if batch.pins.is_empty() {
+            // Outcome counts only: kept in memory, stored with the node's status.
+            return Ok(Response::new(pb::ReportReply { accepted: 0 }));
+        }
         let mut tx = self.ctx.db.pool.begin().await.map_err(storage)?;
         for pin in batch.pins {
             let check = pb::FleetPin {

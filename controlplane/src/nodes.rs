@@ -213,9 +213,20 @@ const STALE_AFTER_SECS: u64 = 15;
 
 /// Every node's stored status, by name.
 pub async fn stored(db: &Db) -> Result<HashMap<String, Status>, sqlx::Error> {
+    stored_where(db, "").await
+}
+
+/// One node's stored status: a node connecting reads its own row, not the fleet's.
+pub async fn stored_one(db: &Db, node: &str) -> Result<Option<Status>, sqlx::Error> {
+    Ok(stored_where(db, node).await?.remove(node))
+}
+
+async fn stored_where(db: &Db, node: &str) -> Result<HashMap<String, Status>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT node, connected, acked, nacked, nack_error, last_seen, version, peers, outcomes FROM node_status",
+        "SELECT node, connected, acked, nacked, nack_error, last_seen, version, peers, outcomes \
+         FROM node_status WHERE $1 = '' OR node = $1",
     )
+    .bind(node)
     .fetch_all(&db.pool)
     .await?;
     let now = unix_now();

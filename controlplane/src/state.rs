@@ -3,7 +3,7 @@
 //! so a thousand nodes catching up cost the store one query, not a thousand (CONFORMANCE
 //! G.46).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use osgate_api::pb;
@@ -21,6 +21,8 @@ struct Inner {
     resources: BTreeMap<Key, (u64, Option<Arc<pb::Resource>>)>,
     /// Which resources each revision wrote.
     by_revision: BTreeMap<u64, Vec<Key>>,
+    /// Registered node names by key (pin text), for authenticating node requests.
+    nodes_by_key: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,14 @@ impl State {
             inner.resources.insert(key, (row.revision, resource));
         }
         inner.revision = inner.revision.max(stored).max(newest_row);
+        inner.nodes_by_key = inner
+            .resources
+            .values()
+            .filter_map(|(_, r)| match r.as_deref()?.kind.as_ref()? {
+                pb::resource::Kind::Node(n) => Some((n.spki.clone(), n.name.clone())),
+                _ => None,
+            })
+            .collect();
         let revision = inner.revision;
         drop(inner);
         self.published.send_replace(revision);
@@ -139,6 +149,12 @@ impl State {
             .filter(|((k, _), _)| k == kind)
             .filter_map(|(_, (_, r))| r.clone())
             .collect()
+    }
+
+    /// The registered node whose key is `pin`.
+    pub fn node_named_by_key(&self, pin: &str) -> Option<String> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.nodes_by_key.get(pin).cloned()
     }
 
     /// One live resource.
