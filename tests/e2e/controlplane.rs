@@ -448,10 +448,11 @@ fn dangerous_changes_show_their_blast_radius_and_need_confirmation(store: Store)
     assert_ne!(cp.apply(dir.path(), contradiction, &[]).code, 0);
 }
 
-/// The outbound and TOFU config of a pin-sharing node.
-fn tofu_node(dir: &Path, cp: &ControlPlane, name: &str, peer: SocketAddr) -> Node {
+/// A pin-sharing node with its own pin store. Scenarios mix the drivers: the node that
+/// learns runs on one, the node the pin spreads to on the other.
+fn tofu_node(dir: &Path, cp: &ControlPlane, name: &str, io: Io, peer: SocketAddr) -> Node {
     let tofu = tofu_store(&dir.join(format!("{name}.pins")));
-    fleet_node(dir, cp, name, Io::Uring, peer, &tofu).0
+    fleet_node(dir, cp, name, io, peer, &tofu).0
 }
 
 fn pin_rows(cp: &ControlPlane) -> Vec<serde_json::Value> {
@@ -467,9 +468,9 @@ fn a_learned_pin_spreads_only_after_corroboration_or_approval(store: Store) {
     let cp = ControlPlane::start(dir.path(), &url, "");
     let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
     let server = SServer::start(&pem, &[]);
-    let mut a = tofu_node(dir.path(), &cp, "a", server.addr);
-    let mut b = tofu_node(dir.path(), &cp, "b", server.addr);
-    let mut c = tofu_node(dir.path(), &cp, "c", server.addr);
+    let mut a = tofu_node(dir.path(), &cp, "a", Io::Uring, server.addr);
+    let mut b = tofu_node(dir.path(), &cp, "b", Io::Uring, server.addr);
+    let mut c = tofu_node(dir.path(), &cp, "c", Io::Epoll, server.addr);
 
     server.send_line(a.addr("outbound[0]"), "from a");
     assert_eq!(outcome_of(&mut a).0, "encrypted");
@@ -517,7 +518,7 @@ fn an_approved_pin_is_an_operator_pin_for_every_node(store: Store) {
     let cp = ControlPlane::start(dir.path(), &url, "");
     let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
     let server = SServer::start(&pem, &[]);
-    let mut c = tofu_node(dir.path(), &cp, "c", server.addr);
+    let mut c = tofu_node(dir.path(), &cp, "c", Io::Epoll, server.addr);
     let approved =
         revision(&cp.admin_json(&["pins", "approve", &server.addr.to_string(), &pin_of(&pem)]));
     wait_applied(&mut c, approved);
@@ -552,8 +553,8 @@ fn conflicting_pins_are_kept_side_by_side_and_neither_spreads(store: Store) {
     let first = certs::self_signed(dir.path(), "first", "127.0.0.1");
     let server = SServer::start(&first, &[]);
     let addr = server.addr;
-    let mut a = tofu_node(dir.path(), &cp, "a", addr);
-    let mut b = tofu_node(dir.path(), &cp, "b", addr);
+    let mut a = tofu_node(dir.path(), &cp, "a", Io::Uring, addr);
+    let mut b = tofu_node(dir.path(), &cp, "b", Io::Epoll, addr);
     server.send_line(a.addr("outbound[0]"), "a sees the first key");
     assert_eq!(outcome_of(&mut a).0, "encrypted");
     eventually("a reported", || !pin_rows(&cp).is_empty());
@@ -679,7 +680,7 @@ fn a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later(store:
     let cp = ControlPlane::start(dir.path(), &url, "");
     let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
     let server = SServer::start(&pem, &[]);
-    let mut a = tofu_node(dir.path(), &cp, "a", server.addr);
+    let mut a = tofu_node(dir.path(), &cp, "a", Io::Epoll, server.addr);
     let pid = cp.process.child.id().to_string();
     // Stopped, not killed: the TCP connection stays open and silent.
     assert!(
