@@ -136,6 +136,10 @@ impl CryptoPolicy {
             .map_err(|_| CryptoError::Rustls(rustls::Error::FailedToGetRandomBytes))
     }
 
+    fn signatures(&self) -> Signatures {
+        Signatures(self.provider.clone())
+    }
+
     pub fn provider(&self) -> &Arc<CryptoProvider> {
         &self.provider
     }
@@ -154,7 +158,7 @@ impl CryptoPolicy {
         sessions: Option<Arc<SessionCache>>,
     ) -> Result<Arc<ClientConfig>, CryptoError> {
         let verifier = Arc::new(danger::UnauthenticatedServer {
-            provider: self.provider.clone(),
+            signatures: self.signatures(),
         });
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.floor.versions())?
@@ -322,7 +326,7 @@ pub mod danger {
     /// later pin or chain check over the certificate means something.
     #[derive(Debug)]
     pub struct UnauthenticatedServer {
-        pub(super) provider: Arc<CryptoProvider>,
+        pub(super) signatures: Signatures,
     }
 
     impl ServerCertVerifier for UnauthenticatedServer {
@@ -343,12 +347,7 @@ pub mod danger {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
+            self.signatures.tls12(message, cert, dss)
         }
 
         fn verify_tls13_signature(
@@ -357,19 +356,43 @@ pub mod danger {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
+            self.signatures.tls13(message, cert, dss)
         }
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
+            self.signatures.schemes()
         }
+    }
+}
+
+/// The handshake-signature checks every verifier makes, whatever it decides about the
+/// certificate: the peer signed the handshake with the key in the certificate it showed.
+#[derive(Debug, Clone)]
+struct Signatures(Arc<CryptoProvider>);
+
+impl Signatures {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

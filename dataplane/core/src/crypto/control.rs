@@ -13,7 +13,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use super::{CryptoError, CryptoPolicy};
+use super::{CryptoError, CryptoPolicy, Signatures};
 use crate::pin::SpkiPin;
 
 const ALPN_H2: &[u8] = b"h2";
@@ -28,7 +28,7 @@ impl CryptoPolicy {
     ) -> Result<Arc<ClientConfig>, CryptoError> {
         let verifier = Arc::new(PinnedServer {
             pins,
-            provider: self.provider.clone(),
+            signatures: self.signatures(),
         });
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&TLS13])?
@@ -53,7 +53,7 @@ impl CryptoPolicy {
         key: PrivateKeyDer<'static>,
     ) -> Result<Arc<ServerConfig>, CryptoError> {
         let verifier = Arc::new(AnyClientKey {
-            provider: self.provider.clone(),
+            signatures: self.signatures(),
         });
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&TLS13])?
@@ -70,25 +70,11 @@ fn tls12_refused() -> rustls::Error {
     rustls::Error::General("TLS 1.2 is not used with the control plane".into())
 }
 
-fn tls13_signature(
-    provider: &rustls::crypto::CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &provider.signature_verification_algorithms,
-    )
-}
-
 /// Accepts a server whose key is one of `pins`.
 #[derive(Debug)]
 struct PinnedServer {
     pins: Vec<SpkiPin>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -126,13 +112,11 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(&self.provider, message, cert, dss)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -140,7 +124,7 @@ impl ServerCertVerifier for PinnedServer {
 /// it belongs to.
 #[derive(Debug)]
 struct AnyClientKey {
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for AnyClientKey {
@@ -180,12 +164,10 @@ impl ClientCertVerifier for AnyClientKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(&self.provider, message, cert, dss)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
