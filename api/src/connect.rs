@@ -8,6 +8,15 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// The pin of the key in the first certificate of a PEM file: how a certificate file names
+/// the key to expect (the control plane's, an admin's, a node's).
+pub fn pin_of_certificate_file(path: &std::path::Path) -> Option<osgate_core::pin::SpkiPin> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let first = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    osgate_core::pin::SpkiPin::of_certificate(&first)
+}
+
 /// The name sent as SNI: identities are keys, so it is only a label.
 pub const SERVER_NAME: &str = "osgate-controlplane";
 

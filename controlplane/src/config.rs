@@ -148,11 +148,7 @@ impl Loader<'_> {
             ),
             (None, None, Some(path)) => {
                 let path = self.resolve(&path);
-                let pin = CertificateDer::pem_file_iter(&path)
-                    .ok()
-                    .and_then(|mut certs| certs.next())
-                    .and_then(Result::ok)
-                    .and_then(|cert| SpkiPin::of_certificate(&cert));
+                let pin = osgate_api::connect::pin_of_certificate_file(&path);
                 Credential::Key(pin.ok_or_else(|| {
                     self.error(
                         key("certificate"),

@@ -16,8 +16,12 @@ use crate::db::{from_db, to_db};
 
 const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The hex SHA-256 of a token: what the database and the config hold instead of tokens.
+pub fn hex_sha256(token: &str) -> String {
+    sha256(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Registers `key` (replacing a node of the same name); a key already registered under
@@ -66,7 +70,7 @@ pub async fn create_token(
         } else {
             ttl
         };
-    let hashed = hex(&sha256(token.as_bytes()));
+    let hashed = hex_sha256(&token);
     let mut m = ctx.begin().await?;
     sqlx::query("INSERT INTO enroll_tokens (token_sha256, name, expires) VALUES ($1, $2, $3)")
         .bind(&hashed)
@@ -91,7 +95,7 @@ pub async fn redeem(
     let Caller::Enrolling { key } = caller else {
         return Err(Status::permission_denied("enrolment needs a client key"));
     };
-    let hashed = hex(&sha256(token.as_bytes()));
+    let hashed = hex_sha256(token);
     let mut tx = ctx.db.pool.begin().await.map_err(storage)?;
     let row =
         sqlx::query("DELETE FROM enroll_tokens WHERE token_sha256 = $1 RETURNING name, expires")

@@ -96,8 +96,7 @@ fn hash_token() -> ExitCode {
     if let Err(e) = std::io::stdin().read_line(&mut token) {
         return fail(1, &format!("cannot read the token: {e}"));
     }
-    let digest = osgate_core::crypto::sha::sha256(token.trim_end_matches(['\r', '\n']).as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = enroll::hex_sha256(token.trim_end_matches(['\r', '\n']));
     #[allow(clippy::print_stdout)]
     {
         println!("{hex}");

@@ -275,11 +275,7 @@ async fn client(
 
 /// The pin of the key in the first certificate of a PEM file.
 fn pin_of_file(path: &std::path::Path) -> Result<SpkiPin, Failure> {
-    CertificateDer::pem_file_iter(path)
-        .ok()
-        .and_then(|mut certs| certs.next())
-        .and_then(Result::ok)
-        .and_then(|cert| SpkiPin::of_certificate(&cert))
+    osgate_api::connect::pin_of_certificate_file(path)
         .ok_or_else(|| usage(format!("{}: no readable PEM certificate", path.display())))
 }
 
