@@ -101,7 +101,9 @@ impl ControlPlane {
                 key
             }
         };
-        let listen = free_port();
+        // Port 0: the control plane binds and says where, so no other test can take the
+        // port between choosing and binding it.
+        let listen = "127.0.0.1:0";
         let metrics = free_port();
         let config = format!(
             "[controlplane]\nlisten = \"{listen}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
@@ -115,17 +117,18 @@ impl ControlPlane {
         );
         let path = dir.join(format!("controlplane-{}.toml", unique()));
         std::fs::write(&path, config).unwrap();
-        Self::run(path, key, listen, metrics)
+        Self::run(path, key, metrics)
     }
 
-    fn run(config: PathBuf, key: Key, addr: SocketAddr, metrics: SocketAddr) -> ControlPlane {
+    fn run(config: PathBuf, key: Key, metrics: SocketAddr) -> ControlPlane {
         let mut command = Command::new(bin("osgate-controlplane"));
         command
             .args(["--log-format", "json", "run", "-c"])
             .arg(&config)
             .env("OSGATE_LOG", "info");
         let mut process = Process::spawn(command);
-        process.wait_for(|v| v["message"] == "control plane serving");
+        let serving = process.wait_for(|v| v["message"] == "control plane serving");
+        let addr = serving["listen"].as_str().unwrap().parse().unwrap();
         ControlPlane {
             process,
             addr,
@@ -135,15 +138,11 @@ impl ControlPlane {
         }
     }
 
-    /// The same control plane (config, database, ports) started again.
+    /// The same control plane (config, database, metrics port) started again; it listens on
+    /// a new port.
     pub fn restart(&mut self) {
         self.process.kill9();
-        let again = Self::run(
-            self.config.clone(),
-            self.key.clone(),
-            self.addr,
-            self.metrics,
-        );
+        let again = Self::run(self.config.clone(), self.key.clone(), self.metrics);
         *self = again;
     }
 
