@@ -19,6 +19,7 @@ per_driver!(
     deny_never_connects,
     explicit_cleartext_rule_overrides_the_listener,
     tls13_floor_refuses_a_tls12_peer,
+    a_tls13_floor_on_an_opportunistic_rule_refuses_a_tls12_peer_never_cleartext,
     tofu_pins_on_first_use_then_refuses_a_changed_key,
     ratchet_refuses_a_peer_that_stops_doing_tls,
     missing_store_refuses_rather_than_turning_verification_off,
@@ -60,10 +61,12 @@ fn assert_outcome(
         (Some(achieved), Some(method), Some(reason)),
         "{out}"
     );
-    assert_eq!(
-        node.metric("osgate_cleartext_despite_policy_total", &[]),
-        0.0
-    );
+    for alarm in [
+        "osgate_cleartext_despite_policy_total",
+        "osgate_encrypted_despite_authentication_expected_total",
+    ] {
+        assert_eq!(node.metric(alarm, &[]), 0.0, "{alarm}");
+    }
     out
 }
 
@@ -182,6 +185,30 @@ fn tls13_floor_refuses_a_tls12_peer(io: Io) {
     assert_outcome(&mut node, "refused", "none", "tls-handshake-failed");
 }
 
+/// Issue 8.3: the same rule without the floor gives `encrypted`; tightening it must refuse,
+/// never retry in cleartext (the peer's TLS 1.2 handshake fails under the floor).
+fn a_tls13_floor_on_an_opportunistic_rule_refuses_a_tls12_peer_never_cleartext(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certs::self_signed(dir.path(), "peer", "127.0.0.1");
+    let server = SServer::start(&pem, &["-tls1_2"]);
+    let without = rule(server.addr, "level = \"opportunistic\"");
+    let mut loose = node(dir.path(), io, server.addr, &without);
+    server.send_line(loose.addr("outbound[0]"), "no floor");
+    assert_outcome(&mut loose, "encrypted", "none", "certificate-not-trusted");
+    drop(loose);
+
+    // A fresh node: no pin or ratchet learned by the first one commits the peer to TLS.
+    let fresh = tempfile::tempdir().unwrap();
+    let with = rule(server.addr, "level = \"opportunistic\"\nmin_tls = \"1.3\"");
+    let mut strict = node(fresh.path(), io, server.addr, &with);
+    assert_eq!(peers::call(strict.addr("outbound[0]"), b"SECRET\n"), b"");
+    assert_outcome(&mut strict, "refused", "none", "tls-handshake-failed");
+    assert_eq!(
+        strict.metric("osgate_connections_total", &[("achieved", "cleartext")]),
+        0.0
+    );
+}
+
 fn init_store(dir: &Path) -> String {
     osgate_tests::node::tofu_store(&dir.join("capabilities"))
 }
@@ -227,6 +254,16 @@ fn tofu_pins_on_first_use_then_refuses_a_changed_key(io: Io) {
         pins_list(dir.path()).contains(&pin_of(&first_key)),
         "the old pin stays"
     );
+    // `pins show` names the pinned key and the refused one (CONFORMANCE D.25).
+    let store = dir.path().join("capabilities");
+    let shown = std::process::Command::new(osgate_tests::node::osgate_bin())
+        .args(["pins", "--store", store.to_str().unwrap(), "show"])
+        .arg(addr.to_string())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&pin_of(&first_key)), "{shown}");
+    assert!(shown.contains(&pin_of(&second_key)), "{shown}");
     assert_eq!(
         node.metric("osgate_tofu_checks_total", &[("decision", "key-changed")]),
         1.0

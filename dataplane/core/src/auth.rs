@@ -4,6 +4,7 @@
 //! that *has* evidence for this peer decides: operator pins, then the TOFU pin, then PKIX. A
 //! mismatching pin is a refusal reason even if a public CA would vouch for the new key.
 //! Order: operator pins > fleet node keys > DANE (a secure, usable TLSA set) > TOFU pin > PKIX.
+//! Before all of them: a key the fleet revoked for the peer is refused (CONFORMANCE D.29).
 
 use crate::outcome::{Method, Reason};
 use crate::pin::SpkiPin;
@@ -35,6 +36,8 @@ pub struct Evidence<'a> {
     pub pins: &'a [SpkiPin],
     /// The registered keys of the fleet node at the peer's address.
     pub fleet: &'a [SpkiPin],
+    /// Keys an operator revoked for the peer: refused whatever else vouches for them.
+    pub revoked: &'a [SpkiPin],
     /// A secure, usable TLSA set was found for the peer.
     pub dane: bool,
     pub tofu: Tofu,
@@ -89,6 +92,9 @@ pub fn authenticate(
     let Some(presented) = presented else {
         return Err(Reason::ValidationFailure);
     };
+    if evidence.revoked.contains(&presented) {
+        return Err(Reason::PinRevoked);
+    }
     if methods.allows(Method::Pinned) && !evidence.pins.is_empty() {
         return match evidence.pins.contains(&presented) {
             true => Ok(Method::Pinned),
@@ -163,6 +169,7 @@ mod tests {
         let with_pins = Evidence {
             pins: &pins,
             fleet: &[],
+            revoked: &[],
             dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };
@@ -178,6 +185,7 @@ mod tests {
         let tofu = Evidence {
             pins: &[],
             fleet: &[],
+            revoked: &[],
             dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };
@@ -193,6 +201,7 @@ mod tests {
         let revoked = Evidence {
             pins: &[],
             fleet: &[],
+            revoked: &[],
             dane: false,
             tofu: Tofu::Revoked,
         };
@@ -204,6 +213,7 @@ mod tests {
         let broken = Evidence {
             pins: &[],
             fleet: &[],
+            revoked: &[],
             dane: false,
             tofu: Tofu::StoreUnavailable,
         };
@@ -215,6 +225,7 @@ mod tests {
         let nothing = Evidence {
             pins: &[],
             fleet: &[],
+            revoked: &[],
             dane: false,
             tofu: Tofu::Unknown,
         };
@@ -237,6 +248,7 @@ mod tests {
         let rotating = Evidence {
             pins: &[],
             fleet: &[],
+            revoked: &[],
             dane: false,
             tofu: Tofu::Rotating {
                 current: pin(1),
@@ -260,6 +272,7 @@ mod tests {
         let dane = Evidence {
             pins: &[],
             fleet: &[],
+            revoked: &[],
             dane: true,
             tofu: Tofu::Pinned(pin(3)),
         };
@@ -276,6 +289,7 @@ mod tests {
         let both = Evidence {
             pins: &pins,
             fleet: &[],
+            revoked: &[],
             dane: true,
             tofu: Tofu::Unknown,
         };
@@ -290,6 +304,7 @@ mod tests {
         let tofu = Evidence {
             pins: &[],
             fleet: &[],
+            revoked: &[],
             dane: false,
             tofu: Tofu::Pinned(pin(3)),
         };

@@ -119,6 +119,11 @@ impl CryptoPolicy {
         })
     }
 
+    /// The node's TLS floor.
+    pub fn floor(&self) -> TlsFloor {
+        self.floor
+    }
+
     /// Turns TLS session resumption (client session cache, server tickets) on or off.
     pub fn with_resumption(mut self, on: bool) -> Self {
         self.resumption = on;

@@ -108,6 +108,62 @@ impl TlsaSet {
     }
 }
 
+/// Why DANE does not apply to a peer (RFC 7672 §2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotApplicable {
+    /// The address records are not DNSSEC-secure: no TLSA lookup (RFC 7672 §2.2.2).
+    InsecureAddress,
+    /// The TLSA answer is insecure (an unsigned zone): its records are ignored.
+    InsecureTlsa,
+    /// A validated denial: the peer publishes no TLSA records.
+    NoTlsa,
+}
+
+/// What the DNS phase said about a peer before connecting, as the decision reads it.
+///
+/// RFC 7672 §2.1: a lookup that fails "MUST NOT" be read as "no TLSA records"; so a failure is
+/// its own variant, and only a validated denial or an insecure answer is [`Self::NotApplicable`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// DANE was not consulted: no `[dns]`, the peer is an address, or policy rules TLS out.
+    NotConsulted,
+    /// The resolver does not validate (no working trust anchor): DANE cannot be used.
+    NotValidating,
+    NotApplicable(NotApplicable),
+    /// A secure TLSA RRset at `_port._tcp.<base>`.
+    Records {
+        set: TlsaSet,
+        base: String,
+    },
+    /// A DANE-relevant lookup failed; `bogus` when DNSSEC validation failed.
+    Failed {
+        bogus: bool,
+    },
+}
+
+impl Lookup {
+    /// The label of `osgate_dane_lookups_total{result}` and of outcome records; `None` when
+    /// no lookup was made.
+    pub fn label(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::NotConsulted | Self::NotValidating => return None,
+            Self::NotApplicable(NotApplicable::InsecureAddress) => "insecure-address",
+            Self::NotApplicable(NotApplicable::InsecureTlsa) => "insecure-tlsa",
+            Self::NotApplicable(NotApplicable::NoTlsa) => "no-tlsa",
+            Self::Records {
+                set: TlsaSet::Usable(_),
+                ..
+            } => "secure-usable",
+            Self::Records {
+                set: TlsaSet::Unusable,
+                ..
+            } => "secure-unusable",
+            Self::Failed { bogus: true } => "bogus",
+            Self::Failed { bogus: false } => "failed",
+        })
+    }
+}
+
 /// How a presented chain fared against a usable TLSA set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Match<'a> {

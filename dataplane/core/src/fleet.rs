@@ -134,6 +134,11 @@ impl Fleet {
         self.pins.get(peer).map_or(&[], |p| p.approved.as_slice())
     }
 
+    /// Keys an operator revoked for `peer`: refused on first contact too (CONFORMANCE D.29).
+    pub fn revoked(&self, peer: &str) -> &[SpkiPin] {
+        self.pins.get(peer).map_or(&[], |p| p.revoked.as_slice())
+    }
+
     /// The registered keys of the fleet node serving `peer`.
     pub fn node_keys(&self, peer: &str) -> &[SpkiPin] {
         self.nodes.get(peer).map_or(&[], Vec::as_slice)

@@ -1,16 +1,20 @@
 //! The outbound ladder: from explicit policy, capability evidence and the events of each
-//! attempt to the next step (DESIGN.md, "Fallback rules"; RFC 7435 §3).
+//! attempt to the next step (DESIGN.md, "Fallback rules"; RFC 7435 §3). [`crate::plan`] turns
+//! what is known before connecting into a [`Plan`]; this module walks it.
 //!
-//! | what we know before connecting              | no TLS / handshake fails | authentication fails |
-//! |---------------------------------------------|--------------------------|----------------------|
-//! | nothing (`opportunistic`)                   | cleartext retry if allowed, reason recorded | stay `encrypted` |
-//! | TLS committed (`encrypt`, ratchet, unusable secure TLSA) | refuse (ratchet: suspected downgrade) | stay `encrypted` |
-//! | authentication expected (`authenticate`, pins, usable secure TLSA, TOFU pin) | refuse | **refuse** |
+//! | what we know before connecting | no TLS / handshake fails | authentication fails | DANE-relevant lookup failed |
+//! |---|---|---|---|
+//! | nothing (`opportunistic`) | cleartext retry if allowed, reason recorded | stay `encrypted` | refuse |
+//! | TLS committed (`encrypt`, ratchet, unusable secure TLSA) | refuse (ratchet: suspected downgrade) | stay `encrypted` | refuse |
+//! | authentication expected (`authenticate`, pins, fleet key, usable secure TLSA, TOFU pin) | refuse | **refuse** | refuse |
 //!
 //! Authentication failure never yields cleartext, and never `encrypted` where authentication
-//! was expected. `cleartext` never tries TLS; `deny` never connects.
+//! was expected. A key the fleet revoked is refused whatever the plan. A raised TLS floor
+//! (e.g. TLS 1.3 only) turns a failed handshake into a refusal: the failure may be the floor
+//! rejecting the peer's version, and tightening a rule must never lower protection.
+//! `cleartext` never tries TLS; `deny` never connects.
 
-use crate::outcome::{Level as Achieved, Method, Reason};
+use crate::outcome::{Commitment, Level as Achieved, Method, Reason};
 use crate::policy::Level;
 
 /// What the ladder is to enforce for one connection.
@@ -27,6 +31,10 @@ pub struct Plan {
     pub tls_committed: bool,
     /// Evidence names a key the peer must prove (operator pins, a TOFU pin).
     pub auth_expected: bool,
+    /// The TLS floor is above the default (TLS 1.2).
+    pub floor_raised: bool,
+    /// The DNS phase already refused (RFC 7672 §2.1: a failed lookup is not "no TLSA").
+    pub refused: Option<Reason>,
 }
 
 impl Plan {
@@ -38,6 +46,8 @@ impl Plan {
             ratchet: false,
             tls_committed: false,
             auth_expected: false,
+            floor_raised: false,
+            refused: None,
         }
     }
 
@@ -54,6 +64,16 @@ impl Plan {
             || self.level == Level::Encrypt
             || self.ratchet
             || self.tls_committed
+    }
+
+    /// What an end below this would betray; explicit `cleartext` and `deny` commit to nothing.
+    pub fn commitment(&self) -> Commitment {
+        match self.level {
+            Level::Cleartext | Level::Deny => Commitment::None,
+            _ if self.requires_authentication() => Commitment::Authentication,
+            _ if self.requires_tls() => Commitment::Tls,
+            _ => Commitment::None,
+        }
     }
 }
 
@@ -117,7 +137,10 @@ impl Ladder {
                 Self::AwaitingCleartext(Reason::PolicyCleartext),
                 Step::TryCleartext,
             ),
-            _ => (Self::AwaitingTls(plan), Step::TryTls),
+            _ => match plan.refused {
+                Some(reason) => (Self::Done, Step::refuse(reason)),
+                None => (Self::AwaitingTls(plan), Step::TryTls),
+            },
         }
     }
 
@@ -133,7 +156,8 @@ impl Ladder {
             TlsResult::HandshakeFailed => Reason::TlsHandshakeFailed,
             TlsResult::HandshakeTimeout => Reason::HandshakeTimeout,
         };
-        if plan.requires_tls() {
+        let floor_refused = plan.floor_raised && result == TlsResult::HandshakeFailed;
+        if plan.requires_tls() || floor_refused {
             let step = Step::Refuse {
                 reason: failure,
                 downgrade_suspected: plan.ratchet,
@@ -169,7 +193,9 @@ fn established(plan: Plan, auth: Result<Method, Reason>) -> Step {
             achieved: Achieved::Authenticated(method),
             reason: Reason::None,
         },
-        Err(reason) if plan.requires_authentication() => Step::refuse(reason),
+        Err(reason) if plan.requires_authentication() || reason == Reason::PinRevoked => {
+            Step::refuse(reason)
+        }
         Err(reason) => Step::Relay {
             achieved: Achieved::Encrypted,
             reason,

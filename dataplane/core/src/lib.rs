@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod ladder;
 pub mod outcome;
 pub mod pin;
+pub mod plan;
 pub mod policy;
 
 #[cfg(test)]

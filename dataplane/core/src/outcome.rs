@@ -186,6 +186,41 @@ impl Reason {
     }
 }
 
+/// What a connection's plan committed it to, for the alarm counters (CONFORMANCE I.53).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Commitment {
+    /// Nothing: cleartext is an acceptable end (or policy says cleartext or deny).
+    None,
+    /// TLS is mandatory (`encrypt`, the ratchet, an unusable secure TLSA set).
+    Tls,
+    /// Authentication is expected (`authenticate`, pins, fleet keys, usable TLSA, TOFU).
+    Authentication,
+}
+
+/// An end that betrays its commitment: each must stay at 0, and has its own counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Betrayal {
+    /// `cleartext` although TLS or authentication was committed to.
+    CleartextDespitePolicy,
+    /// `encrypted` although authentication was expected.
+    EncryptedDespiteAuthentication,
+}
+
+impl Commitment {
+    /// Whether ending at `achieved` betrays this commitment.
+    pub fn betrayed_by(self, achieved: Level) -> Option<Betrayal> {
+        match (self, achieved) {
+            (Self::Tls | Self::Authentication, Level::Cleartext) => {
+                Some(Betrayal::CleartextDespitePolicy)
+            }
+            (Self::Authentication, Level::Encrypted) => {
+                Some(Betrayal::EncryptedDespiteAuthentication)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// How the relay phase ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -234,6 +269,8 @@ pub struct Outcome {
     pub peer: String,
     /// What policy asked for.
     pub desired: &'static str,
+    /// What policy and evidence committed the connection to.
+    pub commitment: Commitment,
     pub achieved: Level,
     pub reason: Reason,
     pub tls: Option<TlsParams>,

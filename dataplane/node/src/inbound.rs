@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics::counter;
 use osgate_core::crypto::tls_params;
 use osgate_core::detect::{Detection, MAX_PEEK, Malformed, classify_client_hello};
-use osgate_core::outcome::{Close, Direction, Level, Outcome, Reason};
+use osgate_core::outcome::{Close, Commitment, Direction, Level, Outcome, Reason};
 use rustls::ServerConnection;
 use tokio::time::{Instant, timeout_at};
 
@@ -46,6 +46,10 @@ pub(crate) async fn serve<D: Driver>(
         listener: listener.listen.clone(),
         peer,
         desired: listener.desired(),
+        commitment: match listener.cleartext_allowed {
+            true => Commitment::None,
+            false => Commitment::Tls,
+        },
         achieved: Level::Refused,
         reason: Reason::None,
         tls: None,

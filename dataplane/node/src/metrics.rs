@@ -19,8 +19,12 @@ pub const IO_DRIVER_INFO: &str = "osgate_io_driver_info";
 pub const DETECT_REJECTED_TOTAL: &str = "osgate_detect_rejected_total";
 /// Relays that ended by `close` (`clean`, `truncated`, `reset`, `idle-timeout`).
 pub const RELAY_CLOSES_TOTAL: &str = "osgate_relay_closes_total";
-/// Connections that reached cleartext although policy demanded encryption. Must stay 0.
+/// Connections that reached cleartext although policy or evidence committed them to TLS or
+/// authentication. Must stay 0.
 pub const CLEARTEXT_DESPITE_POLICY_TOTAL: &str = "osgate_cleartext_despite_policy_total";
+/// Connections that reached `encrypted` although authentication was expected. Must stay 0.
+pub const ENCRYPTED_DESPITE_AUTHENTICATION_TOTAL: &str =
+    "osgate_encrypted_despite_authentication_expected_total";
 /// TOFU decisions by `decision` (`match`, `learned`, `key-changed`, `store-unavailable`).
 pub const TOFU_CHECKS_TOTAL: &str = "osgate_tofu_checks_total";
 /// Peers remembered as TLS-capable that failed to do TLS, refused.
@@ -68,7 +72,41 @@ pub fn install(listen: Option<SocketAddr>) -> Result<(), String> {
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
     describe();
+    export_zeros();
     Ok(())
+}
+
+/// Counters with fixed label sets start at 0, so an `increase()` alert sees the first event.
+fn export_zeros() {
+    use metrics::counter;
+    for name in [
+        CLEARTEXT_DESPITE_POLICY_TOTAL,
+        ENCRYPTED_DESPITE_AUTHENTICATION_TOTAL,
+        DOWNGRADE_SUSPECTED_TOTAL,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for decision in ["match", "learned", "key-changed", "store-unavailable"] {
+        counter!(TOFU_CHECKS_TOTAL, "decision" => decision).absolute(0);
+    }
+    let dane = [
+        "secure-usable",
+        "secure-unusable",
+        "no-tlsa",
+        "insecure-address",
+        "insecure-tlsa",
+        "bogus",
+        "failed",
+    ];
+    for result in dane {
+        counter!(DANE_LOOKUPS_TOTAL, "result" => result).absolute(0);
+    }
+    for close in ["clean", "truncated", "reset", "idle-timeout"] {
+        counter!(RELAY_CLOSES_TOTAL, "close" => close).absolute(0);
+    }
+    for result in ["ack", "nack"] {
+        counter!(CP_UPDATES_TOTAL, "result" => result).absolute(0);
+    }
 }
 
 fn describe() {
@@ -98,7 +136,11 @@ fn describe() {
     describe_counter!(RELAY_CLOSES_TOTAL, "Relays by how they ended.");
     describe_counter!(
         CLEARTEXT_DESPITE_POLICY_TOTAL,
-        "Connections carried in cleartext although policy required encryption. Always 0 unless there is a bug."
+        "Connections carried in cleartext although policy or evidence committed them to TLS. Always 0 unless there is a bug."
+    );
+    describe_counter!(
+        ENCRYPTED_DESPITE_AUTHENTICATION_TOTAL,
+        "Connections carried encrypted but unauthenticated although authentication was expected. Always 0 unless there is a bug."
     );
     describe_counter!(ACCEPT_ERRORS_TOTAL, "accept() failures, by kind.");
     describe_counter!(TOFU_CHECKS_TOTAL, "Trust-on-first-use checks, by decision.");

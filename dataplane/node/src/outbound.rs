@@ -9,18 +9,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use metrics::counter;
-use osgate_core::auth::{ChainChecks, Evidence, Methods, Tofu, authenticate};
-use osgate_core::crypto::{TlsFloor, check_dane_ta, tls_params};
-use osgate_core::dane::{Match, Tlsa, TlsaSet, match_chain};
+use osgate_core::auth::{ChainChecks, Evidence, Tofu, authenticate};
+use osgate_core::crypto::{check_dane_ta, tls_params};
+use osgate_core::dane::{Lookup, Match, NotApplicable, match_chain};
 use osgate_core::fleet::Fleet;
-use osgate_core::ladder::{Ladder, Plan, Step, TlsResult, simulate};
+use osgate_core::ladder::{Ladder, Step, TlsResult};
 use osgate_core::outcome::{
     Close, Direction, Level as Achieved, Method, Outcome, Reason, TlsParams,
 };
 use osgate_core::pin::SpkiPin;
-use osgate_core::policy::{Level, Peer, Rule};
+use osgate_core::plan::{self, Decision, Defaults, Facts, Local, PinUpdate};
+use osgate_core::policy::{Peer, Rule};
 use rustls::ClientConnection;
-use rustls_pki_types::{ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::time::Instant;
 
 use crate::config::Host;
@@ -28,7 +29,7 @@ use crate::ctx::{self, Active, Node, OutboundListener, WorkerDns};
 use crate::dns::Dane;
 use crate::io::{Conn, Driver};
 use crate::metrics as m;
-use crate::store::PinUpdate;
+use crate::store::Known;
 use crate::tls::{HandshakeError, Session};
 use crate::watchdog::Watchdog;
 use crate::{relay, report};
@@ -44,129 +45,44 @@ struct Established<C> {
     tlsa_match: Option<String>,
 }
 
-/// Everything decided before connecting: the enforced rule's plan and evidence.
-struct Decision<'a> {
-    rule: Option<&'a Rule>,
-    plan: Plan,
-    methods: Methods<'a>,
-    evidence: Evidence<'a>,
-    floor: TlsFloor,
-    /// SNI and the name checked: the TLSA base domain when DANE applies (RFC 7672 §3.2.2).
-    server_name: ServerName<'static>,
-    /// The usable TLSA records, when DANE applies.
-    tlsa: &'a [Tlsa],
-}
-
-fn decide<'a>(
-    rule: Option<&'a Rule>,
-    listener: &'a OutboundListener,
-    node: &Node,
-    fleet: &'a Fleet,
-    now: u64,
-    dane: Option<&'a Dane>,
-) -> Decision<'a> {
-    let (level, fallback) = match rule {
-        Some(r) => (r.level, r.allow_cleartext_fallback),
-        None => (listener.level, listener.allow_cleartext_fallback),
-    };
-    let methods = match rule {
-        Some(r) if r.level == Level::Authenticate => Methods::Only(&r.methods),
-        _ => Methods::All,
-    };
-    let peer = listener.peer_key.as_str();
-    let (tofu, ratchet) = match &node.store {
-        Some(store) => store.lookup(peer, now),
-        None => (Tofu::Off, false),
-    };
-    let tofu = if node.tofu_enforce { tofu } else { Tofu::Off };
-    let tofu = fleet.tofu(peer, tofu);
-    let (tlsa, base, tls_committed): (&[Tlsa], Option<&str>, bool) = match dane {
-        Some(Dane::Records {
-            set: TlsaSet::Usable(records),
-            base,
-        }) => (records.as_slice(), Some(base.as_str()), false),
-        Some(Dane::Records {
-            set: TlsaSet::Unusable,
-            ..
-        }) => (&[], None, true),
-        _ => (&[], None, false),
-    };
-    let rule_pins = rule.map_or(&[][..], |r| r.pins.as_slice());
-    let evidence = Evidence {
-        pins: match rule_pins.is_empty() {
-            true => fleet.approved(peer),
-            false => rule_pins,
-        },
-        fleet: fleet.node_keys(peer),
-        dane: !tlsa.is_empty(),
-        tofu,
-    };
-    let plan = Plan {
-        level,
-        allow_cleartext_fallback: fallback,
-        ratchet,
-        tls_committed,
-        auth_expected: evidence.expects_authentication(methods),
-    };
-    let floor = rule.map_or(TlsFloor::Tls12, |r| r.min_tls);
-    let server_name = base
-        .and_then(|b| ServerName::try_from(b.to_owned()).ok())
-        .unwrap_or_else(|| listener.server_name.clone());
-    Decision {
-        rule,
-        plan,
-        methods,
-        evidence,
-        floor,
-        server_name,
-        tlsa,
-    }
-}
-
 /// What DNS said before connecting.
-struct Lookup {
+struct Looked {
     /// The addresses to try, in order (empty: resolve with the system resolver).
     addrs: Vec<SocketAddr>,
-    dane: Option<Dane>,
-    /// A DANE-relevant lookup failed: refuse (never read as "no TLSA").
-    refuse: Option<Reason>,
+    lookup: Lookup,
 }
 
 /// Looks up the peer's addresses and TLSA records with DNSSEC, where DANE applies: `[dns]`
-/// is configured, the peer is a name, and explicit policy allows TLS.
+/// is configured, the peer is a name, and explicit policy allows TLS. Only I/O: what the
+/// answers mean is the core's ([`plan::decide`]).
 async fn lookup(
     listener: &OutboundListener,
     rule: Option<&Rule>,
     node: &Node,
     dns: Option<&WorkerDns>,
-) -> Lookup {
-    let mut out = Lookup {
+) -> Looked {
+    let mut out = Looked {
         addrs: Vec::new(),
-        dane: None,
-        refuse: None,
+        lookup: Lookup::NotConsulted,
     };
-    let level = rule.map_or(listener.level, |r| r.level);
     let (Some(dns), Host::Name(host)) = (dns, &listener.peer.host) else {
         return out;
     };
-    if matches!(level, Level::Cleartext | Level::Deny) {
+    if !plan::consults_dns(rule, defaults(listener, node)) {
         return out;
     }
-    let requires_dane =
-        rule.is_some_and(|r| r.level == Level::Authenticate && r.methods == [Method::Dane]);
     let validating = node.dnssec_validating.load(Ordering::Relaxed);
     let explicit = node.dns.as_ref().is_some_and(|d| d.explicit);
     if !validating && !explicit {
         // DANE by default, but the system's resolvers do not validate: names resolve as
-        // they would without osgate, and only peers that require DANE are refused.
-        out.refuse = requires_dane.then_some(Reason::DaneRequired);
+        // they would without osgate.
+        out.lookup = Lookup::NotValidating;
         return out;
     }
     let addresses = match dns.dns.addresses(host).await {
         Ok(addresses) => addresses,
         Err(failed) => {
-            out.refuse = Some(refusal(&failed));
-            out.dane = Some(failed);
+            out.lookup = to_lookup(failed);
             return out;
         }
     };
@@ -176,22 +92,34 @@ async fn lookup(
         .map(|ip| SocketAddr::new(*ip, listener.peer.port))
         .collect();
     if !validating {
-        out.refuse = requires_dane.then_some(Reason::DaneRequired);
+        out.lookup = Lookup::NotValidating;
         return out;
     }
-    let dane = dns.dns.dane(host, listener.peer.port, &addresses).await;
-    counter!(m::DANE_LOOKUPS_TOTAL, "result" => dane.label()).increment(1);
-    if let Dane::Failed { .. } = dane {
-        out.refuse = Some(refusal(&dane));
+    out.lookup = to_lookup(dns.dns.dane(host, listener.peer.port, &addresses).await);
+    if let Some(label) = out.lookup.label() {
+        counter!(m::DANE_LOOKUPS_TOTAL, "result" => label).increment(1);
     }
-    out.dane = Some(dane);
     out
 }
 
-fn refusal(failed: &Dane) -> Reason {
-    match failed {
-        Dane::Failed { bogus: true } => Reason::DnssecInvalid,
-        _ => Reason::DnsLookupFailed,
+/// The resolver's answer in the core's vocabulary.
+fn to_lookup(dane: Dane) -> Lookup {
+    match dane {
+        Dane::NotApplicable { why } => Lookup::NotApplicable(match why {
+            "insecure-address" => NotApplicable::InsecureAddress,
+            "insecure-tlsa" => NotApplicable::InsecureTlsa,
+            _ => NotApplicable::NoTlsa,
+        }),
+        Dane::Records { set, base } => Lookup::Records { set, base },
+        Dane::Failed { bogus } => Lookup::Failed { bogus },
+    }
+}
+
+fn defaults(listener: &OutboundListener, node: &Node) -> Defaults {
+    Defaults {
+        level: listener.level,
+        allow_cleartext_fallback: listener.allow_cleartext_fallback,
+        floor: node.crypto.floor(),
     }
 }
 
@@ -230,23 +158,39 @@ async fn establish<D: Driver>(
     let fleet = node.fleet.load_full();
     let selected = fleet.policy.select(&peer);
     let found = lookup(listener, selected.enforced, node, dns).await;
-    let decision = decide(
-        selected.enforced,
-        listener,
-        node,
-        &fleet,
-        now,
-        found.dane.as_ref(),
-    );
+    let known = match &node.store {
+        Some(store) => store.lookup(&listener.peer_key, now),
+        None => Known {
+            operator: Vec::new(),
+            tofu: Tofu::Off,
+            ratchet: false,
+        },
+    };
+    let facts = Facts {
+        rule: selected.enforced,
+        defaults: defaults(listener, node),
+        lookup: &found.lookup,
+        local: Local {
+            operator: &known.operator,
+            tofu: known.tofu,
+            ratchet: known.ratchet,
+        },
+        fleet: &fleet,
+        peer: &listener.peer_key,
+        tofu_enforce: node.tofu_enforce,
+    };
+    let decision = plan::decide(&facts);
+    let server_name = server_name(&decision, listener);
     if !decision.tlsa.is_empty() {
         let sessions = &node.client_tls.authenticated_sessions;
-        sessions.note_tlsa(&decision.server_name, decision.tlsa);
+        sessions.note_tlsa(&server_name, decision.tlsa);
     }
     let mut outcome = Outcome {
         direction: Direction::Outbound,
         listener: listener.listen.clone(),
         peer: listener.peer.to_string(),
         desired: decision.plan.level.as_str(),
+        commitment: decision.plan.commitment(),
         achieved: Achieved::Refused,
         reason: Reason::None,
         tls: None,
@@ -258,7 +202,7 @@ async fn establish<D: Driver>(
         policy: policy_id(decision.rule, &fleet),
         peer_key: None,
         downgrade_suspected: false,
-        dane: found.dane.as_ref().map(Dane::label),
+        dane: found.lookup.label(),
         tlsa: None,
         report_only: None,
     };
@@ -271,30 +215,28 @@ async fn establish<D: Driver>(
             .into_iter()
             .collect(),
     };
-    let addr = addrs.first().copied();
-    let (mut ladder, mut step) = match found.refuse {
-        Some(reason) => (
-            Ladder::Done,
-            Step::Refuse {
-                reason,
-                downgrade_suspected: false,
-            },
-        ),
-        None => Ladder::start(decision.plan),
+    let attempt = Attempt {
+        decision: &decision,
+        server_name,
+        listener,
+        node,
     };
+    let (mut ladder, mut step) = Ladder::start(decision.plan);
     let mut tls: Option<Established<D::Conn>> = None;
     let mut tls_result = None;
     let mut clear: Option<Rc<D::Conn>> = None;
     let connected = loop {
         match step {
             Step::TryTls => {
-                let (result, est) = try_addresses::<D>(&addrs, &decision, listener, node).await;
+                let (result, est) = try_addresses::<D>(&addrs, &attempt).await;
                 tls_result = Some(result);
                 (ladder, step) = ladder.on_tls(result);
                 tls = est;
             }
             Step::TryCleartext => {
-                clear = connect::<D>(addr, node).await.map(Rc::new);
+                clear = connect::<D>(addrs.first().copied(), node)
+                    .await
+                    .map(Rc::new);
                 (ladder, step) = ladder.on_cleartext(clear.is_some());
             }
             Step::Refuse {
@@ -306,10 +248,11 @@ async fn establish<D: Driver>(
                 if downgrade_suspected {
                     counter!(m::DOWNGRADE_SUSPECTED_TOTAL).increment(1);
                 }
-                outcome.peer_key = tls
-                    .as_ref()
-                    .and_then(|e| e.presented)
-                    .map(|p| p.to_string());
+                let presented = tls.as_ref().and_then(|e| e.presented);
+                outcome.peer_key = presented.map(|p| p.to_string());
+                if let (Reason::KeyChanged, Some(key)) = (reason, presented) {
+                    remember_refused(node, listener, key, now);
+                }
                 break None;
             }
             Step::Relay { achieved, reason } => {
@@ -324,18 +267,20 @@ async fn establish<D: Driver>(
         }
     };
     if let Some(rule) = selected.reported {
+        count_policy(Some(rule), true);
         let cleartext_connects = outcome.achieved == Achieved::Cleartext;
-        outcome.report_only = Some(report_only(
-            rule,
-            listener,
-            node,
-            &fleet,
-            now,
-            tls_result,
-            cleartext_connects,
-        ));
+        let (achieved, reason) = plan::report_only(&facts, rule, tls_result, cleartext_connects);
+        outcome.report_only = Some((rule.id.clone(), achieved, reason));
     }
     (outcome, connected)
+}
+
+/// SNI and the name checked: the TLSA base domain when DANE applies (RFC 7672 §3.2.2).
+fn server_name(decision: &Decision<'_>, listener: &OutboundListener) -> ServerName<'static> {
+    decision
+        .tlsa_base
+        .and_then(|b| ServerName::try_from(b.to_owned()).ok())
+        .unwrap_or_else(|| listener.server_name.clone())
 }
 
 async fn relay_to<D: Driver>(
@@ -368,8 +313,8 @@ async fn relay_to<D: Driver>(
     outcome.bytes_down = moved.backward;
 }
 
-/// Updates the capability store after TLS worked: the ratchet always, a TOFU pin when
-/// nothing stronger authenticated the peer and it has no pin yet.
+/// Updates the capability store after TLS worked: the ratchet always, and the pin as the
+/// core says ([`plan::pin_update`]).
 fn remember(
     node: &Node,
     listener: &OutboundListener,
@@ -379,20 +324,19 @@ fn remember(
     now: u64,
 ) {
     let Some(store) = &node.store else { return };
-    let learn = node.tofu_enforce
-        && decision.evidence.tofu == Tofu::Unknown
-        && achieved == Achieved::Encrypted;
-    if learn {
+    let update = plan::pin_update(decision, achieved, node.tofu_enforce);
+    if update == PinUpdate::Learn {
         counter!(m::TOFU_CHECKS_TOTAL, "decision" => "learned").increment(1);
     }
-    let update = match (learn, achieved) {
-        (true, _) => PinUpdate::Learn,
-        (false, Achieved::Authenticated(Method::Dane)) if node.tofu_enforce => {
-            PinUpdate::VouchedByDane
-        }
-        _ => PinUpdate::Keep,
-    };
     if let Err(e) = store.record_tls(&listener.peer_key, presented, update, now) {
+        tracing::error!(target: "osgate::store", error = %e, "cannot persist the capability store");
+    }
+}
+
+/// Keeps the key a pinned peer was refused for, so `osgate pins show` names old and new.
+fn remember_refused(node: &Node, listener: &OutboundListener, key: SpkiPin, now: u64) {
+    let Some(store) = &node.store else { return };
+    if let Err(e) = store.record_refused(&listener.peer_key, key, now) {
         tracing::error!(target: "osgate::store", error = %e, "cannot persist the capability store");
     }
 }
@@ -425,47 +369,30 @@ fn count_policy(rule: Option<&Rule>, report_only: bool) {
     }
 }
 
-/// What `rule` would have done with the same peer behaviour: never changes the wire.
-fn report_only(
-    rule: &Rule,
-    listener: &OutboundListener,
-    node: &Node,
-    fleet: &Fleet,
-    now: u64,
-    tls: Option<TlsResult>,
-    cleartext_connects: bool,
-) -> (String, Achieved, Reason) {
-    count_policy(Some(rule), true);
-    let decision = decide(Some(rule), listener, node, fleet, now, None);
-    // Without an observed TLS attempt, the best guess is that TLS would have been offered
-    // and the peer would have refused it.
-    let tls = tls.unwrap_or(TlsResult::PeerNoTls);
-    let (achieved, reason) = match simulate(decision.plan, tls, cleartext_connects) {
-        Step::Relay { achieved, reason } => (achieved, reason),
-        Step::Refuse { reason, .. } => (Achieved::Refused, reason),
-        Step::TryTls | Step::TryCleartext => (Achieved::Refused, Reason::ValidationFailure),
-    };
-    (rule.id.clone(), achieved, reason)
-}
-
 async fn connect<D: Driver>(addr: Option<SocketAddr>, node: &Node) -> Option<D::Conn> {
     D::connect(addr?, node.timeouts.connect).await.ok()
 }
 
-/// One TLS attempt: connect, handshake under a deadline, authenticate the key.
+/// What every TLS attempt of one connection shares.
+struct Attempt<'a> {
+    decision: &'a Decision<'a>,
+    /// SNI and the name PKIX and DANE-TA check.
+    server_name: ServerName<'static>,
+    listener: &'a OutboundListener,
+    node: &'a Node,
+}
+
 /// TLS to each address in turn while secure TLSA records do not match the key presented
 /// (RFC 7672 §2.2: another address of the peer may hold the right key); any other result
 /// ends the search. Never more than one attempt per address.
 async fn try_addresses<D: Driver>(
     addrs: &[SocketAddr],
-    decision: &Decision<'_>,
-    listener: &OutboundListener,
-    node: &Node,
+    attempt: &Attempt<'_>,
 ) -> (TlsResult, Option<Established<D::Conn>>) {
     let mut tried = 0;
     loop {
         let addr = addrs.get(tried).copied();
-        let (result, est) = try_tls::<D>(addr, decision, listener, node).await;
+        let (result, est) = try_tls::<D>(addr, attempt).await;
         tried += 1;
         let mismatch = matches!(
             result,
@@ -476,16 +403,16 @@ async fn try_addresses<D: Driver>(
         if !mismatch || tried >= addrs.len() {
             return (result, est);
         }
-        tracing::info!(target: "osgate::dane", peer = %listener.peer, addr = ?addr, "TLSA records do not match this address's key; trying the next address");
+        tracing::info!(target: "osgate::dane", peer = %attempt.listener.peer, addr = ?addr, "TLSA records do not match this address's key; trying the next address");
     }
 }
 
+/// One TLS attempt: connect, handshake under a deadline, authenticate the key.
 async fn try_tls<D: Driver>(
     addr: Option<SocketAddr>,
-    decision: &Decision<'_>,
-    listener: &OutboundListener,
-    node: &Node,
+    attempt: &Attempt<'_>,
 ) -> (TlsResult, Option<Established<D::Conn>>) {
+    let (decision, node) = (attempt.decision, attempt.node);
     let started = Instant::now();
     let Some(conn) = connect::<D>(addr, node).await else {
         return (TlsResult::Unreachable, None);
@@ -494,7 +421,7 @@ async fn try_tls<D: Driver>(
     let config = node
         .client_tls
         .get(decision.floor, decision.plan.requires_authentication());
-    let session = match ClientConnection::new(config, decision.server_name.clone()) {
+    let session = match ClientConnection::new(config, attempt.server_name.clone()) {
         Ok(client) => Session::new(client.into()),
         Err(_) => return (TlsResult::HandshakeFailed, None),
     };
@@ -504,7 +431,7 @@ async fn try_tls<D: Driver>(
     let fired = dog.fired();
     drop(dog);
     if let Err(e) = &handshake {
-        tracing::debug!(target: "osgate::tls", peer = %listener.peer, error = %e, "TLS handshake failed");
+        tracing::debug!(target: "osgate::tls", peer = %attempt.listener.peer, error = %e, "TLS handshake failed");
     }
     let result = match handshake {
         Ok(()) => None,
@@ -523,16 +450,16 @@ async fn try_tls<D: Driver>(
         .and_then(SpkiPin::of_certificate);
     let checks = Checks {
         session: &session,
-        decision,
-        node,
+        attempt,
         matched: Cell::new(None),
     };
-    let auth = authenticate(decision.methods, &decision.evidence, presented, &checks);
+    let evidence = decision.evidence();
+    let auth = authenticate(decision.methods, &evidence, presented, &checks);
     let tlsa_match = match auth {
         Ok(Method::Dane) => checks.matched.take(),
         _ => None,
     };
-    count_tofu(&decision.evidence, auth);
+    count_tofu(&evidence, auth);
     let params = tls_params(&session.conn());
     let established = Established {
         conn,
@@ -558,8 +485,7 @@ fn count_tofu(evidence: &Evidence<'_>, auth: Result<Method, Reason>) {
 /// The chain checks of one established session.
 struct Checks<'a> {
     session: &'a Session,
-    decision: &'a Decision<'a>,
-    node: &'a Node,
+    attempt: &'a Attempt<'a>,
     /// The TLSA record `dane()` matched, for the outcome record.
     matched: Cell<Option<String>>,
 }
@@ -568,18 +494,9 @@ impl ChainChecks for Checks<'_> {
     fn dane(&self) -> Result<(), Reason> {
         let conn = self.session.conn();
         let chain = conn.peer_certificates().unwrap_or_default();
-        let (record, checked) = match match_chain(self.decision.tlsa, chain) {
+        let (record, checked) = match match_chain(self.attempt.decision.tlsa, chain) {
             Match::EndEntity(record) => (record, Ok(())),
-            Match::TrustAnchor(record, anchor) => (
-                record,
-                check_dane_ta(
-                    &self.node.crypto,
-                    chain,
-                    anchor,
-                    &self.decision.server_name,
-                    UnixTime::now(),
-                ),
-            ),
+            Match::TrustAnchor(record, anchor) => (record, self.dane_ta(chain, anchor)),
             Match::NoMatch => return Err(Reason::TlsaInvalid),
         };
         self.matched.set(Some(record.to_string()));
@@ -589,8 +506,25 @@ impl ChainChecks for Checks<'_> {
     fn pkix(&self) -> Result<(), Reason> {
         let conn = self.session.conn();
         let chain = conn.peer_certificates().unwrap_or_default();
-        self.node
-            .chain
-            .check(chain, &self.decision.server_name, UnixTime::now())
+        let attempt = self.attempt;
+        (attempt.node.chain).check(chain, &attempt.server_name, UnixTime::now())
+    }
+}
+
+impl Checks<'_> {
+    /// DANE-TA checks the name: the TLSA base domain, or the original next-hop name before
+    /// CNAME expansion (RFC 7672 §3.2.2: "MUST" the former, "SHOULD" also the latter).
+    fn dane_ta(&self, chain: &[CertificateDer<'_>], anchor: usize) -> Result<(), Reason> {
+        let attempt = self.attempt;
+        let crypto = &attempt.node.crypto;
+        let now = UnixTime::now();
+        let base = check_dane_ta(crypto, chain, anchor, &attempt.server_name, now);
+        let original = &attempt.listener.server_name;
+        match base {
+            Err(Reason::CertificateHostMismatch) if *original != attempt.server_name => {
+                check_dane_ta(crypto, chain, anchor, original, now)
+            }
+            other => other,
+        }
     }
 }

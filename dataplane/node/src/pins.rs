@@ -68,6 +68,7 @@ fn change(
                     last_seen: now,
                     state: PinState::Approved,
                     next: None,
+                    refused: None,
                 },
             );
             contents.save(path).map_err(|e| e.to_string())?;
@@ -113,15 +114,19 @@ fn change(
 }
 
 fn list(contents: &Contents, only: Option<&str>) -> String {
-    let mut out = String::from("PEER\tKEY\tSTATE\tFIRST SEEN\tLAST SEEN\tNEXT KEY\n");
+    let mut out =
+        String::from("PEER\tKEY\tSTATE\tFIRST SEEN\tLAST SEEN\tNEXT KEY\tLAST REFUSED KEY\n");
     for (peer, r) in contents
         .pins
         .iter()
         .filter(|(p, _)| only.is_none_or(|o| o == *p))
     {
         let next = r.next.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let refused = r
+            .refused
+            .map_or_else(|| "-".to_owned(), |(k, at)| format!("{k} at {at}"));
         out += &format!(
-            "{peer}\t{}\t{}\t{}\t{}\t{next}\n",
+            "{peer}\t{}\t{}\t{}\t{}\t{next}\t{refused}\n",
             r.pin,
             r.state.as_str(),
             r.first_seen,

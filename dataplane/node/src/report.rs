@@ -1,7 +1,7 @@
 //! Emits each connection's outcome record: one tracing event and its metrics.
 
 use metrics::{counter, histogram};
-use osgate_core::outcome::{Close, Level, Outcome};
+use osgate_core::outcome::{Betrayal, Close, Outcome};
 
 use crate::metrics as m;
 
@@ -29,8 +29,14 @@ pub fn emit(outcome: &Outcome) {
     if outcome.close != Close::NotRelayed {
         counter!(m::RELAY_CLOSES_TOTAL, "close" => outcome.close.as_str()).increment(1);
     }
-    if outcome.achieved == Level::Cleartext && outcome.desired == "encrypt" {
-        counter!(m::CLEARTEXT_DESPITE_POLICY_TOTAL).increment(1);
+    match outcome.commitment.betrayed_by(outcome.achieved) {
+        Some(Betrayal::CleartextDespitePolicy) => {
+            counter!(m::CLEARTEXT_DESPITE_POLICY_TOTAL).increment(1);
+        }
+        Some(Betrayal::EncryptedDespiteAuthentication) => {
+            counter!(m::ENCRYPTED_DESPITE_AUTHENTICATION_TOTAL).increment(1);
+        }
+        None => {}
     }
     // Last, so that whoever reads this record sees the counters already updated.
     tracing::info!(

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use osgate_core::auth::Tofu;
 use osgate_core::fleet::PinState;
 use osgate_core::pin::SpkiPin;
+pub use osgate_core::plan::PinUpdate;
 
 const HEADER: &str = "# osgate capability store v1";
 
@@ -28,6 +29,9 @@ pub struct PinRecord {
     /// A next key an operator vouched for (planned rotation): accepted alongside `pin`, and
     /// promoted when the peer first presents it.
     pub next: Option<SpkiPin>,
+    /// The last key refused as `key-changed`, and when: what `osgate pins show` puts next to
+    /// the pinned key (CONFORMANCE D.25).
+    pub refused: Option<(SpkiPin, u64)>,
 }
 
 /// The store's contents.
@@ -106,11 +110,16 @@ impl Contents {
                     last_seen: last.parse().ok()?,
                     state: PinState::from_name(state)?,
                     next: None,
+                    refused: None,
                 };
                 self.pins.insert((*peer).to_owned(), record);
             }
             ["next", peer, pin] => {
                 self.pins.get_mut(*peer)?.next = Some(SpkiPin::parse(pin).ok()?);
+            }
+            ["refused", peer, pin, at] => {
+                let refused = (SpkiPin::parse(pin).ok()?, at.parse().ok()?);
+                self.pins.get_mut(*peer)?.refused = Some(refused);
             }
             ["ratchet", peer, until] => {
                 self.ratchet.insert((*peer).to_owned(), until.parse().ok()?);
@@ -135,6 +144,9 @@ impl Contents {
         for (peer, next) in self.pins.iter().filter_map(|(p, r)| Some((p, r.next?))) {
             let _ = writeln!(body, "next {peer} {next}");
         }
+        for (peer, (key, at)) in self.pins.iter().filter_map(|(p, r)| Some((p, r.refused?))) {
+            let _ = writeln!(body, "refused {peer} {key} {at}");
+        }
         for (peer, until) in &self.ratchet {
             let _ = writeln!(body, "ratchet {peer} {until}");
         }
@@ -154,15 +166,13 @@ impl Contents {
     }
 }
 
-/// What a completed TLS connection teaches the pin store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PinUpdate {
-    /// Nothing about the key (the ratchet is still extended).
-    Keep,
-    /// Pin the key if the peer has no pin yet (TOFU).
-    Learn,
-    /// The key was authenticated by DANE: it replaces a different pin (rotation).
-    VouchedByDane,
+/// What the store holds for one peer, as the decision reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    /// An operator's pin (`osgate pins add`) and its vouched successor.
+    pub operator: Vec<SpkiPin>,
+    pub tofu: Tofu,
+    pub ratchet: bool,
 }
 
 /// The store as a running node uses it.
@@ -209,17 +219,29 @@ impl Store {
         (store, error)
     }
 
-    /// What the store knows of `peer` at `now`: its TOFU state, and whether the ratchet
-    /// commits it to TLS. An unavailable store commits every peer to TLS and checks every key
-    /// against nothing (never "verification off").
-    pub fn lookup(&self, peer: &str, now: u64) -> (Tofu, bool) {
+    /// What the store knows of `peer` at `now`. An unavailable store commits every peer to
+    /// TLS and checks every key against nothing (never "verification off").
+    pub fn lookup(&self, peer: &str, now: u64) -> Known {
         let guard = self.lock();
         let Some(c) = &*guard else {
-            return (Tofu::StoreUnavailable, true);
+            return Known {
+                operator: Vec::new(),
+                tofu: Tofu::StoreUnavailable,
+                ratchet: true,
+            };
         };
-        let tofu = match c.pins.get(peer) {
+        let record = c.pins.get(peer);
+        let operator = match record {
+            Some(r) if r.state == PinState::Approved => {
+                [Some(r.pin), r.next].into_iter().flatten().collect()
+            }
+            _ => Vec::new(),
+        };
+        let tofu = match record {
             None => Tofu::Unknown,
             Some(r) if r.state == PinState::Revoked => Tofu::Revoked,
+            // An operator's pin is evidence of its own, above DANE, not a TOFU pin.
+            Some(r) if r.state == PinState::Approved => Tofu::Unknown,
             Some(PinRecord {
                 pin,
                 next: Some(next),
@@ -231,7 +253,24 @@ impl Store {
             Some(r) => Tofu::Pinned(r.pin),
         };
         let ratchet = c.ratchet.get(peer).is_some_and(|until| *until > now);
-        (tofu, ratchet)
+        Known {
+            operator,
+            tofu,
+            ratchet,
+        }
+    }
+
+    /// Remembers `key` as the last key `peer` presented and was refused for (`key-changed`).
+    pub fn record_refused(&self, peer: &str, key: SpkiPin, now: u64) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let Some(record) = guard.as_mut().and_then(|c| c.pins.get_mut(peer)) else {
+            return Ok(());
+        };
+        if record.refused.is_some_and(|(k, _)| k == key) {
+            return Ok(());
+        }
+        record.refused = Some((key, now));
+        self.save(&mut guard)
     }
 
     /// Pins this node learned itself (not those an operator set), for reporting to the
@@ -261,7 +300,7 @@ impl Store {
         };
         let mut changed = false;
         if self.ratchet_ttl_secs > 0 {
-            let until = now + self.ratchet_ttl_secs;
+            let until = now.saturating_add(self.ratchet_ttl_secs);
             let old = contents.ratchet.insert(peer.to_owned(), until);
             // Rewrite the file only when the expiry moves by more than a tenth of the TTL.
             changed |= old.is_none_or(|o| until.saturating_sub(o) > self.ratchet_ttl_secs / 10);
@@ -278,7 +317,9 @@ impl Store {
             // A secure TLSA record vouched for a new key: it replaces the pin, so the peer
             // stays reachable if its TLSA records are later withdrawn.
             if let (Some(pin), PinUpdate::VouchedByDane) = (pin, update) {
-                if record.pin != pin && record.state != PinState::Revoked {
+                // Only an operator changes an operator's pin, or lifts a revocation.
+                let learned = matches!(record.state, PinState::Learned | PinState::Corroborated);
+                if record.pin != pin && learned {
                     tracing::info!(target: "osgate::store", peer, old = %record.pin, new = %pin, "pin rotated: the new key was vouched for by DANE");
                     record.pin = pin;
                     record.next = None;
@@ -297,6 +338,7 @@ impl Store {
                         last_seen: now,
                         state: PinState::Learned,
                         next: None,
+                        refused: None,
                     },
                 );
                 changed = true;
@@ -384,6 +426,7 @@ mod tests {
                 last_seen: 20,
                 state: PinState::Learned,
                 next: Some(pin(2)),
+                refused: Some((pin(3), 30)),
             },
         );
         contents.ratchet.insert("a.test:443".into(), 99);
@@ -413,10 +456,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, error) = Store::open(dir.path().join("missing"), 3600);
         assert!(error.is_some());
-        assert_eq!(
-            store.lookup("a.test:443", 0),
-            (Tofu::StoreUnavailable, true)
-        );
+        let known = store.lookup("a.test:443", 0);
+        assert_eq!((known.tofu, known.ratchet), (Tofu::StoreUnavailable, true));
     }
 
     #[test]
@@ -426,19 +467,24 @@ mod tests {
         Contents::default().save(&path).unwrap();
         let (store, error) = Store::open(path.clone(), 100);
         assert!(error.is_none());
-        assert_eq!(store.lookup("a.test:443", 1000), (Tofu::Unknown, false));
+        let known = store.lookup("a.test:443", 1000);
+        assert_eq!((known.tofu, known.ratchet), (Tofu::Unknown, false));
         store
             .record_tls("a.test:443", Some(pin(1)), PinUpdate::Learn, 1000)
             .unwrap();
         store
             .record_tls("a.test:443", Some(pin(2)), PinUpdate::Learn, 1001)
             .unwrap();
+        let known = store.lookup("a.test:443", 1099);
         assert_eq!(
-            store.lookup("a.test:443", 1099),
+            (known.tofu, known.ratchet),
             (Tofu::Pinned(pin(1)), true),
             "never silently re-pinned"
         );
-        assert!(!store.lookup("a.test:443", 1101).1, "the ratchet expired");
+        assert!(
+            !store.lookup("a.test:443", 1101).ratchet,
+            "the ratchet expired"
+        );
         let reloaded = Contents::load(&path).unwrap();
         assert_eq!(reloaded.pins["a.test:443"].pin, pin(1));
     }
@@ -455,11 +501,11 @@ mod tests {
         store
             .record_tls("a.test:443", Some(pin(2)), PinUpdate::Keep, 2)
             .unwrap();
-        assert_eq!(store.lookup("a.test:443", 2).0, Tofu::Pinned(pin(1)));
+        assert_eq!(store.lookup("a.test:443", 2).tofu, Tofu::Pinned(pin(1)));
         store
             .record_tls("a.test:443", Some(pin(2)), PinUpdate::VouchedByDane, 3)
             .unwrap();
-        assert_eq!(store.lookup("a.test:443", 3).0, Tofu::Pinned(pin(2)));
+        assert_eq!(store.lookup("a.test:443", 3).tofu, Tofu::Pinned(pin(2)));
         assert_eq!(
             Contents::load(&path).unwrap().pins["a.test:443"].pin,
             pin(2)
@@ -471,6 +517,52 @@ mod tests {
         store
             .record_tls("a.test:443", Some(pin(3)), PinUpdate::VouchedByDane, 4)
             .unwrap();
-        assert_eq!(store.lookup("a.test:443", 4).0, Tofu::Revoked);
+        assert_eq!(store.lookup("a.test:443", 4).tofu, Tofu::Revoked);
+    }
+
+    #[test]
+    fn an_operator_pin_is_operator_evidence_and_dane_never_rewrites_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let mut contents = Contents::default();
+        let approved = PinRecord {
+            pin: pin(1),
+            first_seen: 1,
+            last_seen: 1,
+            state: PinState::Approved,
+            next: None,
+            refused: None,
+        };
+        contents.pins.insert("a.test:443".into(), approved);
+        contents.save(&path).unwrap();
+        let (store, _) = Store::open(path.clone(), 0);
+        let known = store.lookup("a.test:443", 1);
+        assert_eq!((known.operator, known.tofu), (vec![pin(1)], Tofu::Unknown));
+        store
+            .record_tls("a.test:443", Some(pin(2)), PinUpdate::VouchedByDane, 2)
+            .unwrap();
+        let record = Contents::load(&path).unwrap().pins["a.test:443"];
+        assert_eq!((record.pin, record.state), (pin(1), PinState::Approved));
+    }
+
+    #[test]
+    fn the_last_refused_key_is_kept_next_to_the_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        Contents::default().save(&path).unwrap();
+        let (store, _) = Store::open(path.clone(), 0);
+        store
+            .record_tls("a.test:443", Some(pin(1)), PinUpdate::Learn, 1)
+            .unwrap();
+        store.record_refused("a.test:443", pin(2), 5).unwrap();
+        let record = Contents::load(&path).unwrap().pins["a.test:443"];
+        assert_eq!((record.pin, record.refused), (pin(1), Some((pin(2), 5))));
+        store.record_refused("b.test:443", pin(2), 5).unwrap();
+        assert!(
+            !Contents::load(&path)
+                .unwrap()
+                .pins
+                .contains_key("b.test:443")
+        );
     }
 }

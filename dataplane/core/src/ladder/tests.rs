@@ -10,7 +10,7 @@ const LEVELS: [Level; 5] = [
     Level::Deny,
 ];
 
-const TLS_RESULTS: [TlsResult; 9] = [
+const TLS_RESULTS: [TlsResult; 10] = [
     TlsResult::Unreachable,
     TlsResult::PeerNoTls,
     TlsResult::HandshakeFailed,
@@ -30,6 +30,16 @@ const TLS_RESULTS: [TlsResult; 9] = [
     TlsResult::Established {
         auth: Err(Reason::KeyChanged),
     },
+    TlsResult::Established {
+        auth: Err(Reason::PinRevoked),
+    },
+];
+
+const DNS_REFUSALS: [Option<Reason>; 4] = [
+    None,
+    Some(Reason::DnssecInvalid),
+    Some(Reason::DnsLookupFailed),
+    Some(Reason::DaneRequired),
 ];
 
 fn plans() -> Vec<Plan> {
@@ -39,13 +49,19 @@ fn plans() -> Vec<Plan> {
             for ratchet in [true, false] {
                 for tls_committed in [true, false] {
                     for auth_expected in [true, false] {
-                        plans.push(Plan {
-                            level,
-                            allow_cleartext_fallback,
-                            ratchet,
-                            tls_committed,
-                            auth_expected,
-                        });
+                        for floor_raised in [true, false] {
+                            for refused in DNS_REFUSALS {
+                                plans.push(Plan {
+                                    level,
+                                    allow_cleartext_fallback,
+                                    ratchet,
+                                    tls_committed,
+                                    auth_expected,
+                                    floor_raised,
+                                    refused,
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -77,6 +93,10 @@ fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
         Level::Cleartext => return cleartext(Reason::PolicyCleartext),
         _ => {}
     }
+    // A DANE-relevant lookup failed: refuse before connecting.
+    if let Some(reason) = plan.refused {
+        return refuse(reason, false);
+    }
     let failure = match tls {
         TlsResult::Unreachable => return refuse(Reason::Unreachable, false),
         TlsResult::Established { auth: Ok(method) } => {
@@ -85,8 +105,11 @@ fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
                 reason: Reason::None,
             };
         }
-        // Authentication fails: refuse where it was expected, else stay encrypted.
-        TlsResult::Established { auth: Err(reason) } if authentication_expected => {
+        // Authentication fails: refuse where it was expected (or the key is revoked), else
+        // stay encrypted.
+        TlsResult::Established { auth: Err(reason) }
+            if authentication_expected || reason == Reason::PinRevoked =>
+        {
             return refuse(reason, false);
         }
         TlsResult::Established { auth: Err(reason) } => {
@@ -99,8 +122,9 @@ fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
         TlsResult::HandshakeFailed => Reason::TlsHandshakeFailed,
         TlsResult::HandshakeTimeout => Reason::HandshakeTimeout,
     };
-    // No TLS or a failed handshake.
-    if authentication_expected || encryption_committed {
+    // No TLS or a failed handshake; a raised floor may be why the handshake failed.
+    let floor_failed = plan.floor_raised && tls == TlsResult::HandshakeFailed;
+    if authentication_expected || encryption_committed || floor_failed {
         refuse(failure, plan.ratchet)
     } else if plan.allow_cleartext_fallback {
         cleartext(failure)
@@ -109,8 +133,8 @@ fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
     }
 }
 
-/// Every plan (level × fallback × ratchet × TLS commitment × authentication expected) × TLS
-/// result × cleartext connect.
+/// Every plan (level × fallback × ratchet × TLS commitment × authentication expected × floor
+/// × DNS refusal) × TLS result × cleartext connect.
 #[test]
 fn every_plan_and_event_has_the_designed_outcome() {
     let mut cases = 0;
@@ -126,7 +150,7 @@ fn every_plan_and_event_has_the_designed_outcome() {
             }
         }
     }
-    assert_eq!(cases, 5 * 2 * 2 * 2 * 2 * 9 * 2);
+    assert_eq!(cases, 5 * 2 * 2 * 2 * 2 * 2 * 4 * 10 * 2);
 }
 
 #[test]
@@ -197,7 +221,7 @@ proptest! {
     fn ratchet_failures_are_suspected_downgrades(plan in any_plan(), tls in any_tls()) {
         let failed = matches!(tls, TlsResult::PeerNoTls | TlsResult::HandshakeFailed | TlsResult::HandshakeTimeout);
         let step = simulate(plan, tls, true);
-        if plan.ratchet && failed && matches!(plan.level, Level::Opportunistic | Level::Encrypt | Level::Authenticate) {
+        if plan.ratchet && failed && plan.refused.is_none() && matches!(plan.level, Level::Opportunistic | Level::Encrypt | Level::Authenticate) {
             prop_assert!(matches!(step, Step::Refuse { downgrade_suspected: true, .. }), "{:?}", step);
         }
     }
