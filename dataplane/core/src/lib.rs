@@ -4,6 +4,8 @@
 //! runtime, no clock reads. The node's I/O drivers are thin pumps around it, which is what makes
 //! the RFC 7435 fallback rules testable exhaustively.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod crypto;
 pub mod dane;
