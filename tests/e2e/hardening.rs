@@ -16,6 +16,7 @@ per_driver!(
     alarm_counters_are_exported_at_zero_from_start,
     a_local_operator_pin_outranks_dane_and_dane_never_rewrites_it,
     a_key_the_fleet_revoked_is_refused_on_first_contact,
+    dane_ta_accepts_the_original_name_behind_a_cname,
 );
 
 const ALARMS: [&str; 3] = [
@@ -140,6 +141,53 @@ fn a_key_the_fleet_revoked_is_refused_on_first_contact(io: Io) {
     assert!(
         !learned.contains(&pin_of(&pem)),
         "a revoked key is never learned: {learned}"
+    );
+    assert_no_alarm(&node);
+}
+
+/// RFC 7672 §3.2.2: with DANE-TA the name checked is the TLSA base domain (the CNAME target
+/// here), and the original next-hop name is accepted too. A certificate for neither is refused.
+fn dane_ta_accepts_the_original_name_behind_a_cname(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::new(dir.path());
+    let anchor = certs::Pem {
+        cert: ca.cert.clone(),
+        key: ca.cert.clone(),
+    };
+    let chain = ["-cert_chain", ca.cert.to_str().unwrap()];
+    let original = SServer::start(&ca.leaf(dir.path(), "alias", "alias.test", false), &chain);
+    let port = original.addr.port();
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            "alias IN CNAME mx".into(),
+            format!("_{port}._tcp.mx IN TLSA 2 1 1 {}", spki_sha256_hex(&anchor)),
+        ],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"alias.test:{port}\"\npolicy = \"opportunistic\"\n\n{}\n[tofu]\nmode = \"off\"\nratchet_hours = 0\n",
+        dns.config()
+    );
+    let mut node = Node::start(dir.path(), io, "", &body);
+    original.send_line(node.addr("outbound[0]"), "original name");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["method"].as_str()),
+        (Some("authenticated"), Some("dane")),
+        "{out}"
+    );
+    drop(original);
+
+    let stranger = ca.leaf(dir.path(), "stranger", "stranger.test", false);
+    let _server = SServer::start_on(([127, 0, 0, 1], port).into(), &stranger, &chain);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("certificate-host-mismatch")),
+        "{out}"
     );
     assert_no_alarm(&node);
 }

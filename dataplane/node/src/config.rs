@@ -165,6 +165,8 @@ pub struct TofuConfig {
 
 /// Where the pin store lives when `[tofu]` names none, relative to the config file.
 pub const DEFAULT_PIN_STORE: &str = "state/pins";
+/// The longest ratchet: past this a number is a typo, not a policy (and `* 3600` would wrap).
+const MAX_RATCHET_HOURS: u64 = 87_600;
 
 /// The certificate chain and key an inbound listener presents.
 #[derive(Debug)]
@@ -295,11 +297,17 @@ impl Validator<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         // TOFU and the ratchet are on unless `[tofu]` turns both off.
         let tofu = file.tofu.unwrap_or_default();
+        if tofu.ratchet_hours > MAX_RATCHET_HOURS {
+            return Err(self.error(
+                "tofu.ratchet_hours",
+                format!("{} is more than {MAX_RATCHET_HOURS} (ten years)", tofu.ratchet_hours),
+            ));
+        }
         let tofu =
             (tofu.mode == raw::TofuMode::Enforce || tofu.ratchet_hours > 0).then(|| TofuConfig {
                 store: self.resolve(tofu.store.as_deref().unwrap_or(DEFAULT_PIN_STORE)),
                 enforce: tofu.mode == raw::TofuMode::Enforce,
-                ratchet: Duration::from_secs(tofu.ratchet_hours * 3600),
+                ratchet: Duration::from_secs(tofu.ratchet_hours.saturating_mul(3600)),
                 default_store: tofu.store.is_none(),
             });
         let dns = match file.dns {

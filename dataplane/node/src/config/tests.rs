@@ -64,6 +64,10 @@ fn errors_name_file_key_and_reason() {
     );
     let err = parse("[node]\nworkers = -1\n").unwrap_err();
     assert_eq!(err.key, "node.workers");
+    // Before: `ratchet_hours * 3600` wrapped to a ratchet of a few seconds.
+    let huge = format!("{OUT}[tofu]\nratchet_hours = {}\n", u64::MAX / 1000);
+    let err = parse(&huge).unwrap_err();
+    assert_eq!(err.key, "tofu.ratchet_hours", "{err}");
 }
 
 #[test]
