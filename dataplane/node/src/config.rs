@@ -300,7 +300,10 @@ impl Validator<'_> {
         if tofu.ratchet_hours > MAX_RATCHET_HOURS {
             return Err(self.error(
                 "tofu.ratchet_hours",
-                format!("{} is more than {MAX_RATCHET_HOURS} (ten years)", tofu.ratchet_hours),
+                format!(
+                    "{} is more than {MAX_RATCHET_HOURS} (ten years)",
+                    tofu.ratchet_hours
+                ),
             ));
         }
         let tofu =

@@ -131,29 +131,28 @@ fn tofus() -> [Tofu; 6] {
 
 /// The fleet: an approved key A, a node key A at the peer, a revoked key B (bit by bit).
 fn fleet(bits: u8) -> Fleet {
-    let mut pins = Vec::new();
-    if bits & 1 != 0 {
-        let approved = FleetPin {
-            key: key(A),
-            state: PinState::Approved,
+    let pin = |n, state| {
+        let pin = FleetPin {
+            key: key(n),
+            state,
             next: None,
         };
-        pins.push((PEER.to_owned(), approved));
-    }
-    if bits & 4 != 0 {
-        let revoked = FleetPin {
-            key: key(B),
-            state: PinState::Revoked,
-            next: None,
-        };
-        pins.push((PEER.to_owned(), revoked));
-    }
+        (PEER.to_owned(), pin)
+    };
+    let pins = [
+        (1, pin(A, PinState::Approved)),
+        (4, pin(B, PinState::Revoked)),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .map(|(_, pin)| pin);
+    let node = NodeKey {
+        name: "n".into(),
+        key: key(A),
+        addresses: vec![PEER.into()],
+    };
     let nodes = match bits & 2 != 0 {
-        true => vec![NodeKey {
-            name: "n".into(),
-            key: key(A),
-            addresses: vec![PEER.into()],
-        }],
+        true => vec![node],
         false => Vec::new(),
     };
     Fleet::new(1, PolicySet::default(), pins, &nodes)
