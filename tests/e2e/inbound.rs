@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use osgate_tests::certs;
 use osgate_tests::openssl::s_client;
 use osgate_tests::peers::{self, Server};
+use osgate_tests::records;
 use osgate_tests::{Io, Node, WAIT, per_driver};
 
 per_driver!(
@@ -17,6 +18,7 @@ per_driver!(
     plain_client_is_relayed_where_cleartext_is_allowed,
     plain_client_is_refused_where_cleartext_is_denied,
     slow_split_post_quantum_client_hello_is_accepted,
+    client_hello_fragmented_across_records_is_accepted,
     silent_client_gets_server_first_banner_after_peek_deadline,
     silent_client_is_closed_at_deadline_when_tls_is_required,
     one_byte_then_silence_is_closed_at_deadline,
@@ -157,6 +159,50 @@ fn slow_split_post_quantum_client_hello_is_accepted(io: Io) {
     assert_eq!(rec["close"], "clean");
     assert_eq!(rec["achieved"], "encrypted");
     assert_eq!(rec["tls_group"], "X25519MLKEM768");
+}
+
+/// CONFORMANCE A.1, RFC 8446 §5.1 ("a single message MAY be fragmented across several
+/// records"): a real ClientHello re-framed with 1 to 5 handshake bytes in its first record,
+/// and one handshake byte per record, completes its handshake through the node (issue 8
+/// defect 4: these were refused as `malformed-client-hello`).
+fn client_hello_fragmented_across_records_is_accepted(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::read_then_reply(4));
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+    let framings: Vec<Vec<usize>> = (1..=5)
+        .map(|first| vec![first])
+        .chain([vec![1; 2048]])
+        .collect();
+    for sizes in framings {
+        let (conn, hello) = client_hello();
+        let framed = records::reframe(&hello, &sizes);
+        assert_eq!(
+            records::handshake_bytes(&framed),
+            records::handshake_bytes(&hello)
+        );
+        let mut tcp = TcpStream::connect(node.addr("inbound[0]")).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        tcp.write_all(&framed).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"ping").unwrap();
+        let mut reply = String::new();
+        let _ = tls.read_to_string(&mut reply);
+        assert_eq!(reply, "got 4 bytes", "first record of {} bytes", sizes[0]);
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        drop(tls);
+        let rec = node.outcome("inbound");
+        assert_eq!(
+            (rec["achieved"].as_str(), rec["reason"].as_str()),
+            (Some("encrypted"), Some("none")),
+            "first record of {} bytes: {rec}",
+            sizes[0]
+        );
+    }
+    assert_eq!(
+        node.metric("osgate_connections_total", &[("achieved", "encrypted")]),
+        6.0
+    );
 }
 
 fn silent_client_gets_server_first_banner_after_peek_deadline(io: Io) {

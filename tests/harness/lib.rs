@@ -19,6 +19,7 @@ pub mod openssl;
 pub mod peers;
 pub mod postgres;
 pub mod process;
+pub mod records;
 
 pub use node::{Io, Node};
 
