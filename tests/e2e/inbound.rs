@@ -25,6 +25,7 @@ per_driver!(
     tls_lookalike_garbage_is_rejected_and_counted,
     alert_after_client_hello_closes_promptly,
     hundreds_of_stalled_clients_are_closed_while_others_are_served,
+    connections_over_a_cap_are_closed_at_once_and_live_ones_keep_flowing,
 );
 
 const PEEK_MS: u64 = 400;
@@ -362,5 +363,98 @@ fn hundreds_of_stalled_clients_are_closed_while_others_are_served(io: Io) {
     assert_eq!(
         node.metric("osgate_connections_active", &[("direction", "inbound")]),
         0.0
+    );
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (127.0.0.x).
+fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+/// Sends `bytes` and reads them back from the echoing backend: the node admitted and relays
+/// this connection.
+fn round_trip(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).unwrap();
+    let mut back = vec![0; bytes.len()];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(back, bytes);
+}
+
+/// Connects from `source`, sends nothing, and returns how long until the node closed.
+fn refused_after(source: [u8; 4], addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut stream = connect_from(source, addr);
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest); // EOF or reset: both are a close
+    assert!(
+        rest.is_empty(),
+        "no bytes from a refused connection: {rest:?}"
+    );
+    started.elapsed()
+}
+
+/// CONFORMANCE F.36 (issue 8 defect 10): with `max_connections = 3` and
+/// `max_connections_per_source = 2`, a third connection from one address and a fourth from
+/// anywhere are closed at once — well before the peek deadline, so before any peek — and
+/// counted by reason, while the admitted connections keep relaying.
+fn connections_over_a_cap_are_closed_at_once_and_live_ones_keep_flowing(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let pem = certs::self_signed(dir.path(), "node", "gw.test");
+    let node = Node::start(
+        dir.path(),
+        io,
+        &format!(
+            "peek_timeout_ms = {PEEK_MS}\nmax_connections = 3\nmax_connections_per_source = 2"
+        ),
+        &format!(
+            "[[inbound]]\nlisten = \"127.0.0.1:0\"\nbackend = \"{}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\ncleartext = \"allow\"\n",
+            backend.addr,
+            pem.cert.display(),
+            pem.key.display()
+        ),
+    );
+    let addr = node.addr("inbound[0]");
+    let scrape = node.scrape();
+    for reason in ["global-cap", "per-source-cap"] {
+        let line = format!("osgate_connections_refused_total{{reason=\"{reason}\"}} 0");
+        assert!(scrape.contains(&line), "exported at 0 from start: {line}");
+    }
+    let refused = |reason| node.metric("osgate_connections_refused_total", &[("reason", reason)]);
+
+    let mut live = connect_from([127, 0, 0, 1], addr);
+    round_trip(&mut live, b"first");
+    let mut second = connect_from([127, 0, 0, 1], addr);
+    round_trip(&mut second, b"second");
+    let waited = refused_after([127, 0, 0, 1], addr);
+    assert!(
+        waited < Duration::from_millis(PEEK_MS),
+        "closed after {waited:?}"
+    );
+    assert_eq!(refused("per-source-cap"), 1.0);
+    assert_eq!(refused("global-cap"), 0.0);
+    round_trip(&mut live, b"still relayed after a per-source refusal");
+
+    let mut third = connect_from([127, 0, 0, 2], addr);
+    round_trip(&mut third, b"another source");
+    let waited = refused_after([127, 0, 0, 3], addr);
+    assert!(
+        waited < Duration::from_millis(PEEK_MS),
+        "closed after {waited:?}"
+    );
+    assert_eq!(refused("global-cap"), 1.0);
+    assert_eq!(refused("per-source-cap"), 1.0);
+    round_trip(&mut live, b"still relayed after a global refusal");
+    round_trip(&mut second, b"and this one");
+    round_trip(&mut third, b"and this one");
+    assert_eq!(
+        node.metric("osgate_connections_active", &[("direction", "inbound")]),
+        3.0
     );
 }
