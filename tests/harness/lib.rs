@@ -14,6 +14,7 @@ pub mod certs;
 pub mod controlplane;
 pub mod dns;
 pub mod faulty_dns;
+pub mod hostile_cp;
 pub mod node;
 pub mod openssl;
 pub mod peers;
