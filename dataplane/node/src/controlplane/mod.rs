@@ -238,7 +238,8 @@ impl Client {
     /// revision and comes back to it after a restart. When persisting fails the update is
     /// NACKed with the error and the node keeps serving what it last persisted, so what it
     /// serves, what it has on disk and what it last ACKed stay one revision; the control
-    /// plane shows the NACK, and the next connection offers the update again.
+    /// plane shows the NACK and sends a whole snapshot at its next revision (or the next
+    /// stream starts from the revision the node says it holds).
     fn apply(&mut self, raw: &RawUpdate) -> pb::WatchRequest {
         let applied = decode_update(&raw.0).and_then(|update| {
             let revision = update.revision;
