@@ -6,6 +6,8 @@
 pub mod connect;
 pub mod features;
 pub mod validate;
+pub mod watch;
+pub mod wire;
 
 /// Generated messages and services.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]

@@ -236,5 +236,31 @@ impl Held {
     }
 }
 
+/// An update as the node received it: decoded only if every field, at every depth, is one
+/// this build knows (CONFORMANCE G.43; see [`crate::wire`]). The error names the resource
+/// the unknown field is in (`policy/NAME`), or `update`, and the message type; the revision
+/// is the update's, when it decodes, for the NACK.
+pub fn decode_update(bytes: &[u8]) -> Result<pb::Update, (u64, Invalid)> {
+    use prost::Message;
+    let decoded = pb::Update::decode(bytes);
+    let revision = decoded.as_ref().map_or(0, |u| u.revision);
+    if let Err(e) = crate::wire::check(crate::wire::UPDATE, bytes) {
+        let resource = match (&e, &decoded) {
+            (crate::wire::WireError::Unknown { path, .. }, Ok(update)) => path
+                .first()
+                .filter(|(field, _)| field == "upserts")
+                .and_then(|(_, i)| update.upserts.get(*i))
+                .and_then(key_of)
+                .map_or_else(
+                    || "update".to_owned(),
+                    |(kind, name)| format!("{kind}/{name}"),
+                ),
+            _ => "update".to_owned(),
+        };
+        return Err((revision, invalid(resource, e.to_string())));
+    }
+    decoded.map_err(|e| (revision, invalid("update", format!("does not parse: {e}"))))
+}
+
 #[cfg(test)]
 mod tests;

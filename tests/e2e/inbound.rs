@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use osgate_tests::certs;
 use osgate_tests::openssl::s_client;
 use osgate_tests::peers::{self, Server};
+use osgate_tests::records;
 use osgate_tests::{Io, Node, WAIT, per_driver};
 
 per_driver!(
@@ -17,12 +18,14 @@ per_driver!(
     plain_client_is_relayed_where_cleartext_is_allowed,
     plain_client_is_refused_where_cleartext_is_denied,
     slow_split_post_quantum_client_hello_is_accepted,
+    client_hello_fragmented_across_records_is_accepted,
     silent_client_gets_server_first_banner_after_peek_deadline,
     silent_client_is_closed_at_deadline_when_tls_is_required,
     one_byte_then_silence_is_closed_at_deadline,
     tls_lookalike_garbage_is_rejected_and_counted,
     alert_after_client_hello_closes_promptly,
     hundreds_of_stalled_clients_are_closed_while_others_are_served,
+    connections_over_a_cap_are_closed_at_once_and_live_ones_keep_flowing,
 );
 
 const PEEK_MS: u64 = 400;
@@ -157,6 +160,50 @@ fn slow_split_post_quantum_client_hello_is_accepted(io: Io) {
     assert_eq!(rec["close"], "clean");
     assert_eq!(rec["achieved"], "encrypted");
     assert_eq!(rec["tls_group"], "X25519MLKEM768");
+}
+
+/// CONFORMANCE A.1, RFC 8446 §5.1 ("a single message MAY be fragmented across several
+/// records"): a real ClientHello re-framed with 1 to 5 handshake bytes in its first record,
+/// and one handshake byte per record, completes its handshake through the node (issue 8
+/// defect 4: these were refused as `malformed-client-hello`).
+fn client_hello_fragmented_across_records_is_accepted(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::read_then_reply(4));
+    let mut node = inbound(dir.path(), io, backend.addr, "deny");
+    let framings: Vec<Vec<usize>> = (1..=5)
+        .map(|first| vec![first])
+        .chain([vec![1; 2048]])
+        .collect();
+    for sizes in framings {
+        let (conn, hello) = client_hello();
+        let framed = records::reframe(&hello, &sizes);
+        assert_eq!(
+            records::handshake_bytes(&framed),
+            records::handshake_bytes(&hello)
+        );
+        let mut tcp = TcpStream::connect(node.addr("inbound[0]")).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        tcp.write_all(&framed).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"ping").unwrap();
+        let mut reply = String::new();
+        let _ = tls.read_to_string(&mut reply);
+        assert_eq!(reply, "got 4 bytes", "first record of {} bytes", sizes[0]);
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        drop(tls);
+        let rec = node.outcome("inbound");
+        assert_eq!(
+            (rec["achieved"].as_str(), rec["reason"].as_str()),
+            (Some("encrypted"), Some("none")),
+            "first record of {} bytes: {rec}",
+            sizes[0]
+        );
+    }
+    assert_eq!(
+        node.metric("osgate_connections_total", &[("achieved", "encrypted")]),
+        6.0
+    );
 }
 
 fn silent_client_gets_server_first_banner_after_peek_deadline(io: Io) {
@@ -316,5 +363,98 @@ fn hundreds_of_stalled_clients_are_closed_while_others_are_served(io: Io) {
     assert_eq!(
         node.metric("osgate_connections_active", &[("direction", "inbound")]),
         0.0
+    );
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (127.0.0.x).
+fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+/// Sends `bytes` and reads them back from the echoing backend: the node admitted and relays
+/// this connection.
+fn round_trip(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).unwrap();
+    let mut back = vec![0; bytes.len()];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(back, bytes);
+}
+
+/// Connects from `source`, sends nothing, and returns how long until the node closed.
+fn refused_after(source: [u8; 4], addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut stream = connect_from(source, addr);
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest); // EOF or reset: both are a close
+    assert!(
+        rest.is_empty(),
+        "no bytes from a refused connection: {rest:?}"
+    );
+    started.elapsed()
+}
+
+/// CONFORMANCE F.36 (issue 8 defect 10): with `max_connections = 3` and
+/// `max_connections_per_source = 2`, a third connection from one address and a fourth from
+/// anywhere are closed at once — well before the peek deadline, so before any peek — and
+/// counted by reason, while the admitted connections keep relaying.
+fn connections_over_a_cap_are_closed_at_once_and_live_ones_keep_flowing(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let pem = certs::self_signed(dir.path(), "node", "gw.test");
+    let node = Node::start(
+        dir.path(),
+        io,
+        &format!(
+            "peek_timeout_ms = {PEEK_MS}\nmax_connections = 3\nmax_connections_per_source = 2"
+        ),
+        &format!(
+            "[[inbound]]\nlisten = \"127.0.0.1:0\"\nbackend = \"{}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\ncleartext = \"allow\"\n",
+            backend.addr,
+            pem.cert.display(),
+            pem.key.display()
+        ),
+    );
+    let addr = node.addr("inbound[0]");
+    let scrape = node.scrape();
+    for reason in ["global-cap", "per-source-cap"] {
+        let line = format!("osgate_connections_refused_total{{reason=\"{reason}\"}} 0");
+        assert!(scrape.contains(&line), "exported at 0 from start: {line}");
+    }
+    let refused = |reason| node.metric("osgate_connections_refused_total", &[("reason", reason)]);
+
+    let mut live = connect_from([127, 0, 0, 1], addr);
+    round_trip(&mut live, b"first");
+    let mut second = connect_from([127, 0, 0, 1], addr);
+    round_trip(&mut second, b"second");
+    let waited = refused_after([127, 0, 0, 1], addr);
+    assert!(
+        waited < Duration::from_millis(PEEK_MS),
+        "closed after {waited:?}"
+    );
+    assert_eq!(refused("per-source-cap"), 1.0);
+    assert_eq!(refused("global-cap"), 0.0);
+    round_trip(&mut live, b"still relayed after a per-source refusal");
+
+    let mut third = connect_from([127, 0, 0, 2], addr);
+    round_trip(&mut third, b"another source");
+    let waited = refused_after([127, 0, 0, 3], addr);
+    assert!(
+        waited < Duration::from_millis(PEEK_MS),
+        "closed after {waited:?}"
+    );
+    assert_eq!(refused("global-cap"), 1.0);
+    assert_eq!(refused("per-source-cap"), 1.0);
+    round_trip(&mut live, b"still relayed after a global refusal");
+    round_trip(&mut second, b"and this one");
+    round_trip(&mut third, b"and this one");
+    assert_eq!(
+        node.metric("osgate_connections_active", &[("direction", "inbound")]),
+        3.0
     );
 }

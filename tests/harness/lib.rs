@@ -14,11 +14,13 @@ pub mod certs;
 pub mod controlplane;
 pub mod dns;
 pub mod faulty_dns;
+pub mod hostile_cp;
 pub mod node;
 pub mod openssl;
 pub mod peers;
 pub mod postgres;
 pub mod process;
+pub mod records;
 
 pub use node::{Io, Node};
 

@@ -178,3 +178,30 @@ mod arbitrary_input {
         }
     }
 }
+
+/// CONFORMANCE G.43: the NACK names the resource and the message; prost alone would have
+/// decoded the update with the field dropped.
+#[test]
+fn decode_update_refuses_unknown_fields_naming_the_resource() {
+    use prost::Message;
+    let good = update(5, true, vec![policy("a", "*.x.example", "encrypt")]).encode_to_vec();
+    assert_eq!(decode_update(&good).map(|u| u.revision), Ok(5));
+    // Update { revision: 5, upserts: [Resource { policy: Policy { name: "a", 20: 1 } }] }
+    let policy = [0x0a, 0x01, b'a', 0xa0, 0x01, 0x01];
+    let mut resource = vec![0x0a, policy.len() as u8];
+    resource.extend(policy);
+    let mut bad = vec![0x08, 0x05, 0x1a, resource.len() as u8];
+    bad.extend(resource);
+    assert!(pb::Update::decode(bad.as_slice()).is_ok());
+    let (revision, err) = decode_update(&bad).unwrap_err();
+    assert_eq!(revision, 5);
+    assert_eq!(err.resource, "policy/a");
+    assert!(err.reason.contains("field 20"), "{err}");
+    assert!(err.reason.contains("osgate.v1.Policy"), "{err}");
+    // An unknown field of Update itself names the update.
+    let mut top = good.clone();
+    top.extend([0xa0, 0x01, 0x01]);
+    let (_, err) = decode_update(&top).unwrap_err();
+    assert_eq!(err.resource, "update");
+    assert!(err.reason.contains("osgate.v1.Update"), "{err}");
+}

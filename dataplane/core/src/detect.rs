@@ -9,8 +9,16 @@
 //! [`Detection::NeedMore`], every longer input that starts with it gets the same answer. They
 //! never look at more than [`MAX_PEEK`] bytes, so the caller's buffering is bounded.
 
-/// The most bytes any classification needs.
-pub const MAX_PEEK: usize = 11;
+/// Handshake bytes the inbound classifier reads: `msg_type` (1), `length` (3) and the
+/// ClientHello's `legacy_version` (2).
+const HELLO_PREFIX: usize = 6;
+/// A TLS record header: type (1), version (2), length (2).
+const RECORD_HEADER: usize = 5;
+
+/// The most bytes any classification needs: RFC 8446 §5.1 lets a ClientHello be fragmented
+/// across records, so in the worst case each of the [`HELLO_PREFIX`] handshake bytes comes in
+/// its own one-byte record.
+pub const MAX_PEEK: usize = HELLO_PREFIX * (RECORD_HEADER + 1);
 
 /// RFC 8446 §5.1: `ContentType handshake(22)`.
 const CONTENT_HANDSHAKE: u8 = 0x16;
@@ -51,6 +59,9 @@ pub enum Malformed {
     NotClientHello,
     /// The ClientHello's `legacy_version` is not TLS 1.0–1.2 (RFC 8446 §4.1.2).
     HelloVersion,
+    /// A record of another type inside a fragmented ClientHello (RFC 8446 §5.1: "Handshake
+    /// messages MUST NOT be interleaved with other record types").
+    Interleaved,
 }
 
 impl Malformed {
@@ -62,6 +73,7 @@ impl Malformed {
             Self::RecordLength => "bad-record-length",
             Self::NotClientHello => "not-client-hello",
             Self::HelloVersion => "bad-hello-version",
+            Self::Interleaved => "interleaved-record",
         }
     }
 }
@@ -72,8 +84,12 @@ impl Malformed {
 ///  byte 0      1..3            3..5      5          6..9        9..11
 ///  type=0x16   record version  length    msg=0x01   hs length   legacy_version
 /// ```
-/// (RFC 8446 §5.1 `TLSPlaintext`, §4 `Handshake`, §4.1.2 `ClientHello`.) The handshake length
-/// is not checked against the record length: RFC 8446 §5.1 lets a ClientHello span records.
+/// (RFC 8446 §5.1 `TLSPlaintext`, §4 `Handshake`, §4.1.2 `ClientHello`.) That is the layout of
+/// an unfragmented hello. RFC 8446 §5.1 lets a handshake message span records ("multiple
+/// messages of the same ContentType MAY be coalesced into a single TLSPlaintext record, or a
+/// single message MAY be fragmented across several records"), so the handshake bytes are read
+/// from the record payloads in order, skipping each record's header. The handshake length is
+/// not checked against the record length for the same reason.
 pub fn classify_client_hello(prefix: &[u8]) -> Detection {
     let Some(&first) = prefix.first() else {
         return Detection::NeedMore;
@@ -81,19 +97,59 @@ pub fn classify_client_hello(prefix: &[u8]) -> Detection {
     if first != CONTENT_HANDSHAKE {
         return classify_non_handshake(first, prefix);
     }
-    if let Some(verdict) = check_record_header(prefix, MAX_PLAINTEXT_RECORD) {
-        return verdict;
+    let mut have = 0;
+    let mut record = 0;
+    while have < HELLO_PREFIX {
+        let rest = prefix.get(record..).unwrap_or_default();
+        let len = match record_length(rest) {
+            Ok(len) => len,
+            Err(verdict) => return verdict,
+        };
+        let payload = rest.get(RECORD_HEADER..).unwrap_or_default();
+        for &byte in payload.iter().take(len.min(HELLO_PREFIX - have)) {
+            if let Some(verdict) = check_hello_byte(have, byte) {
+                return verdict;
+            }
+            have += 1;
+        }
+        if have < HELLO_PREFIX && payload.len() < len {
+            return Detection::NeedMore;
+        }
+        record += RECORD_HEADER + len;
     }
-    match prefix.get(5) {
-        None => return Detection::NeedMore,
-        Some(&HANDSHAKE_CLIENT_HELLO) => {}
-        Some(_) => return Detection::Reject(Malformed::NotClientHello),
+    Detection::Tls
+}
+
+/// The payload length of one record of the ClientHello, once its header is complete and
+/// plausible.
+fn record_length(header: &[u8]) -> Result<usize, Detection> {
+    match header.first() {
+        None => return Err(Detection::NeedMore),
+        Some(&CONTENT_HANDSHAKE) => {}
+        // Only a record after the first can get here: the caller checked the first byte.
+        Some(_) => return Err(Detection::Reject(Malformed::Interleaved)),
     }
-    match (prefix.get(9), prefix.get(10)) {
-        (Some(&3), Some(&minor)) if (1..=3).contains(&minor) => Detection::Tls,
-        (Some(&3), None) => Detection::NeedMore,
-        (None, _) => Detection::NeedMore,
-        _ => Detection::Reject(Malformed::HelloVersion),
+    if let Some(verdict) = check_record_header(header, MAX_PLAINTEXT_RECORD) {
+        return Err(verdict);
+    }
+    match (header.get(3), header.get(4)) {
+        (Some(&hi), Some(&lo)) => Ok(usize::from(u16::from_be_bytes([hi, lo]))),
+        _ => Err(Detection::NeedMore),
+    }
+}
+
+/// Checks handshake byte number `index` (0-based); `None` means acceptable so far.
+fn check_hello_byte(index: usize, byte: u8) -> Option<Detection> {
+    let bad = match index {
+        0 => byte != HANDSHAKE_CLIENT_HELLO,
+        4 => byte != 3,
+        5 => !(1..=3).contains(&byte),
+        _ => false,
+    };
+    match (bad, index) {
+        (false, _) => None,
+        (true, 0) => Some(Detection::Reject(Malformed::NotClientHello)),
+        (true, _) => Some(Detection::Reject(Malformed::HelloVersion)),
     }
 }
 

@@ -113,6 +113,8 @@ pub struct NodeConfig {
     pub ca_bundle: Option<Vec<CertificateDer<'static>>>,
     /// TLS session resumption (client cache, server tickets).
     pub tls_resumption: bool,
+    /// Open connections allowed, node-wide and per source address.
+    pub caps: crate::caps::Limits,
 }
 
 #[derive(Clone, Debug)]
@@ -420,7 +422,21 @@ impl Validator<'_> {
             tls_groups,
             ca_bundle,
             tls_resumption: node.tls_resumption,
+            caps: self.caps(node.max_connections, node.max_connections_per_source)?,
         })
+    }
+
+    fn caps(&self, total: usize, per_source: usize) -> Result<crate::caps::Limits, ConfigError> {
+        if total == 0 {
+            return Err(self.error("node.max_connections", "must be at least 1"));
+        }
+        if per_source == 0 || per_source > total {
+            return Err(self.error(
+                "node.max_connections_per_source",
+                format!("must be between 1 and node.max_connections ({total})"),
+            ));
+        }
+        Ok(crate::caps::Limits { total, per_source })
     }
 
     fn outbound(&self, i: usize, o: raw::Outbound) -> Result<Outbound, ConfigError> {

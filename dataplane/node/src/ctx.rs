@@ -33,6 +33,8 @@ pub(crate) struct Node {
     pub dns: Option<crate::config::DnsConfig>,
     /// The start-up self-test validated the trust anchor's zone.
     pub dnssec_validating: std::sync::atomic::AtomicBool,
+    /// Open connections against `[node]`'s caps.
+    pub caps: Arc<crate::caps::Caps>,
 }
 
 /// A worker's validating resolver.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod caps;
 mod config;
 mod controlplane;
 mod ctx;

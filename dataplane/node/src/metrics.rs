@@ -42,6 +42,10 @@ pub const DNSSEC_VALIDATION_AVAILABLE: &str = "osgate_dnssec_validation_availabl
 /// Accept errors by `kind` (e.g. descriptor exhaustion).
 pub const ACCEPT_ERRORS_TOTAL: &str = "osgate_accept_errors_total";
 
+/// Connections closed right after accept because a cap was reached, by `reason`
+/// (`global-cap`, `per-source-cap`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "osgate_connections_refused_total";
+
 /// Gauge: the control-plane revision this node applies (0: none).
 pub const CP_REVISION: &str = "osgate_controlplane_revision";
 /// Gauge: seconds since the node last knew its control-plane config was current.
@@ -73,6 +77,7 @@ pub fn install(listen: Option<SocketAddr>) -> Result<(), String> {
     }
     describe();
     export_zeros();
+    describe_caps();
     Ok(())
 }
 
@@ -106,6 +111,17 @@ fn export_zeros() {
     }
     for result in ["ack", "nack"] {
         counter!(CP_UPDATES_TOTAL, "result" => result).absolute(0);
+    }
+}
+
+/// The cap counters, described and exported at 0 so an `increase()` alert sees the first one.
+fn describe_caps() {
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed right after accept because a connection cap was reached, by reason."
+    );
+    for reason in crate::caps::Refusal::ALL {
+        metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason.as_str()).absolute(0);
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use metrics::counter;
 use tokio::task::JoinSet;
 
+use crate::caps::{Caps, Refusal};
 use crate::ctx::{InboundListener, Node, OutboundListener};
 use crate::io::Driver;
 use crate::io::epoll::Epoll;
@@ -88,14 +89,16 @@ async fn serve<D: Driver>(plan: WorkerPlan) -> io::Result<()> {
         let socket = D::listener(socket)?;
         let node = plan.node.clone();
         let dns = dns.clone();
-        loops.spawn_local(accept_loop::<D, _>(socket, move |conn, _peer| {
+        let caps = plan.node.caps.clone();
+        loops.spawn_local(accept_loop::<D, _>(socket, caps, move |conn, _peer| {
             outbound::serve::<D>(conn, listener.clone(), node.clone(), dns.clone())
         }));
     }
     for (socket, listener) in plan.inbound {
         let socket = D::listener(socket)?;
         let node = plan.node.clone();
-        loops.spawn_local(accept_loop::<D, _>(socket, move |conn, peer| {
+        let caps = plan.node.caps.clone();
+        loops.spawn_local(accept_loop::<D, _>(socket, caps, move |conn, peer| {
             inbound::serve::<D>(conn, peer.to_string(), listener.clone(), node.clone())
         }));
     }
@@ -120,9 +123,12 @@ async fn worker_dns(node: &crate::ctx::Node) -> io::Result<Option<crate::ctx::Wo
 }
 
 /// Accepts forever. On errors such as descriptor exhaustion it backs off (without spinning)
-/// and logs at most once per backoff step.
-async fn accept_loop<D, F>(socket: D::Listener, serve: impl Fn(D::Conn, std::net::SocketAddr) -> F)
-where
+/// and logs at most once per backoff step. A connection over a cap is closed at once.
+async fn accept_loop<D, F>(
+    socket: D::Listener,
+    caps: Arc<Caps>,
+    serve: impl Fn(D::Conn, std::net::SocketAddr) -> F,
+) where
     D: Driver,
     F: Future<Output = ()> + 'static,
 {
@@ -131,7 +137,18 @@ where
         match D::accept(&socket).await {
             Ok((conn, peer)) => {
                 backoff = Duration::ZERO;
-                tokio::task::spawn_local(serve(conn, peer));
+                let slot = match caps.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        refuse(conn, refusal);
+                        continue;
+                    }
+                };
+                let connection = serve(conn, peer);
+                tokio::task::spawn_local(async move {
+                    connection.await;
+                    drop(slot);
+                });
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(e) => {
@@ -142,6 +159,13 @@ where
             }
         }
     }
+}
+
+/// Closes a connection over a cap (no outcome record: under a flood that would be one log
+/// line per attempt; the counter says it).
+fn refuse<C>(conn: C, refusal: Refusal) {
+    counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => refusal.as_str()).increment(1);
+    drop(conn);
 }
 
 fn accept_error_kind(e: &io::Error) -> &'static str {

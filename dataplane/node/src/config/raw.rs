@@ -130,6 +130,9 @@ pub(super) struct Node {
     pub tls_groups: Option<Vec<String>>,
     pub ca_bundle: Option<String>,
     pub tls_resumption: bool,
+    /// Connection caps (CONFORMANCE F.36).
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
 }
 
 impl Default for Node {
@@ -145,6 +148,8 @@ impl Default for Node {
             tls_groups: None,
             ca_bundle: None,
             tls_resumption: true,
+            max_connections: 10_000,
+            max_connections_per_source: 1_000,
         }
     }
 }

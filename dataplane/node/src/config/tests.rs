@@ -146,3 +146,31 @@ fn dane_is_on_by_default_with_the_system_resolvers_and_the_root_anchor() {
         ["192.0.2.53:53".parse::<SocketAddr>().unwrap()]
     );
 }
+
+/// CONFORMANCE F.36: connection caps, with defaults, validated.
+#[test]
+fn connection_caps_have_defaults_and_are_validated() {
+    let caps = parse(OUT).unwrap().node.caps;
+    assert_eq!((caps.total, caps.per_source), (10_000, 1_000));
+    let set = "[node]\nmax_connections = 5\nmax_connections_per_source = 2\n";
+    let caps = parse(&format!("{set}{OUT}")).unwrap().node.caps;
+    assert_eq!((caps.total, caps.per_source), (5, 2));
+    let err = parse(&format!("[node]\nmax_connections = 0\n{OUT}")).unwrap_err();
+    assert_eq!(
+        (err.key.as_str(), err.reason.as_str()),
+        ("node.max_connections", "must be at least 1")
+    );
+    for per_source in [0, 6] {
+        let text = format!(
+            "[node]\nmax_connections = 5\nmax_connections_per_source = {per_source}\n{OUT}"
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            (err.key.as_str(), err.reason.as_str()),
+            (
+                "node.max_connections_per_source",
+                "must be between 1 and node.max_connections (5)"
+            )
+        );
+    }
+}

@@ -40,7 +40,8 @@ pub fn load(path: &Path) -> Result<(pb::Update, u64), String> {
         .ok_or("not a last-known-good file")?;
     let (time, encoded) = rest.split_at(8);
     let saved_at = u64::from_be_bytes(time.try_into().map_err(|_| "too short")?);
-    let snapshot = pb::Update::decode(encoded).map_err(|e| e.to_string())?;
+    // A file written by a newer build may hold fields this one does not understand.
+    let snapshot = osgate_api::validate::decode_update(encoded).map_err(|(_, e)| e.to_string())?;
     Ok((snapshot, saved_at))
 }
 
@@ -68,6 +69,26 @@ mod tests {
         }
         std::fs::write(&path, &good[..good.len() - 1]).map_err(|e| e.to_string())?;
         assert!(load(&path).is_err());
+        Ok(())
+    }
+
+    /// A snapshot with a field this build does not know (say, written by a newer one) is
+    /// refused, not applied with the field dropped (CONFORMANCE G.43).
+    #[test]
+    fn a_snapshot_with_an_unknown_field_is_refused() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("lkg");
+        let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&1234u64.to_be_bytes());
+        data.extend_from_slice(&[0x08, 0x07, 0xa0, 0x01, 0x01]); // revision 7, field 20
+        let digest = sha256(&data);
+        data.extend_from_slice(&digest);
+        crate::durable::write_atomic(&path, &data).map_err(|e| e.to_string())?;
+        let err = load(&path).unwrap_err();
+        assert!(
+            err.contains("field 20") && err.contains("osgate.v1.Update"),
+            "{err}"
+        );
         Ok(())
     }
 }

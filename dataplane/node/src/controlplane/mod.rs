@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{counter, gauge};
 use osgate_api::connect::Target;
 use osgate_api::pb::{self, fleet_client::FleetClient, watch_request::Msg};
-use osgate_api::validate::Held;
+use osgate_api::validate::{Held, Invalid, decode_update};
+use osgate_api::watch::{RawUpdate, watch};
 use osgate_core::crypto::{CryptoPolicy, KxGroup, TlsFloor};
+use osgate_core::fleet::Fleet;
 use osgate_core::policy::PolicySet;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -162,7 +164,7 @@ impl Client {
     /// One stream, until it ends. `Ok(true)`: it carried at least one update.
     async fn session(&mut self, target: &Target) -> Result<bool, String> {
         let channel = target.connect().await.map_err(|e| e.to_string())?;
-        let mut fleet = FleetClient::new(channel)
+        let mut fleet = FleetClient::new(channel.clone())
             .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(osgate_api::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
@@ -180,8 +182,9 @@ impl Client {
                 msg: Some(Msg::Hello(hello)),
             })
             .await;
-        let mut updates = match fleet.watch(ReceiverStream::new(rx)).await {
-            Ok(response) => response.into_inner(),
+        // Raw bytes, not the generated client: unknown fields must be seen (CONFORMANCE G.43).
+        let mut updates = match watch(channel, ReceiverStream::new(rx)).await {
+            Ok(updates) => updates,
             Err(status) if status.code() == tonic::Code::Unauthenticated => {
                 self.enroll(&mut fleet).await?;
                 return Err(format!("{} (enrolled now; reconnecting)", status.message()));
@@ -230,41 +233,59 @@ impl Client {
         Ok(())
     }
 
-    /// Applies `update` whole, or refuses it and keeps the last-known-good.
-    fn apply(&mut self, update: &pb::Update) -> pb::WatchRequest {
-        let applied = self.held.apply(update).and_then(|held| {
-            let fleet = held.fleet(&self.local)?;
-            Ok((held, fleet))
+    /// Applies `raw` whole, or refuses it and keeps the last-known-good. The new state is
+    /// persisted (synced) before it is served and ACKed: an ACK means the node holds the
+    /// revision and comes back to it after a restart. When persisting fails the update is
+    /// NACKed with the error and the node keeps serving what it last persisted, so what it
+    /// serves, what it has on disk and what it last ACKed stay one revision; the control
+    /// plane shows the NACK and sends a whole snapshot at its next revision (or the next
+    /// stream starts from the revision the node says it holds).
+    fn apply(&mut self, raw: &RawUpdate) -> pb::WatchRequest {
+        let applied = decode_update(&raw.0).and_then(|update| {
+            let revision = update.revision;
+            self.prepare(&update).map_err(|e| (revision, e))
         });
         match applied {
             Ok((held, fleet)) => {
-                if let Err(e) = lkg::save(&self.config.state, &held.to_snapshot(), unix_now()) {
-                    tracing::error!(target: "osgate::controlplane", error = %e, path = %self.config.state.display(), "cannot persist the last-known-good");
-                }
                 self.node.fleet.store(Arc::new(fleet));
                 self.held = held;
                 self.synced_at.store(unix_now(), Ordering::Relaxed);
                 gauge!(m::CP_REVISION).set(self.held.revision as f64);
                 gauge!(m::CP_NO_OVERRIDES).set(0.0);
                 counter!(m::CP_UPDATES_TOTAL, "result" => "ack").increment(1);
-                tracing::info!(target: "osgate::controlplane", revision = self.held.revision, snapshot = update.snapshot, "applied control plane update");
+                tracing::info!(target: "osgate::controlplane", revision = self.held.revision, "applied control plane update");
                 pb::WatchRequest {
                     msg: Some(Msg::Ack(pb::Ack {
                         revision: self.held.revision,
                     })),
                 }
             }
-            Err(e) => {
+            Err((revision, e)) => {
                 counter!(m::CP_UPDATES_TOTAL, "result" => "nack").increment(1);
-                tracing::warn!(target: "osgate::controlplane", revision = update.revision, error = %e, kept = self.held.revision, "refused control plane update; keeping the last-known-good");
+                tracing::warn!(target: "osgate::controlplane", revision, error = %e, kept = self.held.revision, "refused control plane update; keeping the last-known-good");
                 pb::WatchRequest {
                     msg: Some(Msg::Nack(pb::Nack {
-                        revision: update.revision,
+                        revision,
                         error: e.to_string(),
                     })),
                 }
             }
         }
+    }
+
+    /// Checks `update` against the held state and persists the result; nothing is served
+    /// yet.
+    fn prepare(&self, update: &pb::Update) -> Result<(Held, Fleet), Invalid> {
+        let held = self.held.apply(update)?;
+        let fleet = held.fleet(&self.local)?;
+        lkg::save(&self.config.state, &held.to_snapshot(), unix_now()).map_err(|e| Invalid {
+            resource: "update".into(),
+            reason: format!(
+                "cannot persist the last-known-good to {}: {e}",
+                self.config.state.display()
+            ),
+        })?;
+        Ok((held, fleet))
     }
 
     /// Sends pins learned here and not reported yet, and the outcome counts since the last
