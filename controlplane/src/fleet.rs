@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Caller, PeerKey, caller};
 use crate::ctx::{Ctx, storage};
 use crate::metrics as m;
+use crate::peer::canonical_set;
 use crate::{enroll, pins};
 
 /// A node must say hello this soon after opening a stream.
@@ -106,7 +107,7 @@ impl Session {
     }
 
     /// Ends the stream of a node that lost its registration, before it sees another update.
-    async fn cut(&self) {
+    fn cut(&self) {
         counter!(m::STREAMS_CUT).increment(1);
         tracing::warn!(
             node = self.node,
@@ -117,7 +118,8 @@ impl Session {
             "node `{}` was deleted or registered with another key; this key no longer has a fleet stream",
             self.node
         ));
-        let _ = self.out.send(Err(status)).await;
+        // Never waits on a node that stopped reading: with the queue full the stream just ends.
+        let _ = self.out.try_send(Err(status));
     }
 
     async fn run(mut self) {
@@ -128,7 +130,7 @@ impl Session {
             let snapshot = self.ctx.state.snapshot();
             open = self.send(snapshot).await;
         } else {
-            self.cut().await;
+            self.cut();
         }
         while open {
             tokio::select! {
@@ -136,7 +138,7 @@ impl Session {
                     let current = *revisions.borrow_and_update();
                     open = changed.is_ok();
                     if open && !self.authorised() {
-                        self.cut().await;
+                        self.cut();
                         open = false;
                     } else if open && current > self.sent {
                         let update = match self.resync {
@@ -196,7 +198,7 @@ impl Fleet for FleetService {
             .map_err(storage)?;
         self.ctx
             .nodes
-            .connected(&node, hello.version, hello.peers, stored);
+            .connected(&node, hello.version, canonical_set(&hello.peers), stored);
         let (out, rx) = mpsc::channel(4);
         let session = Session {
             ctx: self.ctx.clone(),

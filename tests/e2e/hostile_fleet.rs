@@ -385,8 +385,11 @@ fn pin_reports_for_peers_a_node_is_not_assigned_are_refused_and_counted(store: S
         server.send_line(node.addr("outbound[0]"), "learn");
         assert_eq!(outcome(node).0, "encrypted");
     }
-    eventually("both reports were refused and counted", || refused() >= 2.0);
+    eventually("both reports were handled", || {
+        refused() >= 2.0 || !pin_rows(&cp).is_empty()
+    });
     assert_eq!(pin_rows(&cp), Vec::<serde_json::Value>::new());
+    assert!(refused() >= 2.0);
     let nodes = cp.nodes();
     let spread = nodes["revision"].as_u64().unwrap();
     let node_pins = cp.admin_json(&["get", "nodes", "h1"]);
