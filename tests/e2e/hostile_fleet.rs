@@ -531,6 +531,10 @@ fn closed_at_once(mut stream: std::net::TcpStream) -> bool {
 fn connections_over_the_per_source_cap_are_closed_before_tls_and_streams_keep_flowing() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, url) = database(Store::Sqlite, dir.path());
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "this scenario floods from ::1 while nodes use 127.0.0.1: it needs IPv6 loopback"
+    );
     let caps = "max_connections = 64\nmax_connections_per_source = 8";
     let mut cp = ControlPlane::start_on(dir.path(), &url, "[::]:0", caps);
     // Nodes and osgatectl come over IPv4; the flood from ::1, another source.
