@@ -645,8 +645,7 @@ async fn bench(args: &Args, cp: &ControlPlane) -> Result<Report, Error> {
             let key = pb::NodeKey {
                 name: format!("node-{next}"),
                 spki: nodes[next].pin.to_string(),
-                addresses: Vec::new(),
-                requires: Vec::new(),
+                ..Default::default()
             };
             let mut admin = admin.clone();
             calls.spawn(async move {

@@ -107,8 +107,26 @@ impl AdminService {
             .flush(&self.ctx.db, false)
             .await
             .map_err(storage)?;
-        let statuses = nodes::stored(&self.ctx.db).await.map_err(storage)?;
-        let affected = blast::affected(&policy_set(&before)?, &policy_set(&after)?, &statuses);
+        let mut statuses = nodes::stored(&self.ctx.db).await.map_err(storage)?;
+        // The peers an admin assigned count with those the nodes declared.
+        for r in self.ctx.state.list("node") {
+            if let Some(Kind::Node(key)) = &r.kind {
+                let status = statuses.entry(key.name.clone()).or_default();
+                for peer in &key.peers {
+                    if !status.peers.contains(peer) {
+                        status.peers.push(peer.clone());
+                    }
+                }
+            }
+        }
+        let (old, new) = (policy_set(&before)?, policy_set(&after)?);
+        let affected = blast::affected(&old, &new, &statuses);
+        warnings.extend(blast::lowered(
+            &old,
+            &new,
+            &statuses,
+            self.ctx.confirm_nodes,
+        ));
         Ok(Plan {
             changes: changes.clone(),
             writes,
@@ -171,6 +189,7 @@ impl AdminService {
             }
             after.insert(p.name.clone(), p);
         }
+        blast::ambiguous(&after)?;
         let plan = self.plan(after).await?;
         self.carry_out(&caller, "policies.apply", plan, req.dry_run, req.confirm)
             .await
@@ -204,7 +223,8 @@ impl AdminService {
 
     async fn list_pins(&self, req: pb::ListRequest) -> Result<pb::PinList, Status> {
         let mut conn = self.ctx.db.pool.acquire().await.map_err(storage)?;
-        let peer = (!req.name.is_empty()).then_some(req.name.as_str());
+        let name = crate::peer::canonical(&req.name);
+        let peer = (!req.name.is_empty()).then_some(name.as_str());
         let all = pins::observed(&mut conn, peer).await.map_err(storage)?;
         let mut rows = Vec::new();
         for (peer, keys) in &all {
@@ -228,6 +248,8 @@ impl AdminService {
         state: PinState,
         next: String,
     ) -> Result<pb::ApplyReply, Status> {
+        // Stored as reports are, so a decision and the reports it rules on meet.
+        let peer = crate::peer::canonical(&peer);
         let check = pb::FleetPin {
             peer: peer.clone(),
             spki: spki.clone(),
@@ -293,7 +315,10 @@ impl AdminService {
                 "name a peer (host:port), or --all",
             ));
         }
-        let peer = req.peer.clone();
+        let peer = match req.peer.as_str() {
+            "" => String::new(),
+            p => crate::peer::canonical(p),
+        };
         let corroboration = self.ctx.corroboration;
         let state_ref = &self.ctx.state;
         let detail = if req.all {
@@ -400,7 +425,8 @@ impl AdminService {
         if key.requires.is_empty() {
             key.requires.push("node-key.v1".into());
         }
-        let revision = enroll::register(&self.ctx, &caller, key.clone()).await?;
+        let revision =
+            enroll::register(&self.ctx, &caller, "nodes.register", key.clone(), "").await?;
         Ok(pb::ApplyReply {
             revision,
             changes: vec![change("node", &key.name, "registered")],
@@ -417,9 +443,18 @@ impl AdminService {
             return Err(Status::not_found(format!("no node named `{}`", req.name)));
         }
         let name = req.name.clone();
-        let m = self.ctx.begin().await?;
-        let detail = format!("node/{name}");
-        let writes = Some(vec![Write::Delete { kind: "node", name }]);
+        let mut m = self.ctx.begin().await?;
+        // Its streams are cut when this revision loads (fleet.rs); its pin reports go now.
+        let mut writes =
+            pins::forget_reporter(&mut m.tx, &self.ctx.state, &name, self.ctx.corroboration)
+                .await
+                .map_err(storage)?;
+        let detail = format!(
+            "node/{name}: key, streams and {} pin change(s) from its reports",
+            writes.len()
+        );
+        writes.push(Write::Delete { kind: "node", name });
+        let writes = Some(writes);
         let revision = self
             .ctx
             .finish(m, &caller, "nodes.delete", detail, writes)
@@ -622,7 +657,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         counted(
             "CreateEnrollToken",
-            enroll::create_token(&self.ctx, &caller, r.name, r.ttl).await,
+            enroll::create_token(&self.ctx, &caller, r).await,
         )
     }
 

@@ -27,6 +27,9 @@ struct RawControlPlane {
     /// `postgres://…`, or a path to the SQLite file.
     database: Option<String>,
     corroboration: Option<u32>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    confirm_nodes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +84,12 @@ pub struct Config {
     pub database: String,
     /// Distinct nodes that must report a key before it spreads fleet-wide.
     pub corroboration: u32,
+    /// Open connections to the listener, in all and from one source address.
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// A policy change that lowers the level for peers of more nodes than this needs
+    /// `--confirm`.
+    pub confirm_nodes: usize,
     pub admins: Vec<Admin>,
 }
 
@@ -220,6 +229,20 @@ impl Config {
         if corroboration == 0 {
             return Err(loader.error("controlplane.corroboration", "must be at least 1"));
         }
+        let max_connections = cp.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_connections_per_source = cp
+            .max_connections_per_source
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_SOURCE.min(max_connections));
+        if max_connections == 0 {
+            return Err(loader.error("controlplane.max_connections", "must be at least 1"));
+        }
+        if max_connections_per_source == 0 || max_connections_per_source > max_connections {
+            return Err(loader.error(
+                "controlplane.max_connections_per_source",
+                format!("must be between 1 and max_connections ({max_connections})"),
+            ));
+        }
+        let confirm_nodes = cp.confirm_nodes.unwrap_or(1);
         let admins = raw
             .admin
             .into_iter()
@@ -236,10 +259,18 @@ impl Config {
                 .transpose()?,
             database,
             corroboration,
+            max_connections,
+            max_connections_per_source,
+            confirm_nodes,
             admins,
         })
     }
 }
+
+/// Enough for thousands of nodes, each with one long-lived connection.
+const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Nodes behind one NAT address share this.
+const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 512;
 
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())

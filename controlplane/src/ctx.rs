@@ -27,6 +27,8 @@ pub struct Ctx {
     pub state: Arc<State>,
     pub nodes: Tracker,
     pub corroboration: u32,
+    /// A policy change lowering the level for peers of more nodes than this needs confirm.
+    pub confirm_nodes: usize,
 }
 
 pub fn unix_now() -> u64 {

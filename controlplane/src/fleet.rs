@@ -14,10 +14,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Caller, caller};
-use crate::ctx::{Ctx, storage, unix_now};
-use crate::db::to_db;
+use crate::auth::{Caller, PeerKey, caller};
+use crate::ctx::{Ctx, storage};
 use crate::metrics as m;
+use crate::peer::canonical_set;
 use crate::{enroll, pins};
 
 /// A node must say hello this soon after opening a stream.
@@ -39,12 +39,52 @@ fn node_name(caller: &Caller) -> Result<String, Status> {
     }
 }
 
+impl FleetService {
+    /// The reported pins a node may speak for: well formed, and for a peer an admin
+    /// assigned to it (CONFORMANCE J.57). Others are refused and counted.
+    fn admitted(&self, node: &str, reported: Vec<pb::LearnedPin>) -> Vec<pb::LearnedPin> {
+        let assigned: BTreeSet<String> = self
+            .ctx
+            .state
+            .get("node", node)
+            .and_then(|r| match &r.kind {
+                Some(pb::resource::Kind::Node(n)) => Some(n.peers.iter().cloned().collect()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for mut pin in reported {
+            pin.peer = crate::peer::canonical(&pin.peer);
+            let check = pb::FleetPin {
+                peer: pin.peer.clone(),
+                spki: pin.spki.clone(),
+                state: "learned".into(),
+                ..Default::default()
+            };
+            let reason = match () {
+                _ if osgate_api::validate::pin(&check).is_err() => "malformed",
+                _ if !assigned.contains(&pin.peer) => "unassigned-peer",
+                _ => {
+                    out.push(pin);
+                    continue;
+                }
+            };
+            counter!(m::PIN_REPORTS_REFUSED, "reason" => reason).increment(1);
+            tracing::warn!(node, peer = pin.peer, reason, "pin report refused");
+        }
+        out
+    }
+}
+
 type Updates = Pin<Box<dyn Stream<Item = Result<pb::Update, Status>> + Send>>;
 
 /// One node's stream.
 struct Session {
     ctx: Arc<Ctx>,
     node: String,
+    /// The key the stream was opened with: when it no longer names this node (deleted, or
+    /// registered again with another key), the stream is cut (CONFORMANCE J.58).
+    key: String,
     inbound: Streaming<pb::WatchRequest>,
     out: mpsc::Sender<Result<pb::Update, Status>>,
     /// The revision of the last update sent.
@@ -61,17 +101,46 @@ impl Session {
         self.out.send(Ok(update)).await.is_ok()
     }
 
+    /// Whether the stream's key still belongs to its node.
+    fn authorised(&self) -> bool {
+        self.ctx.state.node_named_by_key(&self.key).as_deref() == Some(self.node.as_str())
+    }
+
+    /// Ends the stream of a node that lost its registration, before it sees another update.
+    fn cut(&self) {
+        counter!(m::STREAMS_CUT).increment(1);
+        tracing::warn!(
+            node = self.node,
+            key = self.key,
+            "node stream cut: the node was deleted or its key replaced"
+        );
+        let status = Status::permission_denied(format!(
+            "node `{}` was deleted or registered with another key; this key no longer has a fleet stream",
+            self.node
+        ));
+        // Never waits on a node that stopped reading: with the queue full the stream just ends.
+        let _ = self.out.try_send(Err(status));
+    }
+
     async fn run(mut self) {
         let mut revisions = self.ctx.state.subscribe();
         revisions.mark_unchanged();
-        let snapshot = self.ctx.state.snapshot();
-        let mut open = self.send(snapshot).await;
+        let mut open = self.authorised();
+        if open {
+            let snapshot = self.ctx.state.snapshot();
+            open = self.send(snapshot).await;
+        } else {
+            self.cut();
+        }
         while open {
             tokio::select! {
                 changed = revisions.changed() => {
                     let current = *revisions.borrow_and_update();
                     open = changed.is_ok();
-                    if open && current > self.sent {
+                    if open && !self.authorised() {
+                        self.cut();
+                        open = false;
+                    } else if open && current > self.sent {
                         let update = match self.resync {
                             true => self.ctx.state.snapshot(),
                             false => self.ctx.state.delta(self.sent),
@@ -105,6 +174,12 @@ impl Fleet for FleetService {
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Updates>, Status> {
         let node = node_name(&caller(&req)?)?;
+        let key = req
+            .extensions()
+            .get::<PeerKey>()
+            .and_then(|k| k.0)
+            .map(|k| k.to_string())
+            .ok_or_else(|| Status::unauthenticated("a node stream needs the node's key"))?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::WatchRequest {
@@ -123,11 +198,12 @@ impl Fleet for FleetService {
             .map_err(storage)?;
         self.ctx
             .nodes
-            .connected(&node, hello.version, hello.peers, stored);
+            .connected(&node, hello.version, canonical_set(&hello.peers), stored);
         let (out, rx) = mpsc::channel(4);
         let session = Session {
             ctx: self.ctx.clone(),
             node,
+            key,
             inbound,
             out,
             sent: 0,
@@ -150,62 +226,16 @@ impl Fleet for FleetService {
                 "at most {MAX_REPORTED_PINS} pins per report"
             )));
         }
-        // A node speaks only for itself, and only about peers it carries traffic to.
-        let declared: BTreeSet<String> = self.ctx.nodes.peers(&node).into_iter().collect();
-        let mut accepted = 0u32;
-        let mut peers = BTreeSet::new();
-        let now = unix_now();
         if batch.pins.is_empty() {
             // Outcome counts only: kept in memory, stored with the node's status.
             return Ok(Response::new(pb::ReportReply { accepted: 0 }));
         }
-        let mut tx = self.ctx.db.pool.begin().await.map_err(storage)?;
-        for pin in batch.pins {
-            let check = pb::FleetPin {
-                peer: pin.peer.to_ascii_lowercase(),
-                spki: pin.spki.clone(),
-                state: "learned".into(),
-                ..Default::default()
-            };
-            if osgate_api::validate::pin(&check).is_err() || !declared.contains(&check.peer) {
-                tracing::warn!(
-                    node,
-                    peer = check.peer,
-                    "pin report refused: malformed, or a peer the node does not serve"
-                );
-                continue;
-            }
-            sqlx::query(
-                "INSERT INTO pin_reports (peer, spki, node, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (peer, spki, node) DO UPDATE SET last_seen = excluded.last_seen",
-            )
-            .bind(&check.peer)
-            .bind(&check.spki)
-            .bind(&node)
-            .bind(to_db(pin.first_seen.min(now)))
-            .bind(to_db(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
-            accepted += 1;
-            peers.insert(check.peer);
+        let pins = self.admitted(&node, batch.pins);
+        let accepted = u32::try_from(pins.len()).unwrap_or(u32::MAX);
+        if !pins.is_empty() {
+            pins::record(&self.ctx, &caller, &node, pins).await?;
         }
-        tx.commit().await.map_err(storage)?;
         counter!(m::PINS_REPORTED).increment(u64::from(accepted));
-        let corroboration = self.ctx.corroboration;
-        let state = &self.ctx.state;
-        for peer in peers {
-            let detail = format!("pins of {peer} after a report");
-            let mut m = self.ctx.begin().await?;
-            let writes = pins::sync_peer(&mut m.tx, state, &peer, corroboration)
-                .await
-                .map_err(storage)?;
-            let writes = (!writes.is_empty()).then_some(writes);
-            self.ctx
-                .finish(m, &caller, "pins.report", detail, writes)
-                .await?;
-        }
-        pins::count_conflicts(&self.ctx).await;
         Ok(Response::new(pb::ReportReply { accepted }))
     }
 

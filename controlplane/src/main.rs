@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod auth;
 mod blast;
+mod caps;
 mod config;
 mod ctx;
 mod db;
@@ -18,6 +19,7 @@ mod enroll;
 mod fleet;
 mod metrics;
 mod nodes;
+mod peer;
 mod pins;
 mod server;
 mod state;
@@ -125,6 +127,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .install()
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
+    crate::metrics::export_at_zero();
     let db = db::Db::open(&config.database)
         .await
         .map_err(|e| format!("database {}: {e}", redact(&config.database)))?;
@@ -133,6 +136,7 @@ async fn serve(config: Config) -> Result<(), String> {
         state: Arc::new(state::State::new()),
         nodes: nodes::Tracker::default(),
         corroboration: config.corroboration,
+        confirm_nodes: config.confirm_nodes,
     });
     ctx.refresh().await;
     let crypto = osgate_core::crypto::CryptoPolicy::new(
@@ -157,7 +161,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    server::serve(ctx.clone(), config.admins, listener, tls, shutdown)
+    let caps = caps::Caps::new(config.max_connections, config.max_connections_per_source);
+    server::serve(ctx.clone(), config.admins, listener, tls, caps, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     let _ = ctx.nodes.flush(&ctx.db, true).await;

@@ -16,3 +16,33 @@ pub const REQUESTS_REFUSED: &str = "osgate_cp_requests_refused_total";
 pub const PIN_CONFLICTS: &str = "osgate_cp_pin_conflicts";
 /// Counter: pins reported by nodes.
 pub const PINS_REPORTED: &str = "osgate_cp_pins_reported_total";
+/// Counter: refused enrolments, by `reason` (unknown-token, refused).
+pub const ENROLMENTS_REFUSED: &str = "osgate_cp_enrolments_refused_total";
+/// Counter: pin reports refused, by `reason` (malformed, unassigned-peer).
+pub const PIN_REPORTS_REFUSED: &str = "osgate_cp_pin_reports_refused_total";
+/// Counter: connections closed before TLS, by `reason` (global, per-source).
+pub const CONNECTIONS_REFUSED: &str = "osgate_cp_connections_refused_total";
+/// Gauge: open connections to the gRPC listener.
+pub const CONNECTIONS: &str = "osgate_cp_connections";
+/// Counter: node streams cut because the node was deleted or its key replaced.
+pub const STREAMS_CUT: &str = "osgate_cp_node_streams_cut_total";
+
+/// Every counter with fixed labels, at 0 from start: an `increase()` alert sees the first
+/// event.
+pub fn export_at_zero() {
+    let fixed: [(&str, &[&str]); 4] = [
+        (ENROLMENTS_REFUSED, &["unknown-token", "refused"]),
+        (PIN_REPORTS_REFUSED, &["malformed", "unassigned-peer"]),
+        (CONNECTIONS_REFUSED, &["global", "per-source"]),
+        (STREAMS_CUT, &[]),
+    ];
+    for (name, reasons) in fixed {
+        if reasons.is_empty() {
+            metrics::counter!(name).absolute(0);
+        }
+        for reason in reasons {
+            metrics::counter!(name, "reason" => *reason).absolute(0);
+        }
+    }
+    metrics::gauge!(CONNECTIONS).set(0.0);
+}

@@ -145,21 +145,13 @@ impl Tracker {
                 if s.outcomes.len() >= MAX_OUTCOME_KINDS && !s.outcomes.contains_key(&key) {
                     continue;
                 }
-                *s.outcomes.entry(key).or_default() += c.count;
+                let total = s.outcomes.entry(key).or_default();
+                // A node's counts are input: saturate, never wrap or panic.
+                *total = total.saturating_add(c.count);
                 accepted += 1;
             }
         });
         accepted
-    }
-
-    /// The peers `node` said it carries traffic to.
-    pub fn peers(&self, node: &str) -> Vec<String> {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner
-            .nodes
-            .get(node)
-            .map(|s| s.peers.clone())
-            .unwrap_or_default()
     }
 
     /// Writes changed statuses; with `heartbeat`, also refreshes `last_seen` of every
@@ -252,4 +244,26 @@ async fn stored_where(db: &Db, node: &str) -> Result<HashMap<String, Status>, sq
         out.insert(r.try_get(0)?, status);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_counts_saturate_instead_of_wrapping() {
+        let tracker = Tracker::default();
+        let count = |count| osgate_api::pb::OutcomeCount {
+            direction: "outbound".into(),
+            level: "encrypted".into(),
+            method: "none".into(),
+            reason: "ok".into(),
+            count,
+        };
+        assert_eq!(tracker.add_outcomes("n", &[count(u64::MAX - 1)]), 1);
+        assert_eq!(tracker.add_outcomes("n", &[count(5)]), 1);
+        let inner = tracker.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let total = inner.nodes["n"].outcomes["outbound encrypted none ok"];
+        assert_eq!(total, u64::MAX);
+    }
 }

@@ -4,14 +4,17 @@
 //! an operator can approve or revoke any key. Conflicting keys are kept side by side and
 //! shown, never resolved by whoever wrote last.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use osgate_api::pb::{self, resource::Kind};
 use osgate_api::validate::pin_name;
 use osgate_core::fleet::PinState;
 use sqlx::Row;
+use tonic::Status;
 
-use crate::db::{Tx, Write};
+use crate::auth::Caller;
+use crate::ctx::{Ctx, storage, unix_now};
+use crate::db::{Tx, Write, to_db};
 use crate::state::State;
 
 /// What storage holds about one key of one peer.
@@ -29,7 +32,10 @@ pub struct Standing {
     pub conflict: bool,
 }
 
-/// The standing of every key of one peer.
+/// The standing of every key of one peer. A key is established once `corroboration`
+/// nodes reported it; another key below that (one dissenting reporter) raises a conflict
+/// for an operator but does not take an established key away from the fleet (CONFORMANCE
+/// J.57). Two established keys, or none, and neither spreads.
 pub fn standings(
     peer: &str,
     keys: &BTreeMap<String, Observed>,
@@ -37,16 +43,18 @@ pub fn standings(
 ) -> Vec<Standing> {
     let revoked = |o: &Observed| matches!(o.decision, Some((PinState::Revoked, _)));
     let approved = |o: &Observed| matches!(o.decision, Some((PinState::Approved, _)));
+    let enough =
+        |o: &Observed| u32::try_from(o.reporters.len()).unwrap_or(u32::MAX) >= corroboration;
     let live = keys.values().filter(|o| !revoked(o)).count();
+    let established = keys.values().filter(|o| !revoked(o) && enough(o)).count();
     let any_approved = keys.values().any(approved);
     let conflict = live > 1 && !any_approved;
     keys.iter()
         .map(|(spki, o)| {
-            let enough = u32::try_from(o.reporters.len()).unwrap_or(u32::MAX) >= corroboration;
             let (state, next) = match &o.decision {
                 Some((state, next)) => (*state, next.clone()),
                 // With an approved key, the operator has spoken for this peer.
-                None if enough && !conflict && !any_approved => {
+                None if enough(o) && established == 1 && !any_approved => {
                     (PinState::Corroborated, String::new())
                 }
                 None => (PinState::Learned, String::new()),
@@ -152,6 +160,106 @@ pub async fn sync_peer(
     Ok(writes)
 }
 
+/// What the audit log says about one peer's keys: key, state, conflict, reporters.
+async fn summary(
+    conn: &mut sqlx::AnyConnection,
+    peer: &str,
+    corroboration: u32,
+) -> Result<String, sqlx::Error> {
+    let all = observed(conn, Some(peer)).await?;
+    let Some(keys) = all.get(peer) else {
+        return Ok(String::new());
+    };
+    let rows: Vec<String> = standings(peer, keys, corroboration)
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}{} by [{}]",
+                s.pin.spki,
+                s.pin.state,
+                if s.conflict { " CONFLICT" } else { "" },
+                s.pin.reporters.join(",")
+            )
+        })
+        .collect();
+    Ok(rows.join("; "))
+}
+
+/// Stores `node`'s reports (peers already checked and canonical) and re-derives each
+/// reported peer's pins. A change of standing (a new reporter, a key corroborated, a
+/// conflict) is a revision in the audit log, with the reporting node as who.
+pub async fn record(
+    ctx: &Ctx,
+    caller: &Caller,
+    node: &str,
+    reported: Vec<pb::LearnedPin>,
+) -> Result<(), Status> {
+    let corroboration = ctx.corroboration;
+    let peers: BTreeSet<String> = reported.iter().map(|p| p.peer.clone()).collect();
+    let mut before = BTreeMap::new();
+    let mut conn = ctx.db.pool.acquire().await.map_err(storage)?;
+    for peer in &peers {
+        let was = summary(&mut conn, peer, corroboration).await;
+        before.insert(peer.clone(), was.map_err(storage)?);
+    }
+    drop(conn);
+    let now = unix_now();
+    let mut tx = ctx.db.pool.begin().await.map_err(storage)?;
+    for pin in &reported {
+        sqlx::query(
+            "INSERT INTO pin_reports (peer, spki, node, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (peer, spki, node) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(&pin.peer)
+        .bind(&pin.spki)
+        .bind(node)
+        .bind(to_db(pin.first_seen.min(now)))
+        .bind(to_db(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+    }
+    tx.commit().await.map_err(storage)?;
+    for peer in peers {
+        let mut m = ctx.begin().await?;
+        let writes = sync_peer(&mut m.tx, &ctx.state, &peer, corroboration)
+            .await
+            .map_err(storage)?;
+        let after = summary(&mut m.tx, &peer, corroboration)
+            .await
+            .map_err(storage)?;
+        let changed = before.get(&peer) != Some(&after);
+        let detail = format!("pins of {peer} after a report: {after}");
+        let writes = (changed || !writes.is_empty()).then_some(writes);
+        ctx.finish(m, caller, "pins.report", detail, writes).await?;
+    }
+    count_conflicts(ctx).await;
+    Ok(())
+}
+
+/// Forgets what `node` reported (it was deleted: its word counts no more) and returns the
+/// writes that re-derive the pins of the peers it had reported.
+pub async fn forget_reporter(
+    tx: &mut Tx<'static>,
+    state: &State,
+    node: &str,
+    corroboration: u32,
+) -> Result<Vec<Write>, sqlx::Error> {
+    let rows = sqlx::query("DELETE FROM pin_reports WHERE node = $1 RETURNING peer")
+        .bind(node)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut peers = BTreeSet::new();
+    for row in &rows {
+        peers.insert(row.try_get::<String, _>(0)?);
+    }
+    let mut writes = Vec::new();
+    for peer in peers {
+        writes.extend(sync_peer(tx, state, &peer, corroboration).await?);
+    }
+    Ok(writes)
+}
+
 /// Sets the conflicts gauge from storage.
 pub async fn count_conflicts(ctx: &crate::ctx::Ctx) {
     let Ok(mut conn) = ctx.db.pool.acquire().await else {
@@ -215,6 +323,18 @@ mod tests {
             2,
         );
         assert_eq!(s, [("learned".into(), true), ("learned".into(), true)]);
+    }
+
+    #[test]
+    fn one_dissenter_raises_a_conflict_but_keeps_an_established_key() {
+        let s = states(
+            &[
+                ("k1", observed(&["n1", "n2"], None)),
+                ("k2", observed(&["n3"], None)),
+            ],
+            2,
+        );
+        assert_eq!(s, [("corroborated".into(), true), ("learned".into(), true)]);
     }
 
     #[test]

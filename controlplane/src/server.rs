@@ -19,20 +19,25 @@ use tonic::transport::server::Connected;
 
 use crate::admin::AdminService;
 use crate::auth::{Auth, PeerKey};
+use crate::caps::{Caps, Slot};
 use crate::config::Admin;
 use crate::ctx::Ctx;
 use crate::fleet::FleetService;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A TLS connection, with the key its client presented.
-pub struct TlsIo(TlsStream<TcpStream>);
+/// A TLS connection, with the key its client presented and its place under the caps.
+pub struct TlsIo {
+    stream: TlsStream<TcpStream>,
+    /// Held while the connection lives: dropping it frees the place.
+    _slot: Slot,
+}
 
 impl Connected for TlsIo {
     type ConnectInfo = PeerKey;
 
     fn connect_info(&self) -> PeerKey {
-        let (_, session) = self.0.get_ref();
+        let (_, session) = self.stream.get_ref();
         let key = session
             .peer_certificates()
             .and_then(|chain| chain.first())
@@ -47,7 +52,7 @@ impl AsyncRead for TlsIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -57,22 +62,23 @@ impl AsyncWrite for TlsIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
-/// Accepts connections and runs their TLS handshakes off the accept loop.
+/// Accepts connections within the caps and runs their TLS handshakes off the accept loop.
 fn accept(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    caps: Arc<Caps>,
 ) -> ReceiverStream<io::Result<TlsIo>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -87,13 +93,27 @@ fn accept(
                     continue;
                 }
             };
+            let slot = match caps.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(cap) => {
+                    // Closed unread: no handshake, no allocation beyond the socket.
+                    tracing::debug!(%peer, cap, "connection over the cap closed");
+                    drop(tcp);
+                    continue;
+                }
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(TlsIo(stream))).await;
+                        let _ = tx
+                            .send(Ok(TlsIo {
+                                stream,
+                                _slot: slot,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -110,6 +130,7 @@ pub async fn serve(
     admins: Vec<Admin>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    caps: Arc<Caps>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -138,7 +159,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(admin)
         .add_service(fleet)
-        .serve_with_incoming_shutdown(accept(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(accept(listener, tls, caps), shutdown)
         .await?;
     Ok(())
 }

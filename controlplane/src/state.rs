@@ -98,14 +98,29 @@ impl State {
         self.published.send_replace(revision);
         Ok(revision)
     }
+}
 
+/// A resource as nodes receive it: a node's assigned peers stay in the control plane.
+fn distributed(r: &pb::Resource) -> pb::Resource {
+    match &r.kind {
+        Some(pb::resource::Kind::Node(n)) if !n.peers.is_empty() => pb::Resource {
+            kind: Some(pb::resource::Kind::Node(pb::NodeKey {
+                peers: Vec::new(),
+                ..n.clone()
+            })),
+        },
+        _ => r.clone(),
+    }
+}
+
+impl State {
     /// Everything live, as one snapshot update.
     pub fn snapshot(&self) -> pb::Update {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         let upserts = inner
             .resources
             .values()
-            .filter_map(|(_, r)| r.as_deref().cloned())
+            .filter_map(|(_, r)| r.as_deref().map(distributed))
             .collect();
         pb::Update {
             revision: inner.revision,
@@ -130,7 +145,7 @@ impl State {
         };
         for key in touched {
             match inner.resources.get(key) {
-                Some((_, Some(r))) => update.upserts.push(r.as_ref().clone()),
+                Some((_, Some(r))) => update.upserts.push(distributed(r)),
                 _ => update.deletes.push(pb::ResourceRef {
                     kind: key.0.clone(),
                     name: key.1.clone(),

@@ -72,7 +72,8 @@ fn fleet_node(
     extra: &str,
 ) -> (Node, Key) {
     let key = keygen(dir, name);
-    let rev = cp.register(name, &key, &[]);
+    // Assigned the peer it serves: its pin reports count for that peer only.
+    let rev = cp.register_serving(name, &key, &[], &[peer]);
     let section = cp.section(&key, &dir.join(format!("{name}.lkg")), "");
     let body = format!(
         "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"opportunistic\"\n\n{extra}\n{section}"

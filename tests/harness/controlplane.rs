@@ -88,6 +88,13 @@ impl ControlPlane {
     /// Starts a control plane in `dir` on `database` (a path for SQLite, or a PostgreSQL
     /// URL) with `extra` lines in `[controlplane]`. Its key is made once per `dir`.
     pub fn start(dir: &Path, database: &str, extra: &str) -> ControlPlane {
+        // Port 0: the control plane binds and says where, so no other test can take the
+        // port between choosing and binding it.
+        Self::start_on(dir, database, "127.0.0.1:0", extra)
+    }
+
+    /// [`ControlPlane::start`], listening on `listen`.
+    pub fn start_on(dir: &Path, database: &str, listen: &str, extra: &str) -> ControlPlane {
         let key_path = dir.join("controlplane.crt");
         let key = match key_path.exists() {
             true => Key {
@@ -101,9 +108,6 @@ impl ControlPlane {
                 key
             }
         };
-        // Port 0: the control plane binds and says where, so no other test can take the
-        // port between choosing and binding it.
-        let listen = "127.0.0.1:0";
         let metrics = free_port();
         let config = format!(
             "[controlplane]\nlisten = \"{listen}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
@@ -195,6 +199,61 @@ impl ControlPlane {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         revision(&self.admin_json(&args))
+    }
+
+    /// Registers a node by key: its key covers `addresses`, and it reports pins for `peers`.
+    pub fn register_serving(
+        &self,
+        name: &str,
+        key: &Key,
+        addresses: &[SocketAddr],
+        peers: &[SocketAddr],
+    ) -> u64 {
+        let mut args = vec![
+            "nodes".to_owned(),
+            "register".into(),
+            name.into(),
+            "--spki".into(),
+            key.pin.clone(),
+        ];
+        for a in addresses {
+            args.extend(["--address".into(), a.to_string()]);
+        }
+        for p in peers {
+            args.extend(["--peer".into(), p.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        revision(&self.admin_json(&args))
+    }
+
+    /// A one-time enrolment token for node `name`: `osgatectl nodes enroll NAME` with
+    /// `flags` (`--address`, `--peer`, `--ttl`).
+    pub fn enroll_token(&self, name: &str, flags: &[&str]) -> String {
+        let mut args = vec!["nodes", "enroll", name];
+        args.extend_from_slice(flags);
+        let out = self.ctl(Some(ADMIN_TOKEN), &args);
+        assert_eq!(out.code, 0, "osgatectl nodes enroll: {}", out.stderr);
+        out.stdout.trim().to_owned()
+    }
+
+    /// The node named `name` as `osgatectl get nodes -o json` shows it, if registered.
+    pub fn node(&self, name: &str) -> Option<Value> {
+        let nodes = self.nodes();
+        let list = nodes["nodes"].as_array()?;
+        list.iter().find(|n| n["name"] == name).cloned()
+    }
+
+    /// The audit log's actions and details, oldest first.
+    pub fn audit(&self) -> Vec<(String, String, String)> {
+        let log = self.admin_json(&["get", "audit"]);
+        let entries = log["entries"].as_array().cloned().unwrap_or_default();
+        entries
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+                (field("who"), field("action"), field("detail"))
+            })
+            .collect()
     }
 
     /// The node statuses `osgatectl get nodes` shows, and the control plane's revision.

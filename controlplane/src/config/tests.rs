@@ -97,3 +97,34 @@ fn a_postgres_url_is_kept_and_a_path_becomes_an_sqlite_url() {
     let file = load(&format!("{BASE}database = \"state/cp.db\"\n")).unwrap();
     assert!(file.database.starts_with("sqlite://") && file.database.contains("state/cp.db"));
 }
+
+#[test]
+fn connection_caps_have_defaults_and_are_checked() {
+    let config = load(BASE).unwrap();
+    assert_eq!(
+        (config.max_connections, config.max_connections_per_source),
+        (16_384, 512)
+    );
+    let low = load(&format!(
+        "{BASE}max_connections = 8\nmax_connections_per_source = 2\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (low.max_connections, low.max_connections_per_source),
+        (8, 2)
+    );
+    let small = load(&format!("{BASE}max_connections = 8\n")).unwrap();
+    assert_eq!(small.max_connections_per_source, 8);
+    let err = load(&format!(
+        "{BASE}max_connections = 2\nmax_connections_per_source = 3\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "controlplane.max_connections_per_source: must be between 1 and max_connections (2)"
+        ),
+        "{err}"
+    );
+    assert!(load(&format!("{BASE}max_connections = 0\n")).is_err());
+}

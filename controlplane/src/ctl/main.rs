@@ -81,7 +81,8 @@ enum Command {
         /// Show the changes and the peers they affect; store nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Apply a dangerous change (e.g. a global default to cleartext).
+        /// Apply a dangerous change: a global default to cleartext, or a lower level for
+        /// peers of more nodes than the control plane's `confirm_nodes`.
         #[arg(long)]
         confirm: bool,
     },
@@ -158,16 +159,30 @@ enum NodeAction {
         spki: Option<String>,
         #[arg(long, conflicts_with = "spki")]
         node_cert: Option<PathBuf>,
-        /// host:port of its inbound listeners (repeatable).
+        /// host:port of its inbound listeners (repeatable): connections to them are
+        /// authenticated by this node's key. An address of another node is refused.
         #[arg(long = "address")]
         addresses: Vec<String>,
+        /// host:port of a peer the node serves (repeatable): its pin reports are accepted
+        /// for these peers only.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
     },
-    /// Creates a one-time enrolment token for node NAME.
+    /// Creates a one-time enrolment token for node NAME. The token, not the node, decides
+    /// what the node's key covers: addresses the node advertises when it enrols are
+    /// ignored (and noted in the audit log). An address of another node is refused.
     Enroll {
         name: String,
         /// Validity in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// host:port of the node's inbound listeners (repeatable); none by default.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// host:port of a peer the node serves (repeatable): its pin reports are accepted
+        /// for these peers only.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
     },
     /// Removes a node.
     Delete { name: String },
@@ -416,6 +431,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     spki,
                     node_cert,
                     addresses,
+                    peers,
                 } => {
                     let spki = match (spki, node_cert) {
                         (Some(spki), _) => spki,
@@ -426,6 +442,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         name,
                         spki,
                         addresses,
+                        peers,
                         requires: Vec::new(),
                     };
                     let reply = admin
@@ -433,10 +450,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .await;
                     out.apply(&reply.map_err(status)?.into_inner(), false);
                 }
-                NodeAction::Enroll { name, ttl } => {
-                    let reply = admin
-                        .create_enroll_token(pb::EnrollTokenRequest { name, ttl })
-                        .await;
+                NodeAction::Enroll {
+                    name,
+                    ttl,
+                    addresses,
+                    peers,
+                } => {
+                    let request = pb::EnrollTokenRequest {
+                        name,
+                        ttl,
+                        addresses,
+                        peers,
+                    };
+                    let reply = admin.create_enroll_token(request).await;
                     out.token(&reply.map_err(status)?.into_inner());
                 }
                 NodeAction::Delete { name } => {

@@ -187,7 +187,8 @@ impl Printer {
                         .collect();
                     json!({"name": key.name, "spki": key.spki, "addresses": key.addresses, "connected": n.connected, "outcomes": outcomes,
                            "acked_revision": n.acked_revision, "nacked_revision": n.nacked_revision,
-                           "nack_error": n.nack_error, "last_seen": n.last_seen, "version": n.version, "peers": n.peers})
+                           "nack_error": n.nack_error, "last_seen": n.last_seen, "version": n.version, "peers": n.peers,
+                           "assigned_peers": key.peers})
                 })
                 .collect();
             return json_out(json!({"revision": list.revision, "nodes": items}));

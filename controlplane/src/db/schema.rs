@@ -30,6 +30,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE enroll_tokens (
          token_sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, expires BIGINT NOT NULL)",
     "ALTER TABLE node_status ADD COLUMN outcomes TEXT NOT NULL DEFAULT ''",
+    // What an enrolment token's key will cover and serve: the admin's choice, not the node's.
+    "ALTER TABLE enroll_tokens ADD COLUMN addresses TEXT NOT NULL DEFAULT '';
+     ALTER TABLE enroll_tokens ADD COLUMN peers TEXT NOT NULL DEFAULT ''",
 ];
 
 fn dialect(backend: Backend, sql: &str) -> String {
