@@ -83,28 +83,20 @@ pub fn lowered(
 /// Refuses two policies with the same selector and different levels: which one applies
 /// would depend on their names (CONFORMANCE G.49).
 pub fn ambiguous(policies: &BTreeMap<String, pb::Policy>) -> Result<(), Status> {
-    let mut seen: Vec<(&String, Rule)> = Vec::new();
-    for (name, p) in policies {
-        let Ok(rule) = osgate_api::validate::policy_fields(p) else {
-            continue;
-        };
-        if rule.report_only {
-            continue;
-        }
-        let twin = seen
-            .iter()
-            .find(|(_, r)| r.selector == rule.selector && r.level != rule.level);
-        if let Some((other, r)) = twin {
-            return Err(Status::invalid_argument(format!(
-                "policy/{other} and policy/{name} both match `{}` with different levels ({} and {}); keep one",
-                p.r#match,
-                r.level.as_str(),
-                rule.level.as_str()
-            )));
-        }
-        seen.push((name, rule));
-    }
-    Ok(())
+    let rules: Vec<(&String, &pb::Policy, Rule)> = policies
+        .iter()
+        .filter_map(|(name, p)| Some((name, p, osgate_api::validate::policy_fields(p).ok()?)))
+        .collect();
+    let Some((i, j)) = osgate_core::policy::ambiguous(rules.iter().map(|(_, _, r)| r)) else {
+        return Ok(());
+    };
+    let ((first, p, a), (second, _, b)) = (&rules[i], &rules[j]);
+    Err(Status::invalid_argument(format!(
+        "policy/{first} and policy/{second} both match `{}` with different levels ({} and {}); keep one",
+        p.r#match,
+        a.level.as_str(),
+        b.level.as_str()
+    )))
 }
 
 /// Peers whose enforced control-plane rule differs between `before` and `after`, over the

@@ -245,6 +245,22 @@ impl Rule {
     }
 }
 
+/// The first two enforced rules with the same selector and different levels, by index: which
+/// one applies would depend on their order, so a rule set holding them is refused.
+pub fn ambiguous<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Option<(usize, usize)> {
+    let enforced: Vec<(usize, &Rule)> = rules
+        .into_iter()
+        .enumerate()
+        .filter(|(_, r)| !r.report_only)
+        .collect();
+    enforced.iter().enumerate().find_map(|(k, (j, later))| {
+        enforced[..k]
+            .iter()
+            .find(|(_, r)| r.selector == later.selector && r.level != later.level)
+            .map(|(i, _)| (*i, *j))
+    })
+}
+
 /// The rules of a node, in file order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicySet {

@@ -297,6 +297,16 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, p)| self.rule(i, p))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some((i, j)) = osgate_core::policy::ambiguous(&policy) {
+            let levels = (policy[i].level.as_str(), policy[j].level.as_str());
+            return Err(self.error(
+                format!("policy[{j}]"),
+                format!(
+                    "matches the same peers as policy[{i}] with another level ({} and {}); keep one",
+                    levels.0, levels.1
+                ),
+            ));
+        }
         // TOFU and the ratchet are on unless `[tofu]` turns both off.
         let tofu = file.tofu.unwrap_or_default();
         if tofu.ratchet_hours > MAX_RATCHET_HOURS {

@@ -197,3 +197,20 @@ mod report_only_invariant {
         }
     }
 }
+
+#[test]
+fn rules_with_one_selector_and_two_levels_are_ambiguous() {
+    let rules = [
+        rule("a", "*.b.test", Level::Encrypt, false),
+        rule("b", "x.test", Level::Deny, false),
+        rule("c", "*.B.test.", Level::Encrypt, false),
+        rule("d", "*.b.test", Level::Cleartext, true),
+    ];
+    assert_eq!(ambiguous(&rules), None, "same level, or only reported");
+    let clash = [
+        rules[0].clone(),
+        rules[1].clone(),
+        rule("e", "*.b.test", Level::Cleartext, false),
+    ];
+    assert_eq!(ambiguous(&clash), Some((0, 2)));
+}

@@ -68,6 +68,11 @@ fn errors_name_file_key_and_reason() {
     let huge = format!("{OUT}[tofu]\nratchet_hours = {}\n", u64::MAX / 1000);
     let err = parse(&huge).unwrap_err();
     assert_eq!(err.key, "tofu.ratchet_hours", "{err}");
+    let twins = "[[policy]]\nmatch = \"*.b.test\"\nlevel = \"encrypt\"\n[[policy]]\nmatch = \"*.B.test.\"\nlevel = \"cleartext\"\n";
+    let err = parse(&format!("{OUT}{twins}")).unwrap_err();
+    assert_eq!(err.key, "policy[1]", "{err}");
+    let same_level = twins.replace("cleartext", "encrypt");
+    parse(&format!("{OUT}{same_level}")).unwrap();
 }
 
 #[test]
