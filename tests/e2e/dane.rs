@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::Path;
 
 use osgate_tests::certs::{self, Pem};
-use osgate_tests::dns::{Testbed, Zones, spki_sha256_hex};
-use osgate_tests::faulty_dns::FaultyDns;
+use osgate_tests::dns::{Signing, Testbed, Zones, spki_sha256_hex};
+use osgate_tests::faulty_dns::{Fault, FaultyDns, TLSA};
 use osgate_tests::node::free_port;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
@@ -26,6 +26,8 @@ per_driver!(
     unanswered_lookups_refuse_and_are_never_read_as_no_tlsa,
     tlsa_servfail_refuses_and_is_never_read_as_no_tlsa,
     dane_required_without_validation_is_refused,
+    a_zone_signed_by_two_zsks_is_authenticated_dane,
+    a_peer_without_tls_whose_tlsa_two_zsks_sign_is_refused_never_cleartext,
 );
 
 fn tlsa(port: u16, host: &str, data: &str) -> String {
@@ -382,16 +384,14 @@ fn tlsa_servfail_refuses_and_is_never_read_as_no_tlsa(io: Io) {
     };
     let dns = Testbed::start(dir.path(), &zones);
     // The resolver answers everything but TLSA (type 52), which gets SERVFAIL.
-    let faulty = FaultyDns::start(dns.addr, 52);
-    let config = dns
-        .config()
-        .replace(&dns.addr.to_string(), &faulty.addr.to_string());
+    let faulty = FaultyDns::start(dns.addr, Fault::Servfail(TLSA));
+    let config = dns.config_via(faulty.addr);
     let mut node = node(dir.path(), io, &format!("mx.test:{port}"), &config, "");
     assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
     assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     outcome(&mut node, "refused", "none", "dns-lookup-failed", "failed");
     assert!(
-        faulty.servfails() >= 1,
+        faulty.faults() >= 1,
         "the TLSA query was made, after a secure address"
     );
     assert!(
@@ -426,5 +426,90 @@ fn dane_required_without_validation_is_refused(io: Io) {
     assert!(
         reason == "dane-required" || reason == "dnssec-invalid",
         "{out}"
+    );
+}
+
+/// A peer that speaks no TLS, and a node to it, named `host`, with the zones built from its
+/// port.
+struct PlainCase {
+    _dir: tempfile::TempDir,
+    plain: Server<Vec<u8>>,
+    _dns: Testbed,
+    node: Node,
+}
+
+fn plain_case(io: Io, host: &str, zones: impl FnOnce(u16) -> Zones) -> PlainCase {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(|mut s| {
+        let _ = s.write_all(b"220 plain\r\n");
+        peers::record(s)
+    });
+    let port = plain.addr.port();
+    let dns = Testbed::start(dir.path(), &zones(port));
+    let node = node(dir.path(), io, &format!("{host}:{port}"), &dns.config(), "");
+    PlainCase {
+        _dir: dir,
+        plain,
+        _dns: dns,
+        node,
+    }
+}
+
+impl PlainCase {
+    /// The client's secret reached nobody: no reply, the peer saw nothing of it on the
+    /// attempt at TLS, and there was no second, cleartext attempt.
+    fn assert_refused_after_trying_tls(&mut self) {
+        assert_eq!(peers::call(self.node.addr("outbound[0]"), b"SECRET\n"), b"");
+        assert!(!self.plain.result().windows(6).any(|w| w == b"SECRET"));
+        assert!(
+            self.plain.try_result().is_none(),
+            "never retried in cleartext"
+        );
+    }
+}
+
+fn matching_tlsa_signed_as(signing: Signing) -> impl FnOnce(u16, &Pem) -> Zones {
+    move |port, pem| Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &spki_sha256_hex(pem)),
+        ],
+        signing,
+        ..Zones::default()
+    }
+}
+
+/// RFC 6781 §4.1.1.2: during a double-signature rollover every RRset carries two RRSIGs; the
+/// resolver validates with one and leaves the other unmarked.
+fn a_zone_signed_by_two_zsks_is_authenticated_dane(io: Io) {
+    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(Signing::two_zsks()));
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "two signatures");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
+    );
+}
+
+/// The critical case: read as "insecure", this peer's payload went out in cleartext.
+fn a_peer_without_tls_whose_tlsa_two_zsks_sign_is_refused_never_cleartext(io: Io) {
+    let mut case = plain_case(io, "mx.test", |port| Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"ab".repeat(32)),
+        ],
+        signing: Signing::two_zsks(),
+        ..Zones::default()
+    });
+    case.assert_refused_after_trying_tls();
+    outcome(
+        &mut case.node,
+        "refused",
+        "none",
+        "peer-no-tls",
+        "secure-usable",
     );
 }

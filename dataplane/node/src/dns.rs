@@ -13,7 +13,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 
 use crate::config::DnsConfig;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use osgate_core::dane::{Tlsa, TlsaSet};
 
@@ -124,9 +124,9 @@ impl Dns {
     pub async fn self_test(&self, zone: &str) -> bool {
         match self.resolver.lookup(fqdn(zone), RecordType::SOA).await {
             Ok(lookup) => {
-                let proofs: Vec<Proof> = lookup.answers().iter().map(|r| r.proof).collect();
-                tracing::debug!(target: "osgate::dns", zone, ?proofs, "DNSSEC self-test");
-                !proofs.is_empty() && proofs.iter().all(|p| *p == Proof::Secure)
+                let verdict = rrset_proof(kinds(lookup.answers()), &[RecordType::SOA]);
+                tracing::debug!(target: "osgate::dns", zone, ?verdict, "DNSSEC self-test");
+                verdict == Verdict::Secure
             }
             Err(e) => {
                 tracing::debug!(target: "osgate::dns", zone, error = %e, "DNSSEC self-test failed");
@@ -143,10 +143,15 @@ impl Dns {
             .await
             .map_err(|e| failed(&e))?;
         let records = lookup.as_lookup().answers();
-        if records.iter().any(|r| r.proof == Proof::Bogus) {
-            return Err(Dane::Failed { bogus: true });
-        }
-        let secure = !records.is_empty() && records.iter().all(|r| r.proof == Proof::Secure);
+        let secure = match rrset_proof(kinds(records), &[RecordType::A, RecordType::AAAA]) {
+            Verdict::Secure => true,
+            Verdict::Insecure => false,
+            Verdict::Bogus => return Err(Dane::Failed { bogus: true }),
+            verdict => {
+                tracing::debug!(target: "osgate::dns", host, ?verdict, "address data not validated");
+                return Err(Dane::Failed { bogus: false });
+            }
+        };
         let expanded = records
             .iter()
             .find(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)))
@@ -192,13 +197,19 @@ impl Dns {
             Err(e) => return negative(&e),
         };
         let answers = lookup.answers();
-        if answers.iter().any(|r| r.proof == Proof::Bogus) {
-            return Dane::Failed { bogus: true };
-        }
-        if !answers.iter().all(|r| r.proof == Proof::Secure) {
-            return Dane::NotApplicable {
-                why: "insecure-tlsa",
-            };
+        match rrset_proof(kinds(answers), &[RecordType::TLSA]) {
+            Verdict::Secure => {}
+            Verdict::Insecure => {
+                return Dane::NotApplicable {
+                    why: "insecure-tlsa",
+                };
+            }
+            Verdict::Bogus => return Dane::Failed { bogus: true },
+            // Data that could not be validated is a failed lookup, never "insecure" (C.16).
+            verdict => {
+                tracing::debug!(target: "osgate::dns", base, ?verdict, "TLSA data not validated");
+                return Dane::Failed { bogus: false };
+            }
         }
         let records: Vec<Tlsa> = answers
             .iter()
@@ -212,9 +223,6 @@ impl Dns {
                 _ => None,
             })
             .collect();
-        if records.is_empty() {
-            return Dane::NotApplicable { why: "no-tlsa" };
-        }
         Dane::Records {
             set: TlsaSet::classify(&records),
             base: base.to_owned(),
@@ -230,6 +238,61 @@ pub struct Addresses {
     pub secure: bool,
     /// The owner name of the address records (the CNAME-expanded name).
     pub expanded: Option<String>,
+}
+
+/// What DNSSEC says about the data of an answer: the records of the queried types and the
+/// CNAMEs leading to them (RFC 4035 §5.3: signatures validate RRsets, and hickory marks only
+/// the RRSIG it used, so RRSIGs carry no verdict of their own; CONFORMANCE C.54).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Every record validated.
+    Secure,
+    /// Proven unsigned: the data, or a CNAME on the way to it (a secure record reached
+    /// through an unsigned alias proves nothing about the name asked for).
+    Insecure,
+    /// A record failed validation.
+    Bogus,
+    /// A record was not validated (`Indeterminate`), or the data disagrees with itself.
+    Unvalidated,
+    /// No record of the queried types.
+    Empty,
+}
+
+/// The verdict on `records` (type, proof), for data of the `wanted` types.
+fn rrset_proof(
+    records: impl IntoIterator<Item = (RecordType, Proof)>,
+    wanted: &[RecordType],
+) -> Verdict {
+    let (mut data, mut secure_data) = (0, 0);
+    let (mut insecure_chain, mut unvalidated) = (false, false);
+    for (kind, proof) in records {
+        let is_data = wanted.contains(&kind);
+        if !is_data && kind != RecordType::CNAME {
+            continue;
+        }
+        match proof {
+            Proof::Bogus => return Verdict::Bogus,
+            Proof::Secure => secure_data += usize::from(is_data),
+            Proof::Insecure => insecure_chain = true,
+            _ => unvalidated = true,
+        }
+        data += usize::from(is_data);
+    }
+    if unvalidated {
+        return Verdict::Unvalidated;
+    }
+    match (data, secure_data) {
+        (0, _) => Verdict::Empty,
+        (n, s) if s == n && !insecure_chain => Verdict::Secure,
+        (_, 0) => Verdict::Insecure,
+        // Secure data behind an unsigned CNAME: the alias could say anything.
+        (n, s) if s == n => Verdict::Insecure,
+        _ => Verdict::Unvalidated,
+    }
+}
+
+fn kinds(records: &[Record]) -> impl Iterator<Item = (RecordType, Proof)> + '_ {
+    records.iter().map(|r| (r.record_type(), r.proof))
 }
 
 fn fqdn(name: &str) -> String {
@@ -283,5 +346,133 @@ mod resolv_conf_tests {
                 "[::1]:53".parse().unwrap()
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+    use RecordType::{A, AAAA, CNAME, RRSIG, TLSA, TXT};
+
+    const PROOFS: [Proof; 4] = [
+        Proof::Secure,
+        Proof::Insecure,
+        Proof::Bogus,
+        Proof::Indeterminate,
+    ];
+
+    /// Every answer of up to `len` records over `kinds` and the four proofs.
+    fn answers(kinds: &[RecordType], len: usize) -> Vec<Vec<(RecordType, Proof)>> {
+        let one: Vec<_> = kinds
+            .iter()
+            .flat_map(|k| PROOFS.iter().map(move |p| (*k, *p)))
+            .collect();
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|a: &Vec<_>| {
+                    one.iter().map(move |r| {
+                        let mut a = a.clone();
+                        a.push(*r);
+                        a
+                    })
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    /// The rule, stated over the counted records as a whole.
+    fn oracle(answer: &[(RecordType, Proof)]) -> Verdict {
+        let counted: Vec<_> = answer
+            .iter()
+            .filter(|(k, _)| *k == A || *k == CNAME)
+            .collect();
+        let data: Vec<_> = counted.iter().filter(|(k, _)| *k == A).collect();
+        if counted.iter().any(|(_, p)| *p == Proof::Bogus) {
+            Verdict::Bogus
+        } else if counted.iter().any(|(_, p)| *p == Proof::Indeterminate) {
+            Verdict::Unvalidated
+        } else if data.is_empty() {
+            Verdict::Empty
+        } else if counted.iter().all(|(_, p)| *p == Proof::Secure) {
+            Verdict::Secure
+        } else if data.iter().all(|(_, p)| *p == Proof::Secure)
+            || data.iter().all(|(_, p)| *p == Proof::Insecure)
+        {
+            Verdict::Insecure
+        } else {
+            Verdict::Unvalidated
+        }
+    }
+
+    #[test]
+    fn every_small_answer_follows_the_rule() {
+        for answer in answers(&[A, CNAME, RRSIG, TXT], 4) {
+            assert_eq!(
+                rrset_proof(answer.clone(), &[A]),
+                oracle(&answer),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn signatures_and_other_types_never_change_the_verdict() {
+        for answer in answers(&[A, CNAME, RRSIG, TXT], 4) {
+            let data: Vec<_> = answer
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k == A || *k == CNAME)
+                .collect();
+            assert_eq!(
+                rrset_proof(answer.clone(), &[A]),
+                rrset_proof(data, &[A]),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_order_of_records_does_not_matter() {
+        for answer in answers(&[A, CNAME], 3) {
+            let reversed: Vec<_> = answer.iter().rev().copied().collect();
+            assert_eq!(
+                rrset_proof(answer.clone(), &[A]),
+                rrset_proof(reversed, &[A])
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_signature_left_indeterminate_keeps_the_rrset_secure() {
+        // RFC 6781 §4.1.1.2: double-signature rollover; hickory marks only the RRSIG it used.
+        let answer = [
+            (TLSA, Proof::Secure),
+            (RRSIG, Proof::Secure),
+            (RRSIG, Proof::Indeterminate),
+        ];
+        assert_eq!(rrset_proof(answer, &[TLSA]), Verdict::Secure);
+    }
+
+    #[test]
+    fn unvalidated_data_is_never_insecure() {
+        for p in [Proof::Secure, Proof::Insecure] {
+            let answer = [(CNAME, p), (A, Proof::Indeterminate), (AAAA, Proof::Secure)];
+            assert_eq!(rrset_proof(answer, &[A, AAAA]), Verdict::Unvalidated);
+        }
+    }
+
+    #[test]
+    fn an_alias_chain_is_as_secure_as_its_least_secure_link() {
+        let secure_to_unsigned = [(CNAME, Proof::Secure), (A, Proof::Insecure)];
+        let unsigned_to_secure = [(CNAME, Proof::Insecure), (A, Proof::Secure)];
+        let secure_to_secure = [(CNAME, Proof::Secure), (A, Proof::Secure)];
+        assert_eq!(rrset_proof(secure_to_unsigned, &[A]), Verdict::Insecure);
+        assert_eq!(rrset_proof(unsigned_to_secure, &[A]), Verdict::Insecure);
+        assert_eq!(rrset_proof(secure_to_secure, &[A]), Verdict::Secure);
     }
 }
