@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use osgate_tests::certs::{self, Pem};
 use osgate_tests::dns::{Alg, Denial, Signing, Testbed, Zone, Zones, spki_sha256_hex};
@@ -40,6 +41,7 @@ per_driver!(
     a_rewritten_tlsa_answer_is_refused_never_authenticated,
     tlsa_stripped_of_its_signatures_is_refused_never_cleartext,
     addresses_stripped_of_their_signatures_are_refused_never_cleartext,
+    a_dns_phase_over_its_budget_is_refused_never_cleartext,
 );
 
 fn tlsa(port: u16, host: &str, data: &str) -> String {
@@ -775,5 +777,38 @@ fn addresses_stripped_of_their_signatures_are_refused_never_cleartext(io: Io) {
         "{out}"
     );
     assert!(case.faulty.faults() >= 1, "the A answer was stripped");
+    assert!(plain.try_result().is_none(), "nothing reached the peer");
+}
+
+/// CONFORMANCE C.24: every answer comes within the per-query timeout, but the answers a
+/// validated lookup needs (address, DNSKEY and DS up to the root, TLSA) add up to more than
+/// the connection's DNS budget. Without the budget the lookup succeeds late and, with no
+/// TLSA, the payload goes out in cleartext.
+fn a_dns_phase_over_its_budget_is_refused_never_cleartext(io: Io) {
+    let plain = Server::start(peers::record);
+    let port = plain.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let zones = Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let faulty = FaultyDns::start(dns.addr, Fault::Delay(Duration::from_millis(400)));
+    let config = dns
+        .config_via(faulty.addr)
+        .replace("timeout_ms = 1000", "timeout_ms = 2000\nbudget_ms = 1000");
+    let mut node = node(dir.path(), io, &format!("mx.test:{port}"), &config, "");
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("dns-lookup-failed")),
+        "{out}"
+    );
+    assert_eq!(
+        node.metric("osgate_cleartext_despite_policy_total", &[]),
+        0.0
+    );
     assert!(plain.try_result().is_none(), "nothing reached the peer");
 }

@@ -6,6 +6,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -52,6 +55,8 @@ impl Dane {
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
+    /// One connection's DNS phase: the address lookup and up to two TLSA bases.
+    budget: Duration,
 }
 
 /// The `nameserver` lines of /etc/resolv.conf.
@@ -117,7 +122,10 @@ impl Dns {
         .with_trust_anchor(Arc::new(anchors))
         .build()
         .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
-        Ok(Self { resolver })
+        Ok(Self {
+            resolver,
+            budget: config.budget,
+        })
     }
 
     /// Whether validation works: the trust anchor's own zone must validate as secure.
@@ -136,12 +144,14 @@ impl Dns {
     }
 
     /// Addresses of `host`, and whether they are DNSSEC-secure, with the CNAME-expanded name.
+    /// The connection's DNS budget (CONFORMANCE C.24) starts here and ends in [`Self::dane`].
     pub async fn addresses(&self, host: &str) -> Result<Addresses, Dane> {
-        let lookup = self
-            .resolver
-            .lookup_ip(fqdn(host))
-            .await
-            .map_err(|e| failed(&e))?;
+        let deadline = Instant::now() + self.budget;
+        let lookup =
+            match tokio::time::timeout_at(deadline, self.resolver.lookup_ip(fqdn(host))).await {
+                Ok(lookup) => lookup.map_err(|e| failed(&e))?,
+                Err(_) => return Err(out_of_time(host)),
+            };
         let records = lookup.as_lookup().answers();
         let secure = match rrset_proof(kinds(records), &[RecordType::A, RecordType::AAAA]) {
             Verdict::Secure => true,
@@ -161,6 +171,7 @@ impl Dns {
             ips,
             secure,
             expanded,
+            deadline,
         })
     }
 
@@ -182,7 +193,11 @@ impl Dns {
         }
         let mut last = Dane::NotApplicable { why: "no-tlsa" };
         for base in bases {
-            last = self.tlsa(&base, port).await;
+            let lookup = self.tlsa(&base, port);
+            last = match tokio::time::timeout_at(addresses.deadline, lookup).await {
+                Ok(dane) => dane,
+                Err(_) => return out_of_time(&base),
+            };
             if !matches!(last, Dane::NotApplicable { why: "no-tlsa" }) {
                 return last;
             }
@@ -238,6 +253,8 @@ pub struct Addresses {
     pub secure: bool,
     /// The owner name of the address records (the CNAME-expanded name).
     pub expanded: Option<String>,
+    /// When the connection's DNS phase must be over, TLSA lookups included.
+    deadline: Instant,
 }
 
 /// What DNSSEC says about the data of an answer: the records of the queried types and the
@@ -293,6 +310,12 @@ fn rrset_proof(
 
 fn kinds(records: &[Record]) -> impl Iterator<Item = (RecordType, Proof)> + '_ {
     records.iter().map(|r| (r.record_type(), r.proof))
+}
+
+/// The connection's DNS budget ran out (CONFORMANCE C.24): a failed lookup.
+fn out_of_time(name: &str) -> Dane {
+    tracing::debug!(target: "osgate::dns", name, "DNS budget spent");
+    Dane::Failed { bogus: false }
 }
 
 fn fqdn(name: &str) -> String {
