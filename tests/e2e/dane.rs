@@ -42,6 +42,8 @@ per_driver!(
     tlsa_stripped_of_its_signatures_is_refused_never_cleartext,
     addresses_stripped_of_their_signatures_are_refused_never_cleartext,
     a_dns_phase_over_its_budget_is_refused_never_cleartext,
+    tlsa_in_an_unsigned_zone_below_a_secure_address_is_ignored,
+    no_tlsa_in_an_unsigned_zone_below_a_secure_address_is_insecure,
 );
 
 fn tlsa(port: u16, host: &str, data: &str) -> String {
@@ -811,4 +813,46 @@ fn a_dns_phase_over_its_budget_is_refused_never_cleartext(io: Io) {
         0.0
     );
     assert!(plain.try_result().is_none(), "nothing reached the peer");
+}
+
+/// `_tcp.mx.test` delegated without a DS: the address is secure, the TLSA records are not
+/// (RFC 7672 §2.2.3: insecure TLSA records are ignored).
+fn unsigned_tcp_zone(records: Vec<String>) -> Zones {
+    Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        children: vec![Zone {
+            label: "_tcp.mx",
+            records,
+            signing: None,
+        }],
+        ..Zones::default()
+    }
+}
+
+fn tlsa_in_an_unsigned_zone_below_a_secure_address_is_ignored(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |port, _| {
+        unsigned_tcp_zone(vec![format!("_{port} IN TLSA 3 1 1 {}", "ab".repeat(32))])
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "unsigned tlsa");
+    outcome(
+        &mut case.node,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "insecure-tlsa",
+    );
+}
+
+fn no_tlsa_in_an_unsigned_zone_below_a_secure_address_is_insecure(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |_, _| unsigned_tcp_zone(Vec::new()));
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "unsigned denial");
+    outcome(
+        &mut case.node,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "insecure-tlsa",
+    );
 }

@@ -341,7 +341,16 @@ fn failed(error: &NetError) -> Dane {
 /// does not apply, anything else is a failure.
 fn negative(error: &NetError) -> Dane {
     match error {
-        NetError::Dns(DnsError::NoRecordsFound(_)) => Dane::NotApplicable { why: "no-tlsa" },
+        // The validator passed the denial; its SOA says from which kind of zone (an SOA it
+        // did not validate is a failure, C.16).
+        NetError::Dns(DnsError::NoRecordsFound(none)) => match none.soa.as_ref().map(|s| s.proof) {
+            None | Some(Proof::Secure) => Dane::NotApplicable { why: "no-tlsa" },
+            Some(Proof::Insecure) => Dane::NotApplicable {
+                why: "insecure-tlsa",
+            },
+            Some(Proof::Bogus) => Dane::Failed { bogus: true },
+            Some(_) => Dane::Failed { bogus: false },
+        },
         NetError::Dns(DnsError::Nsec { proof, .. }) => match proof {
             Proof::Secure => Dane::NotApplicable { why: "no-tlsa" },
             Proof::Insecure => Dane::NotApplicable {
