@@ -44,6 +44,7 @@ per_driver!(
     a_dns_phase_over_its_budget_is_refused_never_cleartext,
     tlsa_in_an_unsigned_zone_below_a_secure_address_is_ignored,
     no_tlsa_in_an_unsigned_zone_below_a_secure_address_is_insecure,
+    a_localhost_peer_is_insecure_not_a_failed_lookup,
 );
 
 fn tlsa(port: u16, host: &str, data: &str) -> String {
@@ -763,8 +764,9 @@ fn tlsa_stripped_of_its_signatures_is_refused_never_cleartext(io: Io) {
     assert!(plain.try_result().is_none(), "nothing reached the peer");
 }
 
-/// hickory folds a bogus A answer and a secure "no AAAA" into "no records": the reason may
-/// read `dns-lookup-failed`; either way the peer is refused.
+/// hickory's `lookup_ip` folds a bogus A answer and a secure "no AAAA" into "no records", so
+/// the reason may read `dns-lookup-failed` (asking A and AAAA apart instead meets hickory
+/// calling a CNAME to a name without AAAA bogus); either way the peer is refused.
 fn addresses_stripped_of_their_signatures_are_refused_never_cleartext(io: Io) {
     let plain = Server::start(peers::record);
     let port = plain.addr.port();
@@ -854,5 +856,20 @@ fn no_tlsa_in_an_unsigned_zone_below_a_secure_address_is_insecure(io: Io) {
         "none",
         "certificate-not-trusted",
         "insecure-tlsa",
+    );
+}
+
+/// RFC 6761 §6.3: the resolver answers localhost itself, from no zone: nothing to validate,
+/// so insecure (the opportunistic path), not a failed lookup. (Which loopback address the
+/// node reaches is not DNS's business: only the DNS verdict is checked.)
+fn a_localhost_peer_is_insecure_not_a_failed_lookup(io: Io) {
+    let mut case = plain_case(io, "localhost", |_| Zones::default());
+    let _ = peers::call(case.node.addr("outbound[0]"), b"QUIT\r\n");
+    let out = case.node.outcome("outbound");
+    assert_eq!(out["dane"], "insecure-address", "{out}");
+    let lookups = ("result", "insecure-address");
+    assert_eq!(
+        case.node.metric("osgate_dane_lookups_total", &[lookups]),
+        1.0
     );
 }

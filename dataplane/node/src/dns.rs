@@ -16,8 +16,9 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 
 use crate::config::DnsConfig;
-use hickory_resolver::proto::rr::{RData, Record, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::{Hosts, Resolver, TokioResolver};
 use osgate_core::dane::{Tlsa, TlsaSet};
 
 /// What DANE says about one peer.
@@ -57,6 +58,8 @@ pub struct Dns {
     resolver: TokioResolver,
     /// One connection's DNS phase: the address lookup and up to two TLSA bases.
     budget: Duration,
+    /// The hosts file the resolver answers from, too.
+    hosts: Arc<Hosts>,
 }
 
 /// The `nameserver` lines of /etc/resolv.conf.
@@ -125,6 +128,7 @@ impl Dns {
         Ok(Self {
             resolver,
             budget: config.budget,
+            hosts: Arc::new(Hosts::from_system().unwrap_or_default()),
         })
     }
 
@@ -153,7 +157,11 @@ impl Dns {
                 Err(_) => return Err(out_of_time(host)),
             };
         let records = lookup.as_lookup().answers();
-        let secure = match rrset_proof(kinds(records), &[RecordType::A, RecordType::AAAA]) {
+        let verdict = match self.is_local(host) {
+            true => Verdict::Insecure,
+            false => rrset_proof(kinds(records), &[RecordType::A, RecordType::AAAA]),
+        };
+        let secure = match verdict {
             Verdict::Secure => true,
             Verdict::Insecure => false,
             Verdict::Bogus => return Err(Dane::Failed { bogus: true }),
@@ -173,6 +181,19 @@ impl Dns {
             expanded,
             deadline,
         })
+    }
+
+    /// Answers from the hosts file or for localhost (RFC 6761 §6.3) come from no zone: they
+    /// are insecure, whatever their proof (never validated) says.
+    fn is_local(&self, host: &str) -> bool {
+        let Ok(name) = Name::from_ascii(fqdn(host)) else {
+            return false;
+        };
+        name.is_localhost()
+            || [RecordType::A, RecordType::AAAA].into_iter().any(|kind| {
+                let query = Query::query(name.clone(), kind);
+                self.hosts.lookup_static_host(&query).is_some()
+            })
     }
 
     /// DANE for `host`:`port` whose addresses were looked up as `addresses`
