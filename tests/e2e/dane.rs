@@ -45,6 +45,7 @@ per_driver!(
     tlsa_in_an_unsigned_zone_below_a_secure_address_is_ignored,
     no_tlsa_in_an_unsigned_zone_below_a_secure_address_is_insecure,
     a_localhost_peer_is_insecure_not_a_failed_lookup,
+    a_trust_anchor_zone_signed_by_two_zsks_passes_the_self_test,
 );
 
 fn tlsa(port: u16, host: &str, data: &str) -> String {
@@ -871,5 +872,26 @@ fn a_localhost_peer_is_insecure_not_a_failed_lookup(io: Io) {
     assert_eq!(
         case.node.metric("osgate_dane_lookups_total", &[lookups]),
         1.0
+    );
+}
+
+/// The start-up self-test reads the anchor zone's SOA, which two ZSKs sign here.
+fn a_trust_anchor_zone_signed_by_two_zsks_passes_the_self_test(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |port, pem| Zones {
+        root: Signing::two_zsks(),
+        ..matching_tlsa_signed_as(Signing::default())(port, pem)
+    });
+    assert_eq!(
+        case.node.metric("osgate_dnssec_validation_available", &[]),
+        1.0
+    );
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "validated root");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
     );
 }

@@ -30,6 +30,8 @@ pub struct Zones {
     pub secure: Vec<String>,
     /// How `test.` is signed.
     pub signing: Signing,
+    /// How the root is signed.
+    pub root: Signing,
     /// Records in the unsigned zone `ins.test.`.
     pub insecure: Vec<String>,
     /// Records in the zone `bogus.test.`.
@@ -126,8 +128,8 @@ impl Signing {
         self
     }
 
-    /// Signs `<file>` for `origin` in `dir` into `<file>.signed`; the DS records of its KSKs.
-    fn sign(&self, dir: &Path, origin: &str, file: &str) -> String {
+    /// Signs `<file>` for `origin` in `dir` into `<file>.signed`; the names of its KSKs.
+    fn sign(&self, dir: &Path, origin: &str, file: &str) -> Vec<String> {
         let mut keys = Vec::new();
         for alg in &self.ksks {
             keys.push(run(dir, "ldns-keygen", &["-a", alg.ldns(), "-k", origin]));
@@ -149,11 +151,16 @@ impl Signing {
         args.push(file);
         args.extend(keys.iter().map(String::as_str));
         run(dir, "ldns-signzone", &args);
-        let ksks = &keys[..self.ksks.len()];
-        ksks.iter()
-            .map(|k| std::fs::read_to_string(dir.join(format!("{k}.ds"))).unwrap())
-            .collect()
+        keys.truncate(self.ksks.len());
+        keys
     }
+}
+
+/// The `.<ext>` files ldns-keygen wrote for `keys`, one after the other.
+fn key_files(dir: &Path, keys: &[String], ext: &str) -> String {
+    keys.iter()
+        .map(|k| std::fs::read_to_string(dir.join(format!("{k}.{ext}"))).unwrap())
+        .collect()
 }
 
 fn run(dir: &Path, program: &str, args: &[&str]) -> String {
@@ -196,7 +203,10 @@ fn write_zone(
     std::fs::write(dir.join(file), text).unwrap();
     match signing {
         None => (file.to_owned(), String::new()),
-        Some(s) => (format!("{file}.signed"), s.sign(dir, origin, file)),
+        Some(s) => {
+            let ksks = s.sign(dir, origin, file);
+            (format!("{file}.signed"), key_files(dir, &ksks, "ds"))
+        }
     }
 }
 
@@ -244,26 +254,19 @@ impl Testbed {
             "$ORIGIN .\n$TTL 60\n. IN SOA ns.test. admin.test. 1 3600 600 86400 60\n. IN NS ns.test.\ntest. IN NS ns.test.\nns.test. IN A 127.0.0.1\n{}\n",
             test_ds.trim()
         );
-        let root_ksk = run(&dir, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", "."]);
-        let root_zsk = run(&dir, "ldns-keygen", &["-a", "ECDSAP256SHA256", "."]);
         std::fs::write(dir.join("root.zone"), root).unwrap();
-        run(
-            &dir,
-            "ldns-signzone",
-            &["-n", "root.zone", &root_ksk, &root_zsk],
-        );
+        let root_ksks = zones.root.sign(&dir, ".", "root.zone");
         served.push((".".to_owned(), "root.zone.signed".to_owned()));
 
-        // The trust anchor: the root KSK's DNSKEY, as a zone-file line with a TTL.
-        let key = std::fs::read_to_string(dir.join(format!("{root_ksk}.key"))).unwrap();
-        let dnskey = key
-            .split(';')
-            .next()
-            .unwrap()
-            .trim()
-            .replacen("\tIN\t", " 3600 IN ", 1);
+        // The trust anchor: the root KSKs' DNSKEYs, as zone-file lines with a TTL.
         let anchor = dir.join("anchor.key");
-        std::fs::write(&anchor, format!("{dnskey}\n")).unwrap();
+        let dnskeys: String = key_files(&dir, &root_ksks, "key")
+            .lines()
+            .filter_map(|line| line.split(';').next())
+            .filter(|rr| !rr.trim().is_empty())
+            .map(|rr| format!("{}\n", rr.trim().replacen("\tIN\t", " 3600 IN ", 1)))
+            .collect();
+        std::fs::write(&anchor, dnskeys).unwrap();
 
         let addr = free_port();
         let conf = dir.join("nsd.conf");
