@@ -4,10 +4,11 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use osgate_tests::certs::{self, Pem};
-use osgate_tests::dns::{Testbed, Zones, spki_sha256_hex};
-use osgate_tests::faulty_dns::FaultyDns;
+use osgate_tests::dns::{Alg, Denial, Signing, Testbed, Zone, Zones, spki_sha256_hex};
+use osgate_tests::faulty_dns::{Fault, FaultyDns, TLSA};
 use osgate_tests::node::free_port;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
@@ -26,6 +27,25 @@ per_driver!(
     unanswered_lookups_refuse_and_are_never_read_as_no_tlsa,
     tlsa_servfail_refuses_and_is_never_read_as_no_tlsa,
     dane_required_without_validation_is_refused,
+    a_zone_signed_by_two_zsks_is_authenticated_dane,
+    a_peer_without_tls_whose_tlsa_two_zsks_sign_is_refused_never_cleartext,
+    a_ksk_and_a_zsk_of_different_algorithms_authenticate_dane,
+    a_zone_in_an_algorithm_rollover_is_authenticated_dane,
+    a_peer_without_tls_in_an_algorithm_rollover_is_refused_never_cleartext,
+    secure_nsec_denial_of_tlsa_continues_down_the_ladder,
+    a_secure_alias_to_an_unsigned_zone_is_not_dane,
+    an_unsigned_alias_to_a_signed_zone_is_not_dane,
+    a_secure_alias_into_another_signed_zone_finds_the_tlsa_at_the_target,
+    a_wildcard_tlsa_in_a_signed_zone_is_authenticated_dane,
+    expired_signatures_are_refused_as_dnssec_invalid_never_cleartext,
+    a_rewritten_tlsa_answer_is_refused_never_authenticated,
+    tlsa_stripped_of_its_signatures_is_refused_never_cleartext,
+    addresses_stripped_of_their_signatures_are_refused_never_cleartext,
+    a_dns_phase_over_its_budget_is_refused_never_cleartext,
+    tlsa_in_an_unsigned_zone_below_a_secure_address_is_ignored,
+    no_tlsa_in_an_unsigned_zone_below_a_secure_address_is_insecure,
+    a_localhost_peer_is_insecure_not_a_failed_lookup,
+    a_trust_anchor_zone_signed_by_two_zsks_passes_the_self_test,
 );
 
 fn tlsa(port: u16, host: &str, data: &str) -> String {
@@ -235,6 +255,7 @@ fn bogus_zone_is_refused_as_dnssec_invalid(io: Io) {
     );
 }
 
+/// NSEC3 (RFC 5155), the testbed's default.
 fn secure_denial_of_tlsa_continues_down_the_ladder(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let plain = Server::start(|mut s| {
@@ -382,16 +403,14 @@ fn tlsa_servfail_refuses_and_is_never_read_as_no_tlsa(io: Io) {
     };
     let dns = Testbed::start(dir.path(), &zones);
     // The resolver answers everything but TLSA (type 52), which gets SERVFAIL.
-    let faulty = FaultyDns::start(dns.addr, 52);
-    let config = dns
-        .config()
-        .replace(&dns.addr.to_string(), &faulty.addr.to_string());
+    let faulty = FaultyDns::start(dns.addr, Fault::Servfail(TLSA));
+    let config = dns.config_via(faulty.addr);
     let mut node = node(dir.path(), io, &format!("mx.test:{port}"), &config, "");
     assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
     assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
     outcome(&mut node, "refused", "none", "dns-lookup-failed", "failed");
     assert!(
-        faulty.servfails() >= 1,
+        faulty.faults() >= 1,
         "the TLSA query was made, after a secure address"
     );
     assert!(
@@ -426,5 +445,453 @@ fn dane_required_without_validation_is_refused(io: Io) {
     assert!(
         reason == "dane-required" || reason == "dnssec-invalid",
         "{out}"
+    );
+}
+
+/// A peer that speaks no TLS, and a node to it, named `host`, with the zones built from its
+/// port.
+struct PlainCase {
+    _dir: tempfile::TempDir,
+    plain: Server<Vec<u8>>,
+    _dns: Testbed,
+    node: Node,
+}
+
+fn plain_case(io: Io, host: &str, zones: impl FnOnce(u16) -> Zones) -> PlainCase {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(|mut s| {
+        let _ = s.write_all(b"220 plain\r\n");
+        peers::record(s)
+    });
+    let port = plain.addr.port();
+    let dns = Testbed::start(dir.path(), &zones(port));
+    let node = node(dir.path(), io, &format!("{host}:{port}"), &dns.config(), "");
+    PlainCase {
+        _dir: dir,
+        plain,
+        _dns: dns,
+        node,
+    }
+}
+
+impl PlainCase {
+    /// The client's secret reached nobody: no reply, the peer saw nothing of it on the
+    /// attempt at TLS, and there was no second, cleartext attempt.
+    fn assert_refused_after_trying_tls(&mut self) {
+        assert_eq!(peers::call(self.node.addr("outbound[0]"), b"SECRET\n"), b"");
+        assert!(!self.plain.result().windows(6).any(|w| w == b"SECRET"));
+        assert!(
+            self.plain.try_result().is_none(),
+            "never retried in cleartext"
+        );
+    }
+
+    /// Refused before connecting, as `reason`: the peer never saw a connection.
+    fn assert_refused_before_connecting(&mut self, reason: &str) {
+        assert_eq!(peers::call(self.node.addr("outbound[0]"), b"SECRET\n"), b"");
+        let out = self.node.outcome("outbound");
+        assert_eq!(
+            (out["achieved"].as_str(), out["reason"].as_str()),
+            (Some("refused"), Some(reason)),
+            "{out}"
+        );
+        assert_eq!(
+            self.node
+                .metric("osgate_cleartext_despite_policy_total", &[]),
+            0.0
+        );
+        assert!(
+            self.plain.try_result().is_none(),
+            "nothing reached the peer"
+        );
+    }
+}
+
+fn matching_tlsa_signed_as(signing: Signing) -> impl FnOnce(u16, &Pem) -> Zones {
+    move |port, pem| Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &spki_sha256_hex(pem)),
+        ],
+        signing,
+        ..Zones::default()
+    }
+}
+
+/// RFC 6781 §4.1.1.2: during a double-signature rollover every RRset carries two RRSIGs; the
+/// resolver validates with one and leaves the other unmarked.
+fn a_zone_signed_by_two_zsks_is_authenticated_dane(io: Io) {
+    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(Signing::two_zsks()));
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "two signatures");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
+    );
+}
+
+/// The critical case: read as "insecure", this peer's payload went out in cleartext.
+fn a_peer_without_tls_whose_tlsa_two_zsks_sign_is_refused_never_cleartext(io: Io) {
+    let mut case = plain_case(io, "mx.test", |port| Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"ab".repeat(32)),
+        ],
+        signing: Signing::two_zsks(),
+        ..Zones::default()
+    });
+    case.assert_refused_after_trying_tls();
+    outcome(
+        &mut case.node,
+        "refused",
+        "none",
+        "peer-no-tls",
+        "secure-usable",
+    );
+}
+
+fn a_ksk_and_a_zsk_of_different_algorithms_authenticate_dane(io: Io) {
+    let signing = Signing::keys(&[Alg::EcdsaP256], &[Alg::Ed25519]);
+    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(signing));
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "two algorithms");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
+    );
+}
+
+fn a_zone_in_an_algorithm_rollover_is_authenticated_dane(io: Io) {
+    let signing = Signing::algorithm_rollover();
+    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(signing));
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "rolling algorithms");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
+    );
+}
+
+fn a_peer_without_tls_in_an_algorithm_rollover_is_refused_never_cleartext(io: Io) {
+    let mut case = plain_case(io, "mx.test", |port| Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"ab".repeat(32)),
+        ],
+        signing: Signing::algorithm_rollover(),
+        ..Zones::default()
+    });
+    case.assert_refused_after_trying_tls();
+    outcome(
+        &mut case.node,
+        "refused",
+        "none",
+        "peer-no-tls",
+        "secure-usable",
+    );
+}
+
+/// NSEC (RFC 4034 §4), from a zone two ZSKs sign: the denial carries two signatures too.
+fn secure_nsec_denial_of_tlsa_continues_down_the_ladder(io: Io) {
+    let mut case = plain_case(io, "mx.test", |_| Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        signing: Signing::two_zsks().denial(Denial::Nsec),
+        ..Zones::default()
+    });
+    assert_eq!(
+        peers::call(case.node.addr("outbound[0]"), b"QUIT\r\n"),
+        b"220 plain\r\n"
+    );
+    outcome(
+        &mut case.node,
+        "cleartext",
+        "none",
+        "peer-no-tls",
+        "no-tlsa",
+    );
+}
+
+/// RFC 7672 §2.2.2: an address reached through an unsigned zone is insecure, whatever signs
+/// the alias; no TLSA lookup, the opportunistic path.
+fn a_secure_alias_to_an_unsigned_zone_is_not_dane(io: Io) {
+    let mut case = openssl_case(io, "alias.test", |port, _| Zones {
+        secure: vec!["alias IN CNAME mx.ins.test.".into()],
+        insecure: mx_with_wrong_tlsa(port),
+        ..Zones::default()
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "unsigned target");
+    outcome(
+        &mut case.node,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "insecure-address",
+    );
+}
+
+/// An unsigned alias could point anywhere: the signed target does not make the name secure.
+fn an_unsigned_alias_to_a_signed_zone_is_not_dane(io: Io) {
+    let mut case = openssl_case(io, "alias.ins.test", |port, _| Zones {
+        secure: mx_with_wrong_tlsa(port),
+        insecure: vec!["alias IN CNAME mx.test.".into()],
+        ..Zones::default()
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "unsigned alias");
+    outcome(
+        &mut case.node,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "insecure-address",
+    );
+}
+
+/// The TLSA records exist only at the target, in a zone of its own signed with other keys.
+fn a_secure_alias_into_another_signed_zone_finds_the_tlsa_at_the_target(io: Io) {
+    let mut case = openssl_case(io, "alias.test", |port, pem| Zones {
+        secure: vec!["alias IN CNAME mx.sub.test.".into()],
+        children: vec![Zone {
+            label: "sub",
+            records: vec![
+                "mx IN A 127.0.0.1".into(),
+                tlsa(port, "mx", &spki_sha256_hex(pem)),
+            ],
+            signing: Some(Signing::keys(&[Alg::Ed25519], &[Alg::Ed25519])),
+        }],
+        ..Zones::default()
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "across zones");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
+    );
+}
+
+/// RFC 4035 §5.3.4: a wildcard answer validates with the proof that no closer name exists.
+fn a_wildcard_tlsa_in_a_signed_zone_is_authenticated_dane(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |_, pem| Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            format!("*._tcp.mx IN TLSA 3 1 1 {}", spki_sha256_hex(pem)),
+        ],
+        ..Zones::default()
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "wildcard");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
+    );
+}
+
+fn expired_signatures_are_refused_as_dnssec_invalid_never_cleartext(io: Io) {
+    let mut case = plain_case(io, "mx.old.test", |port| Zones {
+        children: vec![Zone {
+            label: "old",
+            records: vec![
+                "mx IN A 127.0.0.1".into(),
+                tlsa(port, "mx", &"ab".repeat(32)),
+            ],
+            signing: Some(Signing::default().expired()),
+        }],
+        ..Zones::default()
+    });
+    case.assert_refused_before_connecting("dnssec-invalid");
+}
+
+/// A node whose DNS goes through `fault`, to a peer `mx.test` with TLSA `3 1 1 <data>`.
+struct ProxiedCase {
+    _dir: tempfile::TempDir,
+    _dns: Testbed,
+    faulty: FaultyDns,
+    node: Node,
+}
+
+fn proxied_case(io: Io, port: u16, data: &str, fault: Fault, extra_dns: &str) -> ProxiedCase {
+    let dir = tempfile::tempdir().unwrap();
+    let zones = Zones {
+        secure: vec!["mx IN A 127.0.0.1".into(), tlsa(port, "mx", data)],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let faulty = FaultyDns::start(dns.addr, fault);
+    let config = format!("{}{extra_dns}", dns.config_via(faulty.addr));
+    let node = node(dir.path(), io, &format!("mx.test:{port}"), &config, "");
+    ProxiedCase {
+        _dir: dir,
+        _dns: dns,
+        faulty,
+        node,
+    }
+}
+
+fn a_rewritten_tlsa_answer_is_refused_never_authenticated(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = peer_key(dir.path());
+    let server = SServer::start(&pem, &[]);
+    let port = server.addr.port();
+    let mut case = proxied_case(io, port, &spki_sha256_hex(&pem), Fault::Rewrite(TLSA), "");
+    assert_eq!(peers::call(case.node.addr("outbound[0]"), b"SECRET\n"), b"");
+    outcome(&mut case.node, "refused", "none", "dnssec-invalid", "bogus");
+    assert!(case.faulty.faults() >= 1, "the TLSA answer was rewritten");
+}
+
+fn tlsa_stripped_of_its_signatures_is_refused_never_cleartext(io: Io) {
+    let plain = Server::start(peers::record);
+    let port = plain.addr.port();
+    let data = "ab".repeat(32);
+    let mut case = proxied_case(io, port, &data, Fault::StripSignatures(TLSA), "");
+    assert_eq!(peers::call(case.node.addr("outbound[0]"), b"SECRET\n"), b"");
+    outcome(&mut case.node, "refused", "none", "dnssec-invalid", "bogus");
+    assert!(case.faulty.faults() >= 1, "the TLSA answer was stripped");
+    assert!(plain.try_result().is_none(), "nothing reached the peer");
+}
+
+/// hickory's `lookup_ip` folds a bogus A answer and a secure "no AAAA" into "no records", so
+/// the reason may read `dns-lookup-failed` (asking A and AAAA apart instead meets hickory
+/// calling a CNAME to a name without AAAA bogus); either way the peer is refused.
+fn addresses_stripped_of_their_signatures_are_refused_never_cleartext(io: Io) {
+    let plain = Server::start(peers::record);
+    let port = plain.addr.port();
+    let data = "ab".repeat(32);
+    let mut case = proxied_case(io, port, &data, Fault::StripSignatures(1), "");
+    assert_eq!(peers::call(case.node.addr("outbound[0]"), b"SECRET\n"), b"");
+    let out = case.node.outcome("outbound");
+    assert_eq!(out["achieved"], "refused", "{out}");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason == "dnssec-invalid" || reason == "dns-lookup-failed",
+        "{out}"
+    );
+    assert!(case.faulty.faults() >= 1, "the A answer was stripped");
+    assert!(plain.try_result().is_none(), "nothing reached the peer");
+}
+
+/// CONFORMANCE C.24: every answer comes within the per-query timeout, but the answers a
+/// validated lookup needs (address, DNSKEY and DS up to the root, TLSA) add up to more than
+/// the connection's DNS budget. Without the budget the lookup succeeds late and, with no
+/// TLSA, the payload goes out in cleartext.
+fn a_dns_phase_over_its_budget_is_refused_never_cleartext(io: Io) {
+    let plain = Server::start(peers::record);
+    let port = plain.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let zones = Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(dir.path(), &zones);
+    let faulty = FaultyDns::start(dns.addr, Fault::Delay(Duration::from_millis(400)));
+    let config = dns
+        .config_via(faulty.addr)
+        .replace("timeout_ms = 1000", "timeout_ms = 2000\nbudget_ms = 1000");
+    let mut node = node(dir.path(), io, &format!("mx.test:{port}"), &config, "");
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"SECRET\n"), b"");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["reason"].as_str()),
+        (Some("refused"), Some("dns-lookup-failed")),
+        "{out}"
+    );
+    assert_eq!(
+        node.metric("osgate_cleartext_despite_policy_total", &[]),
+        0.0
+    );
+    assert!(plain.try_result().is_none(), "nothing reached the peer");
+}
+
+/// `_tcp.mx.test` delegated without a DS: the address is secure, the TLSA records are not
+/// (RFC 7672 §2.2.3: insecure TLSA records are ignored).
+fn unsigned_tcp_zone(records: Vec<String>) -> Zones {
+    Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        children: vec![Zone {
+            label: "_tcp.mx",
+            records,
+            signing: None,
+        }],
+        ..Zones::default()
+    }
+}
+
+fn tlsa_in_an_unsigned_zone_below_a_secure_address_is_ignored(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |port, _| {
+        unsigned_tcp_zone(vec![format!("_{port} IN TLSA 3 1 1 {}", "ab".repeat(32))])
+    });
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "unsigned tlsa");
+    outcome(
+        &mut case.node,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "insecure-tlsa",
+    );
+}
+
+fn no_tlsa_in_an_unsigned_zone_below_a_secure_address_is_insecure(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |_, _| unsigned_tcp_zone(Vec::new()));
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "unsigned denial");
+    outcome(
+        &mut case.node,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "insecure-tlsa",
+    );
+}
+
+/// RFC 6761 §6.3: the resolver answers localhost itself, from no zone: nothing to validate,
+/// so insecure (the opportunistic path), not a failed lookup. (Which loopback address the
+/// node reaches is not DNS's business: only the DNS verdict is checked.)
+fn a_localhost_peer_is_insecure_not_a_failed_lookup(io: Io) {
+    let mut case = plain_case(io, "localhost", |_| Zones::default());
+    let _ = peers::call(case.node.addr("outbound[0]"), b"QUIT\r\n");
+    let out = case.node.outcome("outbound");
+    assert_eq!(out["dane"], "insecure-address", "{out}");
+    let lookups = ("result", "insecure-address");
+    assert_eq!(
+        case.node.metric("osgate_dane_lookups_total", &[lookups]),
+        1.0
+    );
+}
+
+/// The start-up self-test reads the anchor zone's SOA, which two ZSKs sign here.
+fn a_trust_anchor_zone_signed_by_two_zsks_passes_the_self_test(io: Io) {
+    let mut case = openssl_case(io, "mx.test", |port, pem| Zones {
+        root: Signing::two_zsks(),
+        ..matching_tlsa_signed_as(Signing::default())(port, pem)
+    });
+    assert_eq!(
+        case.node.metric("osgate_dnssec_validation_available", &[]),
+        1.0
+    );
+    case.server
+        .send_line(case.node.addr("outbound[0]"), "validated root");
+    outcome(
+        &mut case.node,
+        "authenticated",
+        "dane",
+        "none",
+        "secure-usable",
     );
 }

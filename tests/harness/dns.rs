@@ -1,9 +1,10 @@
-//! A DNSSEC testbed on loopback: zones signed with ldns (ldns-keygen, ldns-signzone), served
-//! by nsd on a port of its own, and a trust anchor file for a root zone of its own.
+//! A DNSSEC testbed on loopback: zones signed with ldns (ldns-keygen, ldns-signzone) the ways
+//! real operators sign them, served by nsd on a port of its own, and a trust anchor file for a
+//! root zone of its own.
 //!
 //! Layout: `.` (its KSK is the trust anchor) delegates to `test.` with a DS; `test.` is
-//! signed; `ins.test.` is delegated without a DS (insecure); `bogus.test.` is signed, but the
-//! DS in `test.` names another key (bogus).
+//! signed as [`Zones::signing`] says and delegates to `ins.test.` without a DS (insecure), to
+//! `bogus.test.` with a DS naming another key (bogus), and to each of [`Zones::children`].
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -27,10 +28,139 @@ pub struct Testbed {
 pub struct Zones {
     /// Records in the signed zone `test.`.
     pub secure: Vec<String>,
+    /// How `test.` is signed.
+    pub signing: Signing,
+    /// How the root is signed.
+    pub root: Signing,
     /// Records in the unsigned zone `ins.test.`.
     pub insecure: Vec<String>,
     /// Records in the zone `bogus.test.`.
     pub bogus: Vec<String>,
+    /// More zones delegated from `test.`.
+    pub children: Vec<Zone>,
+}
+
+/// A zone `<label>.test.`, signed (with a DS in `test.`) or not.
+pub struct Zone {
+    pub label: &'static str,
+    pub records: Vec<String>,
+    pub signing: Option<Signing>,
+}
+
+/// DNSSEC algorithms (RFC 8624 §3.1: the two a signer should use today).
+#[derive(Clone, Copy, Debug)]
+pub enum Alg {
+    EcdsaP256,
+    Ed25519,
+}
+
+impl Alg {
+    fn ldns(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ECDSAP256SHA256",
+            Self::Ed25519 => "ED25519",
+        }
+    }
+}
+
+/// Authenticated denial of existence: NSEC (RFC 4034 §4) or NSEC3 (RFC 5155).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Denial {
+    Nsec,
+    #[default]
+    Nsec3,
+}
+
+/// How a zone is signed: its keys, its denial, the validity of its signatures.
+#[derive(Clone, Debug)]
+pub struct Signing {
+    ksks: Vec<Alg>,
+    zsks: Vec<Alg>,
+    denial: Denial,
+    /// Every RRset signed with every algorithm (RFC 4035 §2.2), not only by the ZSKs.
+    every_algorithm: bool,
+    /// The signatures' validity ended in the past (RFC 4034 §3.1.5).
+    expired: bool,
+}
+
+impl Default for Signing {
+    /// One ECDSA P-256 KSK and one ZSK, NSEC3.
+    fn default() -> Self {
+        Self::keys(&[Alg::EcdsaP256], &[Alg::EcdsaP256])
+    }
+}
+
+impl Signing {
+    pub fn keys(ksks: &[Alg], zsks: &[Alg]) -> Self {
+        Self {
+            ksks: ksks.to_vec(),
+            zsks: zsks.to_vec(),
+            denial: Denial::default(),
+            every_algorithm: false,
+            expired: false,
+        }
+    }
+
+    /// A double-signature ZSK rollover (RFC 6781 §4.1.1.2): every RRset signed by two ZSKs.
+    pub fn two_zsks() -> Self {
+        Self::keys(&[Alg::EcdsaP256], &[Alg::EcdsaP256, Alg::EcdsaP256])
+    }
+
+    /// An algorithm rollover (RFC 6781 §4.1.4): KSK and ZSK of both algorithms, every RRset
+    /// signed with both.
+    pub fn algorithm_rollover() -> Self {
+        Self {
+            every_algorithm: true,
+            ..Self::keys(
+                &[Alg::EcdsaP256, Alg::Ed25519],
+                &[Alg::EcdsaP256, Alg::Ed25519],
+            )
+        }
+    }
+
+    pub fn denial(mut self, denial: Denial) -> Self {
+        self.denial = denial;
+        self
+    }
+
+    pub fn expired(mut self) -> Self {
+        self.expired = true;
+        self
+    }
+
+    /// Signs `<file>` for `origin` in `dir` into `<file>.signed`; the names of its KSKs.
+    fn sign(&self, dir: &Path, origin: &str, file: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        for alg in &self.ksks {
+            keys.push(run(dir, "ldns-keygen", &["-a", alg.ldns(), "-k", origin]));
+        }
+        for alg in &self.zsks {
+            keys.push(run(dir, "ldns-keygen", &["-a", alg.ldns(), origin]));
+        }
+        // -A: the DNSKEY RRset signed by every key, as most signers do.
+        let mut args = vec!["-A"];
+        if self.denial == Denial::Nsec3 {
+            args.push("-n");
+        }
+        if self.every_algorithm {
+            args.push("-U");
+        }
+        if self.expired {
+            args.extend(["-i", "20200101000000", "-e", "20200201000000"]);
+        }
+        args.push(file);
+        args.extend(keys.iter().map(String::as_str));
+        run(dir, "ldns-signzone", &args);
+        keys.truncate(self.ksks.len());
+        keys
+    }
+}
+
+/// The `.<ext>` files ldns-keygen wrote for `keys`, one after the other.
+fn key_files(dir: &Path, keys: &[String], ext: &str) -> String {
+    keys.iter()
+        .map(|k| std::fs::read_to_string(dir.join(format!("{k}.{ext}"))).unwrap())
+        .collect()
 }
 
 fn run(dir: &Path, program: &str, args: &[&str]) -> String {
@@ -51,7 +181,7 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn zone(origin: &str, records: &[String], extra: &str) -> String {
+fn zone_text(origin: &str, records: &[String], extra: &str) -> String {
     let mut text = format!(
         "$ORIGIN {origin}\n$TTL 60\n@ IN SOA ns.test. admin.test. 1 3600 600 86400 60\n@ IN NS ns.test.\n{extra}"
     );
@@ -61,82 +191,86 @@ fn zone(origin: &str, records: &[String], extra: &str) -> String {
     text
 }
 
-fn keys(dir: &Path, origin: &str) -> (String, String) {
-    let ksk = run(dir, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", origin]);
-    let zsk = run(dir, "ldns-keygen", &["-a", "ECDSAP256SHA256", origin]);
-    (ksk, zsk)
+/// Writes the zone `origin` to `<file>` and signs it if asked: the file nsd serves, and the
+/// DS records for the parent.
+fn write_zone(
+    dir: &Path,
+    origin: &str,
+    file: &str,
+    text: &str,
+    signing: Option<&Signing>,
+) -> (String, String) {
+    std::fs::write(dir.join(file), text).unwrap();
+    match signing {
+        None => (file.to_owned(), String::new()),
+        Some(s) => {
+            let ksks = s.sign(dir, origin, file);
+            (format!("{file}.signed"), key_files(dir, &ksks, "ds"))
+        }
+    }
 }
 
 impl Testbed {
     pub fn start(dir: &Path, zones: &Zones) -> Self {
         let dir = dir.join("dns");
         std::fs::create_dir_all(&dir).unwrap();
+        // (origin, file served)
+        let mut served = Vec::new();
+        let mut delegations = String::from("ns IN A 127.0.0.1\n");
+
         // bogus.test: signed, but the parent's DS is for an unrelated key.
-        let (bogus_ksk, bogus_zsk) = keys(&dir, "bogus.test.");
-        std::fs::write(
-            dir.join("bogus.zone"),
-            zone("bogus.test.", &zones.bogus, ""),
-        )
-        .unwrap();
-        run(
+        let signing = Signing::default();
+        let text = zone_text("bogus.test.", &zones.bogus, "");
+        let (file, _) = write_zone(&dir, "bogus.test.", "bogus.zone", &text, Some(&signing));
+        served.push(("bogus.test.".to_owned(), file));
+        let decoy = run(
             &dir,
-            "ldns-signzone",
-            &["-n", "bogus.zone", &bogus_ksk, &bogus_zsk],
+            "ldns-keygen",
+            &["-a", "ECDSAP256SHA256", "-k", "bogus.test."],
         );
-        let (decoy, _) = keys(&dir, "bogus.test.");
-        let wrong_ds = std::fs::read_to_string(dir.join(format!("{decoy}.ds"))).unwrap();
+        let decoy = std::fs::read_to_string(dir.join(format!("{decoy}.ds"))).unwrap();
+        let _ = writeln!(delegations, "bogus IN NS ns.test.\n{}", decoy.trim());
 
-        std::fs::write(dir.join("ins.zone"), zone("ins.test.", &zones.insecure, "")).unwrap();
+        let text = zone_text("ins.test.", &zones.insecure, "");
+        let (file, _) = write_zone(&dir, "ins.test.", "ins.zone", &text, None);
+        served.push(("ins.test.".to_owned(), file));
+        delegations.push_str("ins IN NS ns.test.\n");
 
-        let (ksk, zsk) = keys(&dir, "test.");
-        let delegations = format!(
-            "ns IN A 127.0.0.1\nins IN NS ns.test.\nbogus IN NS ns.test.\n{}\n",
-            wrong_ds.trim()
-        );
-        std::fs::write(
-            dir.join("test.zone"),
-            zone("test.", &zones.secure, &delegations),
-        )
-        .unwrap();
-        run(&dir, "ldns-signzone", &["-n", "test.zone", &ksk, &zsk]);
-        let test_ds = std::fs::read_to_string(dir.join(format!("{ksk}.ds"))).unwrap();
+        for child in &zones.children {
+            let origin = format!("{}.test.", child.label);
+            let text = zone_text(&origin, &child.records, "");
+            let name = format!("{}.zone", child.label);
+            let (file, ds) = write_zone(&dir, &origin, &name, &text, child.signing.as_ref());
+            served.push((origin, file));
+            let _ = writeln!(delegations, "{} IN NS ns.test.\n{}", child.label, ds.trim());
+        }
+
+        let text = zone_text("test.", &zones.secure, &delegations);
+        let (file, test_ds) = write_zone(&dir, "test.", "test.zone", &text, Some(&zones.signing));
+        served.push(("test.".to_owned(), file));
 
         // A root of our own, delegating to `test.` with a DS: the trust anchor is its KSK.
-        let (root_ksk, root_zsk) = keys(&dir, ".");
         let root = format!(
             "$ORIGIN .\n$TTL 60\n. IN SOA ns.test. admin.test. 1 3600 600 86400 60\n. IN NS ns.test.\ntest. IN NS ns.test.\nns.test. IN A 127.0.0.1\n{}\n",
             test_ds.trim()
         );
         std::fs::write(dir.join("root.zone"), root).unwrap();
-        run(
-            &dir,
-            "ldns-signzone",
-            &["-n", "root.zone", &root_ksk, &root_zsk],
-        );
+        let root_ksks = zones.root.sign(&dir, ".", "root.zone");
+        served.push((".".to_owned(), "root.zone.signed".to_owned()));
 
-        // The trust anchor: the root KSK's DNSKEY, as a zone-file line with a TTL.
-        let key = std::fs::read_to_string(dir.join(format!("{root_ksk}.key"))).unwrap();
-        let dnskey = key
-            .split(';')
-            .next()
-            .unwrap()
-            .trim()
-            .replacen("\tIN\t", " 3600 IN ", 1);
+        // The trust anchor: the root KSKs' DNSKEYs, as zone-file lines with a TTL.
         let anchor = dir.join("anchor.key");
-        std::fs::write(&anchor, format!("{dnskey}\n")).unwrap();
+        let dnskeys: String = key_files(&dir, &root_ksks, "key")
+            .lines()
+            .filter_map(|line| line.split(';').next())
+            .filter(|rr| !rr.trim().is_empty())
+            .map(|rr| format!("{}\n", rr.trim().replacen("\tIN\t", " 3600 IN ", 1)))
+            .collect();
+        std::fs::write(&anchor, dnskeys).unwrap();
 
         let addr = free_port();
         let conf = dir.join("nsd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "server:\n  ip-address: {ip}@{port}\n  port: {port}\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  username: \"\"\n  chroot: \"\"\n  server-count: 1\n  verbosity: 1\nremote-control:\n  control-enable: no\nzone:\n  name: \".\"\n  zonefile: \"root.zone.signed\"\nzone:\n  name: \"test.\"\n  zonefile: \"test.zone.signed\"\nzone:\n  name: \"ins.test.\"\n  zonefile: \"ins.zone\"\nzone:\n  name: \"bogus.test.\"\n  zonefile: \"bogus.zone.signed\"\n",
-                ip = addr.ip(),
-                port = addr.port(),
-                d = dir.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, nsd_conf(&dir, addr, &served)).unwrap();
         let child = Command::new("nsd")
             .args(["-d", "-c"])
             .arg(&conf)
@@ -164,12 +298,32 @@ impl Testbed {
 
     /// The `[dns]` section pointing a node at this testbed.
     pub fn config(&self) -> String {
+        self.config_via(self.addr)
+    }
+
+    /// The `[dns]` section pointing a node at `server` (a forwarder in front of this testbed).
+    pub fn config_via(&self, server: SocketAddr) -> String {
         format!(
-            "[dns]\nservers = [\"{}\"]\ntrust_anchor = \"{}\"\ntimeout_ms = 1000\n",
-            self.addr,
+            "[dns]\nservers = [\"{server}\"]\ntrust_anchor = \"{}\"\ntimeout_ms = 1000\n",
             self.anchor.display()
         )
     }
+}
+
+fn nsd_conf(dir: &Path, addr: SocketAddr, served: &[(String, String)]) -> String {
+    let mut conf = format!(
+        "server:\n  ip-address: {ip}@{port}\n  port: {port}\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  username: \"\"\n  chroot: \"\"\n  server-count: 1\n  verbosity: 1\nremote-control:\n  control-enable: no\n",
+        ip = addr.ip(),
+        port = addr.port(),
+        d = dir.display()
+    );
+    for (origin, file) in served {
+        let _ = write!(
+            conf,
+            "zone:\n  name: \"{origin}\"\n  zonefile: \"{file}\"\n"
+        );
+    }
+    conf
 }
 
 impl Drop for Testbed {

@@ -136,6 +136,8 @@ pub struct DnsConfig {
     /// The owner of the first trust anchor: the zone the start-up self-test queries.
     pub anchor_zone: String,
     pub timeout: Duration,
+    /// One connection's whole DNS phase: addresses and up to two TLSA bases (C.24).
+    pub budget: Duration,
     /// Written in the config: validation must work at start, and a resolver that fails
     /// refuses. The implicit default tests validation in the background and, while it does
     /// not work, leaves names to the system resolver (DANE off, and the gauge says so).
@@ -150,6 +152,7 @@ impl DnsConfig {
             trust_anchor: None,
             anchor_zone: ".".into(),
             timeout: Duration::from_millis(2_000),
+            budget: Duration::from_millis(3 * 2_000),
             explicit: false,
         }
     }
@@ -548,6 +551,7 @@ impl Validator<'_> {
             trust_anchor,
             anchor_zone,
             timeout: self.duration("dns.timeout_ms", d.timeout_ms)?,
+            budget: self.dns_budget(&d)?,
             explicit: true,
         })
     }
@@ -576,6 +580,19 @@ impl Validator<'_> {
     fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
         text.parse()
             .map_err(|_| self.error(key, format!("`{text}` is not an IP address with a port")))
+    }
+
+    /// `[dns] budget_ms`; by default one timeout for the addresses and each of two TLSA bases.
+    fn dns_budget(&self, d: &raw::Dns) -> Result<Duration, ConfigError> {
+        const MAX_MS: u64 = 600_000;
+        let ms = match d.budget_ms {
+            Some(ms) if ms > MAX_MS => {
+                return Err(self.error("dns.budget_ms", "must be at most 600000 (10 minutes)"));
+            }
+            Some(ms) => ms,
+            None => d.timeout_ms.saturating_mul(3).min(MAX_MS),
+        };
+        self.duration("dns.budget_ms", ms)
     }
 
     fn duration(&self, key: &str, ms: u64) -> Result<Duration, ConfigError> {

@@ -6,6 +6,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -13,8 +16,9 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 
 use crate::config::DnsConfig;
-use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::{Hosts, Resolver, TokioResolver};
 use osgate_core::dane::{Tlsa, TlsaSet};
 
 /// What DANE says about one peer.
@@ -52,6 +56,10 @@ impl Dane {
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
+    /// One connection's DNS phase: the address lookup and up to two TLSA bases.
+    budget: Duration,
+    /// The hosts file the resolver answers from, too.
+    hosts: Arc<Hosts>,
 }
 
 /// The `nameserver` lines of /etc/resolv.conf.
@@ -117,16 +125,20 @@ impl Dns {
         .with_trust_anchor(Arc::new(anchors))
         .build()
         .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
-        Ok(Self { resolver })
+        Ok(Self {
+            resolver,
+            budget: config.budget,
+            hosts: Arc::new(Hosts::from_system().unwrap_or_default()),
+        })
     }
 
     /// Whether validation works: the trust anchor's own zone must validate as secure.
     pub async fn self_test(&self, zone: &str) -> bool {
         match self.resolver.lookup(fqdn(zone), RecordType::SOA).await {
             Ok(lookup) => {
-                let proofs: Vec<Proof> = lookup.answers().iter().map(|r| r.proof).collect();
-                tracing::debug!(target: "osgate::dns", zone, ?proofs, "DNSSEC self-test");
-                !proofs.is_empty() && proofs.iter().all(|p| *p == Proof::Secure)
+                let verdict = rrset_proof(kinds(lookup.answers()), &[RecordType::SOA]);
+                tracing::debug!(target: "osgate::dns", zone, ?verdict, "DNSSEC self-test");
+                verdict == Verdict::Secure
             }
             Err(e) => {
                 tracing::debug!(target: "osgate::dns", zone, error = %e, "DNSSEC self-test failed");
@@ -136,17 +148,28 @@ impl Dns {
     }
 
     /// Addresses of `host`, and whether they are DNSSEC-secure, with the CNAME-expanded name.
+    /// The connection's DNS budget (CONFORMANCE C.24) starts here and ends in [`Self::dane`].
     pub async fn addresses(&self, host: &str) -> Result<Addresses, Dane> {
-        let lookup = self
-            .resolver
-            .lookup_ip(fqdn(host))
-            .await
-            .map_err(|e| failed(&e))?;
+        let deadline = Instant::now() + self.budget;
+        let lookup =
+            match tokio::time::timeout_at(deadline, self.resolver.lookup_ip(fqdn(host))).await {
+                Ok(lookup) => lookup.map_err(|e| failed(&e))?,
+                Err(_) => return Err(out_of_time(host)),
+            };
         let records = lookup.as_lookup().answers();
-        if records.iter().any(|r| r.proof == Proof::Bogus) {
-            return Err(Dane::Failed { bogus: true });
-        }
-        let secure = !records.is_empty() && records.iter().all(|r| r.proof == Proof::Secure);
+        let verdict = match self.is_local(host) {
+            true => Verdict::Insecure,
+            false => rrset_proof(kinds(records), &[RecordType::A, RecordType::AAAA]),
+        };
+        let secure = match verdict {
+            Verdict::Secure => true,
+            Verdict::Insecure => false,
+            Verdict::Bogus => return Err(Dane::Failed { bogus: true }),
+            verdict => {
+                tracing::debug!(target: "osgate::dns", host, ?verdict, "address data not validated");
+                return Err(Dane::Failed { bogus: false });
+            }
+        };
         let expanded = records
             .iter()
             .find(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)))
@@ -156,7 +179,21 @@ impl Dns {
             ips,
             secure,
             expanded,
+            deadline,
         })
+    }
+
+    /// Answers from the hosts file or for localhost (RFC 6761 §6.3) come from no zone: they
+    /// are insecure, whatever their proof (never validated) says.
+    fn is_local(&self, host: &str) -> bool {
+        let Ok(name) = Name::from_ascii(fqdn(host)) else {
+            return false;
+        };
+        name.is_localhost()
+            || [RecordType::A, RecordType::AAAA].into_iter().any(|kind| {
+                let query = Query::query(name.clone(), kind);
+                self.hosts.lookup_static_host(&query).is_some()
+            })
     }
 
     /// DANE for `host`:`port` whose addresses were looked up as `addresses`
@@ -177,7 +214,11 @@ impl Dns {
         }
         let mut last = Dane::NotApplicable { why: "no-tlsa" };
         for base in bases {
-            last = self.tlsa(&base, port).await;
+            let lookup = self.tlsa(&base, port);
+            last = match tokio::time::timeout_at(addresses.deadline, lookup).await {
+                Ok(dane) => dane,
+                Err(_) => return out_of_time(&base),
+            };
             if !matches!(last, Dane::NotApplicable { why: "no-tlsa" }) {
                 return last;
             }
@@ -192,13 +233,19 @@ impl Dns {
             Err(e) => return negative(&e),
         };
         let answers = lookup.answers();
-        if answers.iter().any(|r| r.proof == Proof::Bogus) {
-            return Dane::Failed { bogus: true };
-        }
-        if !answers.iter().all(|r| r.proof == Proof::Secure) {
-            return Dane::NotApplicable {
-                why: "insecure-tlsa",
-            };
+        match rrset_proof(kinds(answers), &[RecordType::TLSA]) {
+            Verdict::Secure => {}
+            Verdict::Insecure => {
+                return Dane::NotApplicable {
+                    why: "insecure-tlsa",
+                };
+            }
+            Verdict::Bogus => return Dane::Failed { bogus: true },
+            // Data that could not be validated is a failed lookup, never "insecure" (C.16).
+            verdict => {
+                tracing::debug!(target: "osgate::dns", base, ?verdict, "TLSA data not validated");
+                return Dane::Failed { bogus: false };
+            }
         }
         let records: Vec<Tlsa> = answers
             .iter()
@@ -212,9 +259,6 @@ impl Dns {
                 _ => None,
             })
             .collect();
-        if records.is_empty() {
-            return Dane::NotApplicable { why: "no-tlsa" };
-        }
         Dane::Records {
             set: TlsaSet::classify(&records),
             base: base.to_owned(),
@@ -230,6 +274,69 @@ pub struct Addresses {
     pub secure: bool,
     /// The owner name of the address records (the CNAME-expanded name).
     pub expanded: Option<String>,
+    /// When the connection's DNS phase must be over, TLSA lookups included.
+    deadline: Instant,
+}
+
+/// What DNSSEC says about the data of an answer: the records of the queried types and the
+/// CNAMEs leading to them (RFC 4035 §5.3: signatures validate RRsets, and hickory marks only
+/// the RRSIG it used, so RRSIGs carry no verdict of their own; CONFORMANCE C.54).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Every record validated.
+    Secure,
+    /// Proven unsigned: the data, or a CNAME on the way to it (a secure record reached
+    /// through an unsigned alias proves nothing about the name asked for).
+    Insecure,
+    /// A record failed validation.
+    Bogus,
+    /// A record was not validated (`Indeterminate`), or the data disagrees with itself.
+    Unvalidated,
+    /// No record of the queried types.
+    Empty,
+}
+
+/// The verdict on `records` (type, proof), for data of the `wanted` types.
+fn rrset_proof(
+    records: impl IntoIterator<Item = (RecordType, Proof)>,
+    wanted: &[RecordType],
+) -> Verdict {
+    let (mut data, mut secure_data) = (0, 0);
+    let (mut insecure_chain, mut unvalidated) = (false, false);
+    for (kind, proof) in records {
+        let is_data = wanted.contains(&kind);
+        if !is_data && kind != RecordType::CNAME {
+            continue;
+        }
+        match proof {
+            Proof::Bogus => return Verdict::Bogus,
+            Proof::Secure => secure_data += usize::from(is_data),
+            Proof::Insecure => insecure_chain = true,
+            _ => unvalidated = true,
+        }
+        data += usize::from(is_data);
+    }
+    if unvalidated {
+        return Verdict::Unvalidated;
+    }
+    match (data, secure_data) {
+        (0, _) => Verdict::Empty,
+        (n, s) if s == n && !insecure_chain => Verdict::Secure,
+        (_, 0) => Verdict::Insecure,
+        // Secure data behind an unsigned CNAME: the alias could say anything.
+        (n, s) if s == n => Verdict::Insecure,
+        _ => Verdict::Unvalidated,
+    }
+}
+
+fn kinds(records: &[Record]) -> impl Iterator<Item = (RecordType, Proof)> + '_ {
+    records.iter().map(|r| (r.record_type(), r.proof))
+}
+
+/// The connection's DNS budget ran out (CONFORMANCE C.24): a failed lookup.
+fn out_of_time(name: &str) -> Dane {
+    tracing::debug!(target: "osgate::dns", name, "DNS budget spent");
+    Dane::Failed { bogus: false }
 }
 
 fn fqdn(name: &str) -> String {
@@ -255,7 +362,16 @@ fn failed(error: &NetError) -> Dane {
 /// does not apply, anything else is a failure.
 fn negative(error: &NetError) -> Dane {
     match error {
-        NetError::Dns(DnsError::NoRecordsFound(_)) => Dane::NotApplicable { why: "no-tlsa" },
+        // The validator passed the denial; its SOA says from which kind of zone (an SOA it
+        // did not validate is a failure, C.16).
+        NetError::Dns(DnsError::NoRecordsFound(none)) => match none.soa.as_ref().map(|s| s.proof) {
+            None | Some(Proof::Secure) => Dane::NotApplicable { why: "no-tlsa" },
+            Some(Proof::Insecure) => Dane::NotApplicable {
+                why: "insecure-tlsa",
+            },
+            Some(Proof::Bogus) => Dane::Failed { bogus: true },
+            Some(_) => Dane::Failed { bogus: false },
+        },
         NetError::Dns(DnsError::Nsec { proof, .. }) => match proof {
             Proof::Secure => Dane::NotApplicable { why: "no-tlsa" },
             Proof::Insecure => Dane::NotApplicable {
@@ -283,5 +399,133 @@ mod resolv_conf_tests {
                 "[::1]:53".parse().unwrap()
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+    use RecordType::{A, AAAA, CNAME, RRSIG, TLSA, TXT};
+
+    const PROOFS: [Proof; 4] = [
+        Proof::Secure,
+        Proof::Insecure,
+        Proof::Bogus,
+        Proof::Indeterminate,
+    ];
+
+    /// Every answer of up to `len` records over `kinds` and the four proofs.
+    fn answers(kinds: &[RecordType], len: usize) -> Vec<Vec<(RecordType, Proof)>> {
+        let one: Vec<_> = kinds
+            .iter()
+            .flat_map(|k| PROOFS.iter().map(move |p| (*k, *p)))
+            .collect();
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|a: &Vec<_>| {
+                    one.iter().map(move |r| {
+                        let mut a = a.clone();
+                        a.push(*r);
+                        a
+                    })
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    /// The rule, stated over the counted records as a whole.
+    fn oracle(answer: &[(RecordType, Proof)]) -> Verdict {
+        let counted: Vec<_> = answer
+            .iter()
+            .filter(|(k, _)| *k == A || *k == CNAME)
+            .collect();
+        let data: Vec<_> = counted.iter().filter(|(k, _)| *k == A).collect();
+        if counted.iter().any(|(_, p)| *p == Proof::Bogus) {
+            Verdict::Bogus
+        } else if counted.iter().any(|(_, p)| *p == Proof::Indeterminate) {
+            Verdict::Unvalidated
+        } else if data.is_empty() {
+            Verdict::Empty
+        } else if counted.iter().all(|(_, p)| *p == Proof::Secure) {
+            Verdict::Secure
+        } else if data.iter().all(|(_, p)| *p == Proof::Secure)
+            || data.iter().all(|(_, p)| *p == Proof::Insecure)
+        {
+            Verdict::Insecure
+        } else {
+            Verdict::Unvalidated
+        }
+    }
+
+    #[test]
+    fn every_small_answer_follows_the_rule() {
+        for answer in answers(&[A, CNAME, RRSIG, TXT], 4) {
+            assert_eq!(
+                rrset_proof(answer.clone(), &[A]),
+                oracle(&answer),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn signatures_and_other_types_never_change_the_verdict() {
+        for answer in answers(&[A, CNAME, RRSIG, TXT], 4) {
+            let data: Vec<_> = answer
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k == A || *k == CNAME)
+                .collect();
+            assert_eq!(
+                rrset_proof(answer.clone(), &[A]),
+                rrset_proof(data, &[A]),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_order_of_records_does_not_matter() {
+        for answer in answers(&[A, CNAME], 3) {
+            let reversed: Vec<_> = answer.iter().rev().copied().collect();
+            assert_eq!(
+                rrset_proof(answer.clone(), &[A]),
+                rrset_proof(reversed, &[A])
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_signature_left_indeterminate_keeps_the_rrset_secure() {
+        // RFC 6781 §4.1.1.2: double-signature rollover; hickory marks only the RRSIG it used.
+        let answer = [
+            (TLSA, Proof::Secure),
+            (RRSIG, Proof::Secure),
+            (RRSIG, Proof::Indeterminate),
+        ];
+        assert_eq!(rrset_proof(answer, &[TLSA]), Verdict::Secure);
+    }
+
+    #[test]
+    fn unvalidated_data_is_never_insecure() {
+        for p in [Proof::Secure, Proof::Insecure] {
+            let answer = [(CNAME, p), (A, Proof::Indeterminate), (AAAA, Proof::Secure)];
+            assert_eq!(rrset_proof(answer, &[A, AAAA]), Verdict::Unvalidated);
+        }
+    }
+
+    #[test]
+    fn an_alias_chain_is_as_secure_as_its_least_secure_link() {
+        let secure_to_unsigned = [(CNAME, Proof::Secure), (A, Proof::Insecure)];
+        let unsigned_to_secure = [(CNAME, Proof::Insecure), (A, Proof::Secure)];
+        let secure_to_secure = [(CNAME, Proof::Secure), (A, Proof::Secure)];
+        assert_eq!(rrset_proof(secure_to_unsigned, &[A]), Verdict::Insecure);
+        assert_eq!(rrset_proof(unsigned_to_secure, &[A]), Verdict::Insecure);
+        assert_eq!(rrset_proof(secure_to_secure, &[A]), Verdict::Secure);
     }
 }

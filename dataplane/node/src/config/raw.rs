@@ -54,6 +54,8 @@ pub(super) struct Dns {
     pub trust_anchor: Option<String>,
     #[serde(default = "dns_timeout_ms")]
     pub timeout_ms: u64,
+    /// Default: three timeouts (at most 10 minutes).
+    pub budget_ms: Option<u64>,
     /// `false` turns DANE off.
     #[serde(default = "yes")]
     pub dane: bool,
