@@ -36,6 +36,7 @@ fn full_node() -> pb::NodeKey {
         spki: "sha256/c".into(),
         addresses: vec!["10.0.0.1:7443".into()],
         requires: vec!["f".into()],
+        peers: vec!["peer.test:443".into()],
     }
 }
 

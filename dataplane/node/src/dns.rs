@@ -19,38 +19,7 @@ use crate::config::DnsConfig;
 use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::{Hosts, Resolver, TokioResolver};
-use osgate_core::dane::{Tlsa, TlsaSet};
-
-/// What DANE says about one peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dane {
-    /// DANE does not apply: `why` is a bounded label (`insecure-address`, `insecure-tlsa`,
-    /// `no-tlsa`).
-    NotApplicable { why: &'static str },
-    /// A secure TLSA RRset at `_port._tcp.<base>`.
-    Records { set: TlsaSet, base: String },
-    /// The lookup failed; `bogus` when DNSSEC validation failed (`dnssec-invalid`).
-    Failed { bogus: bool },
-}
-
-impl Dane {
-    /// The label of `osgate_dane_lookups_total{result}`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::NotApplicable { why } => why,
-            Self::Records {
-                set: TlsaSet::Usable(_),
-                ..
-            } => "secure-usable",
-            Self::Records {
-                set: TlsaSet::Unusable,
-                ..
-            } => "secure-unusable",
-            Self::Failed { bogus: true } => "bogus",
-            Self::Failed { bogus: false } => "failed",
-        }
-    }
-}
+use osgate_core::dane::{Lookup, NotApplicable, Tlsa, TlsaSet};
 
 /// The validating resolver of one worker thread.
 #[derive(Clone)]
@@ -149,7 +118,7 @@ impl Dns {
 
     /// Addresses of `host`, and whether they are DNSSEC-secure, with the CNAME-expanded name.
     /// The connection's DNS budget (CONFORMANCE C.24) starts here and ends in [`Self::dane`].
-    pub async fn addresses(&self, host: &str) -> Result<Addresses, Dane> {
+    pub async fn addresses(&self, host: &str) -> Result<Addresses, Lookup> {
         let deadline = Instant::now() + self.budget;
         let lookup =
             match tokio::time::timeout_at(deadline, self.resolver.lookup_ip(fqdn(host))).await {
@@ -164,10 +133,10 @@ impl Dns {
         let secure = match verdict {
             Verdict::Secure => true,
             Verdict::Insecure => false,
-            Verdict::Bogus => return Err(Dane::Failed { bogus: true }),
+            Verdict::Bogus => return Err(Lookup::Failed { bogus: true }),
             verdict => {
                 tracing::debug!(target: "osgate::dns", host, ?verdict, "address data not validated");
-                return Err(Dane::Failed { bogus: false });
+                return Err(Lookup::Failed { bogus: false });
             }
         };
         let expanded = records
@@ -198,11 +167,9 @@ impl Dns {
 
     /// DANE for `host`:`port` whose addresses were looked up as `addresses`
     /// (RFC 7672 §2.2.2: the CNAME-expanded name first, then the original name).
-    pub async fn dane(&self, host: &str, port: u16, addresses: &Addresses) -> Dane {
+    pub async fn dane(&self, host: &str, port: u16, addresses: &Addresses) -> Lookup {
         if !addresses.secure {
-            return Dane::NotApplicable {
-                why: "insecure-address",
-            };
+            return Lookup::NotApplicable(NotApplicable::InsecureAddress);
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let mut bases = Vec::new();
@@ -212,21 +179,21 @@ impl Dns {
         if !bases.contains(&host) {
             bases.push(host);
         }
-        let mut last = Dane::NotApplicable { why: "no-tlsa" };
+        let mut last = Lookup::NotApplicable(NotApplicable::NoTlsa);
         for base in bases {
             let lookup = self.tlsa(&base, port);
             last = match tokio::time::timeout_at(addresses.deadline, lookup).await {
                 Ok(dane) => dane,
                 Err(_) => return out_of_time(&base),
             };
-            if !matches!(last, Dane::NotApplicable { why: "no-tlsa" }) {
+            if !matches!(last, Lookup::NotApplicable(NotApplicable::NoTlsa)) {
                 return last;
             }
         }
         last
     }
 
-    async fn tlsa(&self, base: &str, port: u16) -> Dane {
+    async fn tlsa(&self, base: &str, port: u16) -> Lookup {
         let name = fqdn(&format!("_{port}._tcp.{base}"));
         let lookup = match self.resolver.lookup(name, RecordType::TLSA).await {
             Ok(lookup) => lookup,
@@ -236,15 +203,13 @@ impl Dns {
         match rrset_proof(kinds(answers), &[RecordType::TLSA]) {
             Verdict::Secure => {}
             Verdict::Insecure => {
-                return Dane::NotApplicable {
-                    why: "insecure-tlsa",
-                };
+                return Lookup::NotApplicable(NotApplicable::InsecureTlsa);
             }
-            Verdict::Bogus => return Dane::Failed { bogus: true },
+            Verdict::Bogus => return Lookup::Failed { bogus: true },
             // Data that could not be validated is a failed lookup, never "insecure" (C.16).
             verdict => {
                 tracing::debug!(target: "osgate::dns", base, ?verdict, "TLSA data not validated");
-                return Dane::Failed { bogus: false };
+                return Lookup::Failed { bogus: false };
             }
         }
         let records: Vec<Tlsa> = answers
@@ -259,7 +224,7 @@ impl Dns {
                 _ => None,
             })
             .collect();
-        Dane::Records {
+        Lookup::Records {
             set: TlsaSet::classify(&records),
             base: base.to_owned(),
         }
@@ -334,9 +299,9 @@ fn kinds(records: &[Record]) -> impl Iterator<Item = (RecordType, Proof)> + '_ {
 }
 
 /// The connection's DNS budget ran out (CONFORMANCE C.24): a failed lookup.
-fn out_of_time(name: &str) -> Dane {
+fn out_of_time(name: &str) -> Lookup {
     tracing::debug!(target: "osgate::dns", name, "DNS budget spent");
-    Dane::Failed { bogus: false }
+    Lookup::Failed { bogus: false }
 }
 
 fn fqdn(name: &str) -> String {
@@ -348,39 +313,35 @@ fn fqdn(name: &str) -> String {
 }
 
 /// An error from an address lookup.
-fn failed(error: &NetError) -> Dane {
+fn failed(error: &NetError) -> Lookup {
     match error {
-        NetError::Dns(DnsError::DnssecBogus) => Dane::Failed { bogus: true },
+        NetError::Dns(DnsError::DnssecBogus) => Lookup::Failed { bogus: true },
         NetError::Dns(DnsError::Nsec { proof, .. }) if *proof == Proof::Bogus => {
-            Dane::Failed { bogus: true }
+            Lookup::Failed { bogus: true }
         }
-        _ => Dane::Failed { bogus: false },
+        _ => Lookup::Failed { bogus: false },
     }
 }
 
 /// An error from a TLSA lookup: a secure denial means "no TLSA", an insecure one means DANE
 /// does not apply, anything else is a failure.
-fn negative(error: &NetError) -> Dane {
+fn negative(error: &NetError) -> Lookup {
     match error {
         // The validator passed the denial; its SOA says from which kind of zone (an SOA it
         // did not validate is a failure, C.16).
         NetError::Dns(DnsError::NoRecordsFound(none)) => match none.soa.as_ref().map(|s| s.proof) {
-            None | Some(Proof::Secure) => Dane::NotApplicable { why: "no-tlsa" },
-            Some(Proof::Insecure) => Dane::NotApplicable {
-                why: "insecure-tlsa",
-            },
-            Some(Proof::Bogus) => Dane::Failed { bogus: true },
-            Some(_) => Dane::Failed { bogus: false },
+            None | Some(Proof::Secure) => Lookup::NotApplicable(NotApplicable::NoTlsa),
+            Some(Proof::Insecure) => Lookup::NotApplicable(NotApplicable::InsecureTlsa),
+            Some(Proof::Bogus) => Lookup::Failed { bogus: true },
+            Some(_) => Lookup::Failed { bogus: false },
         },
         NetError::Dns(DnsError::Nsec { proof, .. }) => match proof {
-            Proof::Secure => Dane::NotApplicable { why: "no-tlsa" },
-            Proof::Insecure => Dane::NotApplicable {
-                why: "insecure-tlsa",
-            },
-            _ => Dane::Failed { bogus: true },
+            Proof::Secure => Lookup::NotApplicable(NotApplicable::NoTlsa),
+            Proof::Insecure => Lookup::NotApplicable(NotApplicable::InsecureTlsa),
+            _ => Lookup::Failed { bogus: true },
         },
-        NetError::Dns(DnsError::DnssecBogus) => Dane::Failed { bogus: true },
-        _ => Dane::Failed { bogus: false },
+        NetError::Dns(DnsError::DnssecBogus) => Lookup::Failed { bogus: true },
+        _ => Lookup::Failed { bogus: false },
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use metrics::counter;
 use osgate_core::auth::{ChainChecks, Evidence, Tofu, authenticate};
 use osgate_core::crypto::{check_dane_ta, tls_params};
-use osgate_core::dane::{Lookup, Match, NotApplicable, match_chain};
+use osgate_core::dane::{Lookup, Match, match_chain};
 use osgate_core::fleet::Fleet;
 use osgate_core::ladder::{Ladder, Step, TlsResult};
 use osgate_core::outcome::{
@@ -26,7 +26,6 @@ use tokio::time::Instant;
 
 use crate::config::Host;
 use crate::ctx::{self, Active, Node, OutboundListener, WorkerDns};
-use crate::dns::Dane;
 use crate::io::{Conn, Driver};
 use crate::metrics as m;
 use crate::store::Known;
@@ -82,7 +81,7 @@ async fn lookup(
     let addresses = match dns.dns.addresses(host).await {
         Ok(addresses) => addresses,
         Err(failed) => {
-            out.lookup = to_lookup(failed);
+            out.lookup = failed;
             return out;
         }
     };
@@ -95,24 +94,11 @@ async fn lookup(
         out.lookup = Lookup::NotValidating;
         return out;
     }
-    out.lookup = to_lookup(dns.dns.dane(host, listener.peer.port, &addresses).await);
+    out.lookup = dns.dns.dane(host, listener.peer.port, &addresses).await;
     if let Some(label) = out.lookup.label() {
         counter!(m::DANE_LOOKUPS_TOTAL, "result" => label).increment(1);
     }
     out
-}
-
-/// The resolver's answer in the core's vocabulary.
-fn to_lookup(dane: Dane) -> Lookup {
-    match dane {
-        Dane::NotApplicable { why } => Lookup::NotApplicable(match why {
-            "insecure-address" => NotApplicable::InsecureAddress,
-            "insecure-tlsa" => NotApplicable::InsecureTlsa,
-            _ => NotApplicable::NoTlsa,
-        }),
-        Dane::Records { set, base } => Lookup::Records { set, base },
-        Dane::Failed { bogus } => Lookup::Failed { bogus },
-    }
 }
 
 fn defaults(listener: &OutboundListener, node: &Node) -> Defaults {
