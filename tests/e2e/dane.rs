@@ -347,42 +347,63 @@ fn tlsa_mismatch_at_one_address_tries_the_next(io: Io) {
     drop(first);
 }
 
+/// CONFORMANCE D.27: a peer rotates to a key its secure TLSA records name; the learned TOFU
+/// pin follows the key DANE vouched for, with no outage. (An operator's pin never does: see
+/// hardening.rs.)
 fn a_key_vouched_for_by_dane_replaces_the_tofu_pin(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let old = certs::self_signed(dir.path(), "old", "mx.test");
     let new = peer_key(dir.path());
-    let server = SServer::start(&new, &[]);
-    let port = server.addr.port();
+    let first = SServer::start(&old, &[]);
+    let port = first.addr.port();
     let store = dir.path().join("pins");
     let tofu = osgate_tests::node::tofu_store(&store);
     let peer = format!("mx.test:{port}");
     let store_arg = store.to_str().unwrap();
-    let (code, err) = osgate_tests::node::osgate(&[
-        "pins",
-        "--store",
-        store_arg,
-        "add",
-        &peer,
-        &certs::pin_of(&old),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let zones = Zones {
+    let listed = || {
+        let out = std::process::Command::new(osgate_tests::node::osgate_bin())
+            .args(["pins", "--store", store_arg, "list"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // First contact, no TLSA yet: the old key is learned.
+    let before = dir.path().join("before");
+    std::fs::create_dir_all(&before).unwrap();
+    let unpublished = Zones {
+        secure: vec!["mx IN A 127.0.0.1".into()],
+        ..Zones::default()
+    };
+    let dns = Testbed::start(&before, &unpublished);
+    let mut node_before = node(&before, io, &peer, &dns.config(), &tofu);
+    first.send_line(node_before.addr("outbound[0]"), "first contact");
+    outcome(
+        &mut node_before,
+        "encrypted",
+        "none",
+        "certificate-not-trusted",
+        "no-tlsa",
+    );
+    assert!(listed().contains(&certs::pin_of(&old)), "{}", listed());
+    drop((node_before, dns, first));
+
+    // The peer rotated to a key its now published TLSA record names.
+    let after = dir.path().join("after");
+    std::fs::create_dir_all(&after).unwrap();
+    let published = Zones {
         secure: vec![
             "mx IN A 127.0.0.1".into(),
             tlsa(port, "mx", &spki_sha256_hex(&new)),
         ],
         ..Zones::default()
     };
-    let dns = Testbed::start(dir.path(), &zones);
-    let mut node = node(dir.path(), io, &peer, &dns.config(), &tofu);
-    // The peer rotated to a key its secure TLSA records name: no outage.
+    let dns = Testbed::start(&after, &published);
+    let server = SServer::start_on(([127, 0, 0, 1], port).into(), &new, &[]);
+    let mut node = node(&after, io, &peer, &dns.config(), &tofu);
     server.send_line(node.addr("outbound[0]"), "rotated under DANE");
     outcome(&mut node, "authenticated", "dane", "none", "secure-usable");
-    let listed = std::process::Command::new(osgate_tests::node::osgate_bin())
-        .args(["pins", "--store", store_arg, "list"])
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    let listed = listed();
     assert!(
         listed.contains(&certs::pin_of(&new)),
         "the pin follows the vouched key: {listed}"
