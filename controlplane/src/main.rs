@@ -161,7 +161,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let caps = caps::Caps::new(config.max_connections, config.max_connections_per_source);
+    let caps = caps::new(config.max_connections, config.max_connections_per_source);
     server::serve(ctx.clone(), config.admins, listener, tls, caps, shutdown)
         .await
         .map_err(|e| e.to_string())?;

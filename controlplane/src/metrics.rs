@@ -20,7 +20,7 @@ pub const PINS_REPORTED: &str = "osgate_cp_pins_reported_total";
 pub const ENROLMENTS_REFUSED: &str = "osgate_cp_enrolments_refused_total";
 /// Counter: pin reports refused, by `reason` (malformed, unassigned-peer).
 pub const PIN_REPORTS_REFUSED: &str = "osgate_cp_pin_reports_refused_total";
-/// Counter: connections closed before TLS, by `reason` (global, per-source).
+/// Counter: connections closed before TLS, by `reason` (global-cap, per-source-cap).
 pub const CONNECTIONS_REFUSED: &str = "osgate_cp_connections_refused_total";
 /// Gauge: open connections to the gRPC listener.
 pub const CONNECTIONS: &str = "osgate_cp_connections";
@@ -33,7 +33,7 @@ pub fn export_at_zero() {
     let fixed: [(&str, &[&str]); 4] = [
         (ENROLMENTS_REFUSED, &["unknown-token", "refused"]),
         (PIN_REPORTS_REFUSED, &["malformed", "unassigned-peer"]),
-        (CONNECTIONS_REFUSED, &["global", "per-source"]),
+        (CONNECTIONS_REFUSED, &["global-cap", "per-source-cap"]),
         (STREAMS_CUT, &[]),
     ];
     for (name, reasons) in fixed {

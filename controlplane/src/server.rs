@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use osgate_api::pb::{admin_server::AdminServer, fleet_server::FleetServer};
+use osgate_core::caps::Caps;
 use osgate_core::pin::SpkiPin;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +20,7 @@ use tonic::transport::server::Connected;
 
 use crate::admin::AdminService;
 use crate::auth::{Auth, PeerKey};
-use crate::caps::{Caps, Slot};
+use crate::caps::Counted;
 use crate::config::Admin;
 use crate::ctx::Ctx;
 use crate::fleet::FleetService;
@@ -30,7 +31,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsIo {
     stream: TlsStream<TcpStream>,
     /// Held while the connection lives: dropping it frees the place.
-    _slot: Slot,
+    _slot: Counted,
 }
 
 impl Connected for TlsIo {
@@ -93,11 +94,11 @@ fn accept(
                     continue;
                 }
             };
-            let slot = match caps.admit(peer.ip()) {
+            let slot = match crate::caps::admit(&caps, peer.ip()) {
                 Ok(slot) => slot,
                 Err(cap) => {
                     // Closed unread: no handshake, no allocation beyond the socket.
-                    tracing::debug!(%peer, cap, "connection over the cap closed");
+                    tracing::debug!(%peer, cap = cap.as_str(), "connection over the cap closed");
                     drop(tcp);
                     continue;
                 }

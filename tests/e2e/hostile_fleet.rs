@@ -543,14 +543,14 @@ fn connections_over_the_per_source_cap_are_closed_before_tls_and_streams_keep_fl
     let per_source = || {
         cp.metric(
             "osgate_cp_connections_refused_total",
-            &[("reason", "per-source")],
+            &[("reason", "per-source-cap")],
         )
     };
     assert_eq!(per_source(), 0.0, "exported at 0 from start");
     assert_eq!(
         cp.metric(
             "osgate_cp_connections_refused_total",
-            &[("reason", "global")]
+            &[("reason", "global-cap")]
         ),
         0.0
     );

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod caps;
 pub mod crypto;
 pub mod dane;
 pub mod detect;

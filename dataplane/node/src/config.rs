@@ -114,7 +114,7 @@ pub struct NodeConfig {
     /// TLS session resumption (client cache, server tickets).
     pub tls_resumption: bool,
     /// Open connections allowed, node-wide and per source address.
-    pub caps: crate::caps::Limits,
+    pub caps: osgate_core::caps::Limits,
 }
 
 #[derive(Clone, Debug)]
@@ -439,7 +439,11 @@ impl Validator<'_> {
         })
     }
 
-    fn caps(&self, total: usize, per_source: usize) -> Result<crate::caps::Limits, ConfigError> {
+    fn caps(
+        &self,
+        total: usize,
+        per_source: usize,
+    ) -> Result<osgate_core::caps::Limits, ConfigError> {
         if total == 0 {
             return Err(self.error("node.max_connections", "must be at least 1"));
         }
@@ -449,7 +453,7 @@ impl Validator<'_> {
                 format!("must be between 1 and node.max_connections ({total})"),
             ));
         }
-        Ok(crate::caps::Limits { total, per_source })
+        Ok(osgate_core::caps::Limits { total, per_source })
     }
 
     fn outbound(&self, i: usize, o: raw::Outbound) -> Result<Outbound, ConfigError> {

@@ -34,7 +34,7 @@ pub(crate) struct Node {
     /// The start-up self-test validated the trust anchor's zone.
     pub dnssec_validating: std::sync::atomic::AtomicBool,
     /// Open connections against `[node]`'s caps.
-    pub caps: Arc<crate::caps::Caps>,
+    pub caps: Arc<osgate_core::caps::Caps>,
 }
 
 /// A worker's validating resolver.

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-mod caps;
 mod config;
 mod controlplane;
 mod ctx;

@@ -120,7 +120,7 @@ fn describe_caps() {
         CONNECTIONS_REFUSED_TOTAL,
         "Connections closed right after accept because a connection cap was reached, by reason."
     );
-    for reason in crate::caps::Refusal::ALL {
+    for reason in osgate_core::caps::Refusal::ALL {
         metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason.as_str()).absolute(0);
     }
 }

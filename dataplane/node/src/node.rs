@@ -98,7 +98,7 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         tofu_enforce: config.tofu.as_ref().is_some_and(|t| t.enforce),
         dns: config.dns.clone(),
         dnssec_validating: std::sync::atomic::AtomicBool::new(dnssec_self_test(config)?),
-        caps: crate::caps::Caps::new(config.node.caps),
+        caps: osgate_core::caps::Caps::new(config.node.caps),
     });
     watch_validation(node.clone()).map_err(StartError::Worker)?;
     let mut plans: Vec<WorkerPlan> = (0..workers)

@@ -7,13 +7,13 @@ use std::time::Duration;
 use metrics::counter;
 use tokio::task::JoinSet;
 
-use crate::caps::{Caps, Refusal};
 use crate::ctx::{InboundListener, Node, OutboundListener};
 use crate::io::Driver;
 use crate::io::epoll::Epoll;
 use crate::io::uring::Uring;
 use crate::metrics as m;
 use crate::{inbound, outbound};
+use osgate_core::caps::{Caps, Refusal};
 
 /// The sockets and settings one worker serves.
 #[derive(Debug)]

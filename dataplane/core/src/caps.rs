@@ -1,21 +1,20 @@
-//! Connection caps (CONFORMANCE F.36): at most `max_connections` open connections per node
-//! and `max_connections_per_source` from one source address. A connection over a cap is
-//! closed right after accept — before any peek, handshake or upstream connect — and counted;
-//! connections already open are untouched.
+//! Connection caps (CONFORMANCE F.36, G.47): at most `total` open connections and
+//! `per_source` from one source address. The node and the control plane close a connection
+//! over a cap right after accept — before any peek, handshake or upstream connect — and count
+//! it; connections already open are untouched.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// The caps, from `[node]`.
+/// The caps, from the node's `[node]` or the control plane's config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub total: usize,
     pub per_source: usize,
 }
 
-/// Why a connection was refused, as the `reason` label of
-/// `osgate_connections_refused_total` names it.
+/// Why a connection was refused, as the `reason` label of the refusal counters names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     GlobalCap,
@@ -33,7 +32,7 @@ impl Refusal {
     }
 }
 
-/// Open connections, node-wide (shared by every worker thread).
+/// Open connections, process-wide (shared by every worker thread).
 #[derive(Debug)]
 pub struct Caps {
     limits: Limits,
@@ -59,6 +58,14 @@ impl Caps {
             limits,
             open: Mutex::default(),
         })
+    }
+
+    /// Connections admitted and still open.
+    pub fn open(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
     }
 
     /// Admits a connection from `source`, or says which cap it is over.
