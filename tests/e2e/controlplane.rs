@@ -12,20 +12,10 @@ use osgate_tests::controlplane::{
 use osgate_tests::node::tofu_store;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
-use osgate_tests::postgres::Postgres;
+use osgate_tests::per_store;
+use osgate_tests::postgres::{Store, database};
 use osgate_tests::{Io, Node, eventually};
 
-/// Runs each scenario against both stores: `per_store!(name, ...)`.
-macro_rules! per_store {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::Store::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(super::Store::Postgres) })*
-        }
-    };
-}
 per_store!(
     a_policy_applied_with_osgatectl_changes_what_the_next_connection_gets,
     an_update_the_node_cannot_apply_is_nacked_and_traffic_flows_on_the_last_known_good,
@@ -41,25 +31,6 @@ per_store!(
     an_enrolment_token_registers_a_node_once,
     a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later,
 );
-
-#[derive(Clone, Copy)]
-enum Store {
-    Sqlite,
-    Postgres,
-}
-
-/// A database for one test: an SQLite file, or a fresh PostgreSQL cluster (kept alive by
-/// the returned guard, which must outlive the control plane).
-fn database(store: Store, dir: &Path) -> (Option<Postgres>, String) {
-    match store {
-        Store::Sqlite => (None, dir.join("cp.db").to_str().unwrap().to_owned()),
-        Store::Postgres => {
-            let pg = Postgres::start();
-            let url = pg.database("osgate");
-            (Some(pg), url)
-        }
-    }
-}
 
 /// A node of `cp` named `name`, registered, with one outbound listener to `peer` and `extra`
 /// config; started and in sync with the control plane.

@@ -12,20 +12,10 @@ use osgate_tests::controlplane::{ControlPlane, Key, keygen, revision, wait_appli
 use osgate_tests::node::tofu_store;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Server};
-use osgate_tests::postgres::Postgres;
+use osgate_tests::per_store;
+use osgate_tests::postgres::{Store, database};
 use osgate_tests::{Io, Node, eventually};
 
-/// Runs each scenario against both stores.
-macro_rules! per_store {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::Store::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(super::Store::Postgres) })*
-        }
-    };
-}
 per_store!(
     an_enrolling_node_gets_only_the_addresses_its_token_assigns,
     an_address_of_another_node_is_refused_at_register_and_enrolment,
@@ -33,23 +23,6 @@ per_store!(
     pin_reports_for_peers_a_node_is_not_assigned_are_refused_and_counted,
     one_dissenting_reporter_raises_a_conflict_but_the_established_pin_stays,
 );
-
-#[derive(Clone, Copy)]
-enum Store {
-    Sqlite,
-    Postgres,
-}
-
-fn database(store: Store, dir: &Path) -> (Option<Postgres>, String) {
-    match store {
-        Store::Sqlite => (None, dir.join("cp.db").to_str().unwrap().to_owned()),
-        Store::Postgres => {
-            let pg = Postgres::start();
-            let url = pg.database("osgate");
-            (Some(pg), url)
-        }
-    }
-}
 
 /// A node with one outbound listener to `peer` and `extra` config, registered as serving
 /// `assigned`, started and in sync.

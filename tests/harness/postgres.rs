@@ -147,3 +147,36 @@ impl Drop for Postgres {
             .output();
     }
 }
+
+/// Which store a control-plane scenario runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: an SQLite file, or a fresh PostgreSQL cluster (kept alive by
+/// the returned guard, which must outlive the control plane).
+pub fn database(store: Store, dir: &Path) -> (Option<Postgres>, String) {
+    match store {
+        Store::Sqlite => (None, dir.join("cp.db").to_str().unwrap().to_owned()),
+        Store::Postgres => {
+            let pg = Postgres::start();
+            let url = pg.database("osgate");
+            (Some(pg), url)
+        }
+    }
+}
+
+/// Runs each scenario against both stores: `per_store!(name, ...)`.
+#[macro_export]
+macro_rules! per_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name($crate::postgres::Store::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name($crate::postgres::Store::Postgres) })*
+        }
+    };
+}
