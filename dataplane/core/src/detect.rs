@@ -65,6 +65,16 @@ pub enum Malformed {
 }
 
 impl Malformed {
+    /// Every kind, for metrics exported at 0 from start.
+    pub const ALL: [Self; 6] = [
+        Self::Sslv2Hello,
+        Self::RecordVersion,
+        Self::RecordLength,
+        Self::NotClientHello,
+        Self::HelloVersion,
+        Self::Interleaved,
+    ];
+
     /// The bounded label used in metrics and outcome records.
     pub fn as_str(self) -> &'static str {
         match self {

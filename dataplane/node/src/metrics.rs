@@ -106,6 +106,9 @@ fn export_zeros() {
     for result in dane {
         counter!(DANE_LOOKUPS_TOTAL, "result" => result).absolute(0);
     }
+    for kind in osgate_core::detect::Malformed::ALL {
+        counter!(DETECT_REJECTED_TOTAL, "kind" => kind.as_str()).absolute(0);
+    }
     for close in ["clean", "truncated", "reset", "idle-timeout"] {
         counter!(RELAY_CLOSES_TOTAL, "close" => close).absolute(0);
     }

@@ -290,3 +290,19 @@ proptest! {
         prop_assert_eq!(classify_client_hello(&hello), Detection::Tls);
     }
 }
+
+/// `Malformed::ALL` lists every kind once: a new kind fails to compile here until it is added.
+#[test]
+fn every_malformed_kind_is_listed_once() {
+    let index = |kind: Malformed| match kind {
+        Malformed::Sslv2Hello => 0,
+        Malformed::RecordVersion => 1,
+        Malformed::RecordLength => 2,
+        Malformed::NotClientHello => 3,
+        Malformed::HelloVersion => 4,
+        Malformed::Interleaved => 5,
+    };
+    for (i, kind) in Malformed::ALL.into_iter().enumerate() {
+        assert_eq!(index(kind), i, "{kind:?}");
+    }
+}
