@@ -27,6 +27,7 @@ per_driver!(
     learned_pins_survive_kill_9,
     planned_rotation_accepts_both_keys_then_only_the_new_one,
     tofu_and_the_ratchet_are_on_by_default,
+    a_state_folder_made_before_the_first_start_is_a_first_start,
 );
 
 /// An outbound node to `peer` with `extra` config (policy rules, `[tofu]`).
@@ -433,12 +434,34 @@ fn tofu_and_the_ratchet_are_on_by_default(io: Io) {
     drop(plain);
     drop(node);
 
-    // A lost store is not a first start: the folder exists, so peers are refused rather
-    // than checked against nothing.
+    // A lost store is not a first start: the first start left its marker, so peers are
+    // refused rather than checked against nothing — whether the store or its whole folder
+    // went (CONFORMANCE D.26).
+    assert!(dir.path().join(".state.created").exists());
     std::fs::remove_file(&store).unwrap();
     let server = SServer::start(&key, &[]);
     let mut again = self::node(dir.path(), io, server.addr, "");
     assert_eq!(peers::call(again.addr("outbound[0]"), b"SECRET\n"), b"");
     assert_outcome(&mut again, "refused", "none", "pin-store-unavailable");
+    drop(again);
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let mut deleted = self::node(dir.path(), io, server.addr, "");
+    assert_eq!(peers::call(deleted.addr("outbound[0]"), b"SECRET\n"), b"");
+    assert_outcome(&mut deleted, "refused", "none", "pin-store-unavailable");
+    assert!(!store.exists(), "nothing recreated the store silently");
     drop(server);
+}
+
+/// The README's demo makes `state/` (for its own logs) before the node's first start: with
+/// no marker yet, that is a first start, not a lost store.
+fn a_state_folder_made_before_the_first_start_is_a_first_start(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(dir.path().join("state/controlplane.log"), "").unwrap();
+    let key = certs::self_signed(dir.path(), "peer", "127.0.0.1");
+    let server = SServer::start(&key, &[]);
+    let mut node = node(dir.path(), io, server.addr, "");
+    server.send_line(node.addr("outbound[0]"), "first");
+    assert_outcome(&mut node, "encrypted", "none", "certificate-not-trusted");
+    assert_eq!(node.metric("osgate_pin_store_available", &[]), 1.0);
 }

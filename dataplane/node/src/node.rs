@@ -1,5 +1,6 @@
 //! Starting a node: choose the driver, build TLS state, bind listeners, start the workers.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -206,29 +207,48 @@ fn open_store(config: &Config) -> Option<Store> {
     Some(store)
 }
 
-/// Creates the default pin store when its folder does not exist yet: a first start. A
-/// folder without the store is not a first start but a lost store, and stays an error
-/// (never "verification off", CONFORMANCE D.26).
-fn create_on_first_start(store: &std::path::Path) {
-    let Some(dir) = store.parent() else { return };
-    if dir.exists() {
+/// Creates the default pin store on a first start, which an explicit marker beside the state
+/// folder records (`.state.created` next to `state/`). With the marker, a missing store or
+/// state folder is a lost store, not a first start, and stays an error — never "verification
+/// off" (CONFORMANCE D.26). Without it, this is a first start: the store is created (or, made
+/// before markers existed, adopted) and the marker written.
+fn create_on_first_start(store: &Path) {
+    let Some(marker) = first_start_marker(store) else {
+        return;
+    };
+    if marker.exists() {
         return;
     }
-    let created = std::fs::create_dir_all(dir)
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            crate::store::Contents::default()
-                .save(store)
-                .map_err(|e| e.to_string())
-        });
-    match created {
+    let dir = store.parent().unwrap_or(Path::new("."));
+    let created = match store.exists() {
+        true => Ok(()),
+        false => std::fs::create_dir_all(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                crate::store::Contents::default()
+                    .save(store)
+                    .map_err(|e| e.to_string())
+            }),
+    };
+    let marked = created.and_then(|()| {
+        let note = format!("{}\n", store.display());
+        crate::durable::write_atomic(&marker, note.as_bytes()).map_err(|e| e.to_string())
+    });
+    match marked {
         Ok(()) => {
-            tracing::info!(target: "osgate::node", store = %store.display(), "first start: created the pin store (TOFU and the ratchet are on by default)")
+            tracing::info!(target: "osgate::node", store = %store.display(), marker = %marker.display(), "first start: created the pin store (TOFU and the ratchet are on by default)")
         }
         Err(e) => {
-            tracing::error!(target: "osgate::node", store = %store.display(), error = e, "cannot create the pin store")
+            tracing::error!(target: "osgate::node", store = %store.display(), error = e, "cannot create the pin store or its first-start marker")
         }
     }
+}
+
+/// `.<folder>.created` beside the store's folder.
+fn first_start_marker(store: &Path) -> Option<PathBuf> {
+    let dir = store.parent()?;
+    let name = dir.file_name()?.to_string_lossy();
+    Some(dir.with_file_name(format!(".{name}.created")))
 }
 
 /// The start-up self-test (CONFORMANCE C.22): the trust anchor's own zone must validate as
