@@ -539,12 +539,11 @@ fn matching_tlsa_signed_as(signing: Signing) -> impl FnOnce(u16, &Pem) -> Zones 
     }
 }
 
-/// RFC 6781 §4.1.1.2: during a double-signature rollover every RRset carries two RRSIGs; the
-/// resolver validates with one and leaves the other unmarked.
-fn a_zone_signed_by_two_zsks_is_authenticated_dane(io: Io) {
-    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(Signing::two_zsks()));
-    case.server
-        .send_line(case.node.addr("outbound[0]"), "two signatures");
+/// A peer whose key its secure TLSA record names, in a zone signed as `signing`, is
+/// authenticated by DANE.
+fn authenticated_dane_when_signed_as(io: Io, signing: Signing, line: &str) {
+    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(signing));
+    case.server.send_line(case.node.addr("outbound[0]"), line);
     outcome(
         &mut case.node,
         "authenticated",
@@ -552,73 +551,51 @@ fn a_zone_signed_by_two_zsks_is_authenticated_dane(io: Io) {
         "none",
         "secure-usable",
     );
+}
+
+/// A peer without TLS whose secure TLSA record exists, in a zone signed as `signing`: refused
+/// after trying TLS, never carried in cleartext.
+fn refused_without_tls_when_signed_as(io: Io, signing: Signing) {
+    let mut case = plain_case(io, "mx.test", |port| Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            tlsa(port, "mx", &"ab".repeat(32)),
+        ],
+        signing,
+        ..Zones::default()
+    });
+    case.assert_refused_after_trying_tls();
+    outcome(
+        &mut case.node,
+        "refused",
+        "none",
+        "peer-no-tls",
+        "secure-usable",
+    );
+}
+
+/// RFC 6781 §4.1.1.2: during a double-signature rollover every RRset carries two RRSIGs; the
+/// resolver validates with one and leaves the other unmarked.
+fn a_zone_signed_by_two_zsks_is_authenticated_dane(io: Io) {
+    authenticated_dane_when_signed_as(io, Signing::two_zsks(), "two signatures");
 }
 
 /// The critical case: read as "insecure", this peer's payload went out in cleartext.
 fn a_peer_without_tls_whose_tlsa_two_zsks_sign_is_refused_never_cleartext(io: Io) {
-    let mut case = plain_case(io, "mx.test", |port| Zones {
-        secure: vec![
-            "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &"ab".repeat(32)),
-        ],
-        signing: Signing::two_zsks(),
-        ..Zones::default()
-    });
-    case.assert_refused_after_trying_tls();
-    outcome(
-        &mut case.node,
-        "refused",
-        "none",
-        "peer-no-tls",
-        "secure-usable",
-    );
+    refused_without_tls_when_signed_as(io, Signing::two_zsks());
 }
 
 fn a_ksk_and_a_zsk_of_different_algorithms_authenticate_dane(io: Io) {
     let signing = Signing::keys(&[Alg::EcdsaP256], &[Alg::Ed25519]);
-    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(signing));
-    case.server
-        .send_line(case.node.addr("outbound[0]"), "two algorithms");
-    outcome(
-        &mut case.node,
-        "authenticated",
-        "dane",
-        "none",
-        "secure-usable",
-    );
+    authenticated_dane_when_signed_as(io, signing, "two algorithms");
 }
 
 fn a_zone_in_an_algorithm_rollover_is_authenticated_dane(io: Io) {
-    let signing = Signing::algorithm_rollover();
-    let mut case = openssl_case(io, "mx.test", matching_tlsa_signed_as(signing));
-    case.server
-        .send_line(case.node.addr("outbound[0]"), "rolling algorithms");
-    outcome(
-        &mut case.node,
-        "authenticated",
-        "dane",
-        "none",
-        "secure-usable",
-    );
+    authenticated_dane_when_signed_as(io, Signing::algorithm_rollover(), "rolling algorithms");
 }
 
 fn a_peer_without_tls_in_an_algorithm_rollover_is_refused_never_cleartext(io: Io) {
-    let mut case = plain_case(io, "mx.test", |port| Zones {
-        secure: vec![
-            "mx IN A 127.0.0.1".into(),
-            tlsa(port, "mx", &"ab".repeat(32)),
-        ],
-        signing: Signing::algorithm_rollover(),
-        ..Zones::default()
-    });
-    case.assert_refused_after_trying_tls();
-    outcome(
-        &mut case.node,
-        "refused",
-        "none",
-        "peer-no-tls",
-        "secure-usable",
-    );
+    refused_without_tls_when_signed_as(io, Signing::algorithm_rollover());
 }
 
 /// NSEC (RFC 4034 §4), from a zone two ZSKs sign: the denial carries two signatures too.
