@@ -427,13 +427,6 @@ fn tofu_node(dir: &Path, cp: &ControlPlane, name: &str, io: Io, peer: SocketAddr
     fleet_node(dir, cp, name, io, peer, &tofu).0
 }
 
-fn pin_rows(cp: &ControlPlane) -> Vec<serde_json::Value> {
-    cp.admin_json(&["get", "pins"])["pins"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn a_learned_pin_spreads_only_after_corroboration_or_approval(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let (_db, url) = database(store, dir.path());
@@ -447,11 +440,11 @@ fn a_learned_pin_spreads_only_after_corroboration_or_approval(store: Store) {
     server.send_line(a.addr("outbound[0]"), "from a");
     assert_eq!(outcome_of(&mut a).0, "encrypted");
     eventually("a reported the pin", || {
-        pin_rows(&cp)
+        cp.pin_rows()
             .iter()
             .any(|r| r["reporters"] == serde_json::json!(["a"]))
     });
-    let rows = pin_rows(&cp);
+    let rows = cp.pin_rows();
     assert_eq!(
         rows[0]["state"], "learned",
         "one node is no corroboration: {rows:?}"
@@ -462,7 +455,7 @@ fn a_learned_pin_spreads_only_after_corroboration_or_approval(store: Store) {
     server.send_line(b.addr("outbound[0]"), "from b");
     assert_eq!(outcome_of(&mut b).0, "encrypted");
     eventually("b's report corroborated it", || {
-        pin_rows(&cp).iter().any(|r| r["state"] == "corroborated")
+        cp.pin_rows().iter().any(|r| r["state"] == "corroborated")
     });
     let spread = revision(&cp.nodes());
     assert!(spread > before);
@@ -529,15 +522,15 @@ fn conflicting_pins_are_kept_side_by_side_and_neither_spreads(store: Store) {
     let mut b = tofu_node(dir.path(), &cp, "b", Io::Epoll, addr);
     server.send_line(a.addr("outbound[0]"), "a sees the first key");
     assert_eq!(outcome_of(&mut a).0, "encrypted");
-    eventually("a reported", || !pin_rows(&cp).is_empty());
+    eventually("a reported", || !cp.pin_rows().is_empty());
     drop(server);
     let second = certs::self_signed(dir.path(), "second", "127.0.0.1");
     let other = SServer::start_on(addr, &second, &[]);
     other.send_line(b.addr("outbound[0]"), "b sees another key");
     assert_eq!(outcome_of(&mut b).0, "encrypted");
-    eventually("b reported", || pin_rows(&cp).len() == 2);
+    eventually("b reported", || cp.pin_rows().len() == 2);
 
-    let rows = pin_rows(&cp);
+    let rows = cp.pin_rows();
     assert!(
         rows.iter()
             .all(|r| r["conflict"] == true && r["state"] == "learned"),
@@ -686,8 +679,8 @@ fn a_silently_dead_stream_is_detected_and_learned_pins_are_reported_later(store:
             .unwrap()
             .success()
     );
-    eventually("the queued pin was reported", || pin_rows(&cp).len() == 1);
-    assert_eq!(pin_rows(&cp)[0]["spki"], pin_of(&pem));
+    eventually("the queued pin was reported", || cp.pin_rows().len() == 1);
+    assert_eq!(cp.pin_rows()[0]["spki"], pin_of(&pem));
     assert!(a.metric("osgate_controlplane_config_age_seconds", &[]) < 10.0);
 }
 

@@ -70,13 +70,6 @@ fn outcome(node: &mut Node) -> (String, String, String) {
     (field("achieved"), field("method"), field("reason"))
 }
 
-fn pin_rows(cp: &ControlPlane) -> Vec<serde_json::Value> {
-    cp.admin_json(&["get", "pins"])["pins"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn stream_ended(v: &serde_json::Value, error: &str) -> bool {
     v["message"]
         .as_str()
@@ -359,9 +352,9 @@ fn pin_reports_for_peers_a_node_is_not_assigned_are_refused_and_counted(store: S
         assert_eq!(outcome(node).0, "encrypted");
     }
     eventually("both reports were handled", || {
-        refused() >= 2.0 || !pin_rows(&cp).is_empty()
+        refused() >= 2.0 || !cp.pin_rows().is_empty()
     });
-    assert_eq!(pin_rows(&cp), Vec::<serde_json::Value>::new());
+    assert_eq!(cp.pin_rows(), Vec::<serde_json::Value>::new());
     assert!(refused() >= 2.0);
     let nodes = cp.nodes();
     let spread = nodes["revision"].as_u64().unwrap();
@@ -421,7 +414,7 @@ fn one_dissenting_reporter_raises_a_conflict_but_the_established_pin_stays(store
         assert_eq!(outcome(node).0, "encrypted");
     }
     eventually("a and b corroborated the key", || {
-        pin_rows(&cp).iter().any(|r| r["state"] == "corroborated")
+        cp.pin_rows().iter().any(|r| r["state"] == "corroborated")
     });
     let mut d = fleet_node(
         dir.path(),
@@ -452,10 +445,10 @@ fn one_dissenting_reporter_raises_a_conflict_but_the_established_pin_stays(store
     impostor.send_line(dissenter.addr("outbound[0]"), "another key");
     assert_eq!(outcome(&mut dissenter).0, "encrypted");
     cp.register_serving("dissenter", &key, &[], &assigned);
-    eventually("the dissenting report arrived", || pin_rows(&cp).len() == 2);
+    eventually("the dissenting report arrived", || cp.pin_rows().len() == 2);
 
     // The operator sees the conflict; the established key stays with the fleet.
-    let rows = pin_rows(&cp);
+    let rows = cp.pin_rows();
     let row = |spki: &str| rows.iter().find(|r| r["spki"] == spki).unwrap().clone();
     assert_eq!(row(&pin_of(&real))["state"], "corroborated", "{rows:?}");
     assert_eq!(row(&pin_of(&fake))["state"], "learned", "{rows:?}");
@@ -629,6 +622,6 @@ fn lowering_the_level_for_peers_of_several_nodes_needs_confirmation() {
     // An operator's pin decision is stored as reports are: lower case, no trailing dot.
     let pem = certs::self_signed(dir.path(), "mx", "mx.example");
     cp.admin_json(&["pins", "approve", "MX.Example.:25", &pin_of(&pem)]);
-    let rows = pin_rows(&cp);
+    let rows = cp.pin_rows();
     assert_eq!(rows[0]["peer"], "mx.example:25", "{rows:?}");
 }

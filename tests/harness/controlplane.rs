@@ -185,20 +185,17 @@ impl ControlPlane {
         self.ctl(Some(ADMIN_TOKEN), &args)
     }
 
-    /// Registers a node by key, serving `addresses`.
+    /// The rows of `osgatectl get pins`.
+    pub fn pin_rows(&self) -> Vec<Value> {
+        self.admin_json(&["get", "pins"])["pins"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Registers a node by key, serving `addresses` (and assigned no peers).
     pub fn register(&self, name: &str, key: &Key, addresses: &[SocketAddr]) -> u64 {
-        let mut args = vec![
-            "nodes".to_owned(),
-            "register".into(),
-            name.into(),
-            "--spki".into(),
-            key.pin.clone(),
-        ];
-        for a in addresses {
-            args.extend(["--address".into(), a.to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        revision(&self.admin_json(&args))
+        self.register_serving(name, key, addresses, &[])
     }
 
     /// Registers a node by key: its key covers `addresses`, and it reports pins for `peers`.

@@ -581,25 +581,31 @@ fn a_stricter_rule_never_lowers_the_achieved_level() {
     assert!(pairs > 900, "{pairs} pairs");
 }
 
-/// A rule's floor applies to opportunistic rules too: a TLS 1.2-only peer is refused, never
-/// carried in cleartext (the defect of issue 8.3, as a single example).
-#[test]
-fn a_floor_on_an_opportunistic_rule_refuses_a_tls12_peer() {
-    let floored = rule(Level::Opportunistic, true, TlsFloor::Tls13, Vec::new());
-    let w = World {
-        lookup: Lookup::NotConsulted,
+/// A world with no evidence and no history: only `peer` and `lookup` vary.
+fn plain(lookup: Lookup, peer: Behaviour) -> World {
+    World {
+        lookup,
         operator: Vec::new(),
         tofu: Tofu::Unknown,
         ratchet: false,
         fleet: Fleet::default(),
         tofu_enforce: true,
-        peer: Behaviour::Tls {
-            max: TlsFloor::Tls12,
-            key: B,
-            pkix_valid: false,
-        },
+        peer,
         cleartext_connects: true,
+    }
+}
+
+/// A rule's floor applies to opportunistic rules too: a TLS 1.2-only peer is refused, never
+/// carried in cleartext (the defect of issue 8.3, as a single example).
+#[test]
+fn a_floor_on_an_opportunistic_rule_refuses_a_tls12_peer() {
+    let floored = rule(Level::Opportunistic, true, TlsFloor::Tls13, Vec::new());
+    let tls12 = Behaviour::Tls {
+        max: TlsFloor::Tls12,
+        key: B,
+        pkix_valid: false,
     };
+    let w = plain(Lookup::NotConsulted, tls12);
     assert!(matches!(run(Some(&floored), &w).0, Step::Refuse { .. }));
 }
 
@@ -607,20 +613,14 @@ fn a_floor_on_an_opportunistic_rule_refuses_a_tls12_peer() {
 /// DANE never becomes the pin update for the peer.
 #[test]
 fn a_local_operator_pin_outranks_dane() {
-    let lookup = lookups().swap_remove(5);
+    let presenting_a = Behaviour::Tls {
+        max: TlsFloor::Tls13,
+        key: A,
+        pkix_valid: true,
+    };
     let w = World {
-        lookup,
         operator: vec![key(B)],
-        tofu: Tofu::Unknown,
-        ratchet: false,
-        fleet: Fleet::default(),
-        tofu_enforce: true,
-        peer: Behaviour::Tls {
-            max: TlsFloor::Tls13,
-            key: A,
-            pkix_valid: true,
-        },
-        cleartext_connects: true,
+        ..plain(lookups().swap_remove(5), presenting_a)
     };
     let step = run(None, &w).0;
     assert!(
@@ -647,16 +647,7 @@ fn a_local_operator_pin_outranks_dane() {
 
 #[test]
 fn pins_are_learned_only_for_unauthenticated_tls_and_dane_vouches_for_rotation() {
-    let w = World {
-        lookup: Lookup::NotConsulted,
-        operator: Vec::new(),
-        tofu: Tofu::Unknown,
-        ratchet: false,
-        fleet: Fleet::default(),
-        tofu_enforce: true,
-        peer: Behaviour::NoTls,
-        cleartext_connects: true,
-    };
+    let w = plain(Lookup::NotConsulted, Behaviour::NoTls);
     let decision = decide(&facts(None, &w));
     assert_eq!(
         pin_update(&decision, Achieved::Encrypted, true),
@@ -683,16 +674,7 @@ fn pins_are_learned_only_for_unauthenticated_tls_and_dane_vouches_for_rotation()
 
 #[test]
 fn report_only_uses_the_same_facts_and_never_the_wire() {
-    let w = World {
-        lookup: Lookup::Failed { bogus: true },
-        operator: Vec::new(),
-        tofu: Tofu::Unknown,
-        ratchet: false,
-        fleet: Fleet::default(),
-        tofu_enforce: true,
-        peer: Behaviour::NoTls,
-        cleartext_connects: true,
-    };
+    let w = plain(Lookup::Failed { bogus: true }, Behaviour::NoTls);
     let strict = rule(Level::Encrypt, true, TlsFloor::Tls12, Vec::new());
     let f = facts(None, &w);
     assert_eq!(
