@@ -76,12 +76,24 @@ impl Node {
 
     /// Starts a node on an existing config file (e.g. again, after a restart).
     pub fn run(config: PathBuf, metrics: Option<SocketAddr>) -> Node {
+        let command = Node::command(&config);
+        Node::launch(command, config, metrics)
+    }
+
+    /// The command that runs a node on `config` with JSON logs.
+    pub fn command(config: &Path) -> Command {
         let mut command = Command::new(osgate_bin());
         command
             .args(["run", "-c"])
-            .arg(&config)
+            .arg(config)
             .args(["--log-format", "json"])
             .env("OSGATE_LOG", "info,osgate::tls=debug");
+        command
+    }
+
+    /// Starts `command` (a node on `config`, perhaps wrapped or with a changed environment)
+    /// and waits until it serves.
+    pub fn launch(command: Command, config: PathBuf, metrics: Option<SocketAddr>) -> Node {
         let mut process = Process::spawn(command);
         process.wait_for(|v| v["message"] == "osgate node started");
         let listeners = process
@@ -145,6 +157,46 @@ impl Node {
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
+
+    /// Sends `signal` (`HUP`, `TERM`, `INT`) to the node.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.process.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {signal}");
+    }
+
+    /// Rewrites the config file and sends SIGHUP; returns the reload's log line (`reloaded`
+    /// or `reload refused; nothing changed`), the first one after `seen` lines.
+    pub fn reload(&mut self, config: &str) -> Value {
+        std::fs::write(&self.config, config).unwrap();
+        let seen = self.process.log.len();
+        self.signal("HUP");
+        self.wait_after(seen, is_reload_end)
+    }
+
+    /// Waits for a log event matching `pred` among the lines after the first `seen`.
+    pub fn wait_after(&mut self, seen: usize, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = self.process.log.iter().skip(seen).find(|v| pred(v)) {
+                return found.clone();
+            }
+            self.process.receive(deadline);
+        }
+    }
+
+    /// Waits until the node exits (its log ends) and returns its exit code.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.process.wait_exit().code()
+    }
+}
+
+/// The log line that ends a reload, whether it applied or was refused.
+pub fn is_reload_end(v: &Value) -> bool {
+    v["message"] == "reloaded: new connections use the new config; open ones finish on theirs"
+        || v["message"] == "reload refused; nothing changed"
 }
 
 fn is_outcome(v: &Value, direction: &str) -> bool {

@@ -66,6 +66,22 @@ impl Process {
         }
     }
 
+    /// Reads the log to its end (the process closed stderr: it exited), then reaps it;
+    /// fails the test if that takes longer than [`WAIT`].
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(value) => self.log.push(value),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("still running after {WAIT:?}; log: {:#?}", self.log)
+                }
+                Err(RecvTimeoutError::Disconnected) => return self.child.wait().unwrap(),
+            }
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

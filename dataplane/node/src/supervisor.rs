@@ -33,6 +33,8 @@ const FILE_CHECK_EVERY: Duration = Duration::from_secs(2);
 const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(3600);
 /// How long cut connections get to write their records.
 const AFTER_CUT: Duration = Duration::from_secs(5);
+/// How long a worker may take to answer a command.
+const COMMAND_ANSWER: Duration = Duration::from_secs(1);
 /// How often a drain looks at the open connection count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -149,7 +151,7 @@ impl Supervisor {
     /// Gives each worker its socket of every binding; closes the listeners in `gone`.
     fn hand_over(&mut self, bound: Vec<Binding>, gone: &[ListenerKey]) {
         for key in gone {
-            self.send_all(|| Command::Close(key.clone()));
+            self.send_all_done(|done| Command::Close(key.clone(), done));
             tracing::info!(target: "osgate::node", listen = %key.listen, "listener removed: it accepts no more connections; its connections go on");
         }
         self.listening.retain(|k| !gone.contains(k));
@@ -172,6 +174,22 @@ impl Supervisor {
     fn send_all(&self, command: impl Fn() -> Command) {
         for worker in &self.parts.workers {
             let _ = worker.commands.send(command());
+        }
+    }
+
+    /// Sends `command` to every worker and waits (briefly) until each has done it, so what
+    /// the supervisor logs next is already true.
+    fn send_all_done(&self, command: impl Fn(crate::worker::Done) -> Command) {
+        let (done, answers) = std::sync::mpsc::channel();
+        self.send_all(|| command(done.clone()));
+        drop(done);
+        let deadline = Instant::now() + COMMAND_ANSWER;
+        for _ in &self.parts.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if answers.recv_timeout(left).is_err() {
+                tracing::warn!(target: "osgate::node", "a worker did not answer in time");
+                return;
+            }
         }
     }
 
@@ -287,7 +305,7 @@ impl Supervisor {
         self.parts.health.draining.store(true, Ordering::Relaxed);
         gauge!(m::DRAINING).set(1.0);
         health::notify(&[NotifyState::Stopping]);
-        self.send_all(|| Command::Drain);
+        self.send_all_done(Command::Drain);
         let caps = self.parts.carried.caps.clone();
         tracing::info!(target: "osgate::node", signal, open = caps.open(), timeout_ms = timeout.as_millis() as u64, "draining: listeners closed; open connections get until the drain deadline");
         let finished = self.wait_until_closed(started + timeout).await;

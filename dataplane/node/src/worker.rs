@@ -55,13 +55,17 @@ pub(crate) enum Command {
         service: Service,
         node: Arc<Node>,
     },
-    /// Stop accepting on a socket and close it; its connections go on.
-    Close(ListenerKey),
-    /// Close every listening socket (the start of a drain).
-    Drain,
+    /// Stop accepting on a socket and close it; its connections go on. Answered once the
+    /// socket no longer listens.
+    Close(ListenerKey, Done),
+    /// Close every listening socket (the start of a drain); answered likewise.
+    Drain(Done),
     /// Cut every connection still open (the end of a drain): their records say `drained`.
     Cut,
 }
+
+/// A worker's answer that it did what it was told.
+pub(crate) type Done = std::sync::mpsc::Sender<()>;
 
 /// Which driver the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,15 +233,17 @@ async fn serve<D: Driver>(node: Arc<Node>, mut orders: Orders, init: &Init) -> i
                     *l.current.borrow_mut() = Current { service, node, dns };
                 }
             }
-            Command::Close(key) => {
+            Command::Close(key, done) => {
                 if let Some(l) = listening.remove(&key) {
                     l.stop();
                 }
+                let _ = done.send(());
             }
-            Command::Drain => {
+            Command::Drain(done) => {
                 for (_, l) in listening.drain() {
                     l.stop();
                 }
+                let _ = done.send(());
             }
             Command::Cut => crate::watchdog::cut_all(),
         }

@@ -1,0 +1,360 @@
+//! The node's lifecycle as an operator drives it: SIGHUP and changed key files reload,
+//! SIGTERM drains, systemd hears about both, state lives in the state folder (CONFORMANCE
+//! H.51, K.60–K.62).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, channel};
+
+use osgate_tests::certs::{self, Pem, pin_of};
+use osgate_tests::node::{free_port, is_reload_end};
+use osgate_tests::peers::{self, Seen, Server, Stream};
+use osgate_tests::process::http_get;
+use osgate_tests::{Io, Node, WAIT, per_driver};
+
+per_driver!(
+    a_rotated_key_and_sighup_leave_the_live_transfer_intact_and_the_next_connection_gets_the_new_key,
+    a_rotated_key_file_reloads_without_a_signal,
+    a_broken_config_on_sighup_changes_nothing_and_says_why,
+    a_reload_adds_and_removes_listeners_and_removed_ones_keep_their_connections,
+    sigterm_lets_a_transfer_finish_and_cuts_what_outlives_the_drain,
+);
+
+const HALF: u64 = 8_000_000;
+
+fn inbound_config(pem: &Pem, backend: SocketAddr, listen: &str) -> String {
+    format!(
+        "[[inbound]]\nlisten = \"{listen}\"\nbackend = \"{backend}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        pem.cert.display(),
+        pem.key.display()
+    )
+}
+
+/// An outbound node that reports the key it saw, whatever it is (no TOFU).
+fn outbound_to(dir: &Path, io: Io, peer: SocketAddr) -> Node {
+    Node::start(
+        dir,
+        io,
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"encrypt\"\n[tofu]\nmode = \"off\"\nratchet_hours = 0\n"
+        ),
+    )
+}
+
+/// The text a node started with, `[node]` included.
+fn config_of(node: &Node) -> String {
+    std::fs::read_to_string(&node.config).unwrap()
+}
+
+/// A client that sends `2 * HALF` bytes through `addr`, pausing after the first half until
+/// told to go on, while reading the echo; returns the reader's result.
+struct PausedTransfer {
+    resume: std::sync::mpsc::Sender<()>,
+    reader: std::thread::JoinHandle<Seen>,
+}
+
+impl PausedTransfer {
+    fn start(addr: SocketAddr) -> (Self, Receiver<()>) {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let (resume, resumed) = channel();
+        let (paused_tx, paused) = channel();
+        std::thread::spawn(move || {
+            let mut source = Stream::new(7, 2 * HALF);
+            let mut buf = vec![0; 64 * 1024];
+            let mut sent = 0;
+            loop {
+                if sent == HALF {
+                    paused_tx.send(()).unwrap();
+                    resumed.recv().unwrap();
+                }
+                // Chunks end exactly at the pause.
+                let left_in_half = if sent < HALF { HALF - sent } else { u64::MAX };
+                let want = buf.len().min(left_in_half as usize);
+                let n = source.fill(&mut buf[..want]);
+                if n == 0 {
+                    break;
+                }
+                writer.write_all(&buf[..n]).unwrap();
+                sent += n as u64;
+            }
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut stream = stream;
+            peers::receive(&mut stream).unwrap()
+        });
+        (Self { resume, reader }, paused)
+    }
+
+    fn finish(self) -> Seen {
+        self.resume.send(()).unwrap();
+        self.reader.join().unwrap()
+    }
+}
+
+fn a_rotated_key_and_sighup_leave_the_live_transfer_intact_and_the_next_connection_gets_the_new_key(
+    io: Io,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let old = certs::self_signed(dir.path(), "node", "gw.test");
+    let old_pin = pin_of(&old);
+    let mut inbound = Node::start(
+        dir.path(),
+        io,
+        "",
+        &inbound_config(&old, backend.addr, "127.0.0.1:0"),
+    );
+    let mut outbound = outbound_to(dir.path(), io, inbound.addr("inbound[0]"));
+    let (transfer, paused) = PausedTransfer::start(outbound.addr("outbound[0]"));
+    paused.recv_timeout(WAIT).unwrap();
+
+    let new = certs::self_signed(dir.path(), "node", "gw.test");
+    assert_ne!(pin_of(&new), old_pin);
+    let reloaded = inbound.reload(&config_of(&inbound));
+    assert_eq!(reloaded["trigger"], "SIGHUP", "{reloaded}");
+    assert_eq!(
+        reloaded["message"],
+        "reloaded: new connections use the new config; open ones finish on theirs"
+    );
+
+    assert_eq!(
+        transfer.finish(),
+        Stream::expected(7, 2 * HALF),
+        "the live transfer is intact"
+    );
+    let first = outbound.outcome("outbound");
+    assert_eq!(
+        (first["close"].as_str(), first["peer_key"].as_str()),
+        (Some("clean"), Some(old_pin.as_str())),
+        "{first}"
+    );
+    assert_eq!(first["bytes_up"], 2 * HALF);
+
+    assert_eq!(peers::call(outbound.addr("outbound[0]"), b"next"), b"next");
+    let second = outbound.outcome("outbound");
+    assert_eq!(
+        second["peer_key"].as_str(),
+        Some(pin_of(&new).as_str()),
+        "{second}"
+    );
+    assert_eq!(
+        inbound.metric("osgate_config_reloads_total", &[("result", "success")]),
+        1.0
+    );
+    assert_eq!(
+        inbound.metric("osgate_config_reloads_total", &[("result", "failure")]),
+        0.0
+    );
+}
+
+fn a_rotated_key_file_reloads_without_a_signal(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let old = certs::self_signed(dir.path(), "node", "gw.test");
+    let mut inbound = Node::start(
+        dir.path(),
+        io,
+        "",
+        &inbound_config(&old, backend.addr, "127.0.0.1:0"),
+    );
+    let before = inbound.metric("osgate_config_last_reload_success_timestamp_seconds", &[]);
+    assert!(before > 0.0);
+    let seen = inbound.log().len();
+    let new = certs::self_signed(dir.path(), "node", "gw.test");
+    let reloaded = inbound.wait_after(seen, is_reload_end);
+    assert_eq!(
+        reloaded["trigger"], "a certificate or key file changed",
+        "{reloaded}"
+    );
+    assert_eq!(
+        reloaded["message"],
+        "reloaded: new connections use the new config; open ones finish on theirs",
+        "{reloaded}"
+    );
+    let mut outbound = outbound_to(dir.path(), io, inbound.addr("inbound[0]"));
+    assert_eq!(peers::call(outbound.addr("outbound[0]"), b"x"), b"x");
+    let out = outbound.outcome("outbound");
+    assert_eq!(
+        out["peer_key"].as_str(),
+        Some(pin_of(&new).as_str()),
+        "{out}"
+    );
+}
+
+fn a_broken_config_on_sighup_changes_nothing_and_says_why(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\npolicy = \"cleartext\"\n",
+        backend.addr
+    );
+    let mut node = Node::start(dir.path(), io, "", &body);
+    let good = config_of(&node);
+
+    // A bad value: refused with file, key and reason; the listener serves as before.
+    let refused = node.reload(&good.replace("\"cleartext\"", "\"sometimes\""));
+    let error = refused["error"].as_str().unwrap();
+    let expected = format!(
+        "{}: outbound[0].policy: unknown policy `sometimes`",
+        node.config.display()
+    );
+    assert!(error.starts_with(&expected), "{error}");
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"still"), b"still");
+    assert_eq!(node.outcome("outbound")["achieved"], "cleartext");
+
+    // A new listener on a port another process holds: refused whole, before any swap.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    let clash = format!(
+        "{good}[[outbound]]\nlisten = \"{taken}\"\npeer = \"{}\"\n",
+        backend.addr
+    );
+    let refused = node.reload(&clash.replace("\"cleartext\"", "\"encrypt\""));
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("cannot listen on {taken}")),
+        "{error}"
+    );
+    assert_eq!(
+        peers::call(node.addr("outbound[0]"), b"unchanged"),
+        b"unchanged"
+    );
+    let out = node.outcome("outbound");
+    assert_eq!(
+        out["achieved"], "cleartext",
+        "the policy did not change either: {out}"
+    );
+    assert_eq!(
+        node.metric("osgate_config_reloads_total", &[("result", "failure")]),
+        2.0
+    );
+    assert_eq!(
+        node.metric("osgate_config_reloads_total", &[("result", "success")]),
+        0.0
+    );
+}
+
+fn a_reload_adds_and_removes_listeners_and_removed_ones_keep_their_connections(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let first = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\npolicy = \"cleartext\"\n",
+        backend.addr
+    );
+    let mut node = Node::start(dir.path(), io, "", &first);
+    let head = config_of(&node);
+    let old_addr = node.addr("outbound[0]");
+    let mut live = TcpStream::connect(old_addr).unwrap();
+    live.set_read_timeout(Some(WAIT)).unwrap();
+    live.write_all(b"before ").unwrap();
+
+    let extra_addr = free_port();
+    let second = format!(
+        "[[outbound]]\nlisten = \"{extra_addr}\"\npeer = \"{}\"\npolicy = \"cleartext\"\n",
+        backend.addr
+    );
+    let seen = node.log().len();
+    let added = node.reload(&format!("{head}{second}"));
+    assert_eq!(
+        (added["added"].as_u64(), added["kept"].as_u64()),
+        (Some(1), Some(1)),
+        "{added}"
+    );
+    let listening = node.wait_after(seen, |v| v["message"] == "listening");
+    assert_eq!(listening["key"], "outbound[1]");
+    assert_eq!(peers::call(extra_addr, b"new"), b"new");
+    node.outcome("outbound");
+
+    let only_second = head.replace(&first, "") + &second;
+    let removed = node.reload(&only_second);
+    assert_eq!(
+        (removed["removed"].as_u64(), removed["kept"].as_u64()),
+        (Some(1), Some(1)),
+        "{removed}"
+    );
+    let refused = TcpStream::connect(old_addr);
+    assert!(
+        refused.is_err(),
+        "the removed listener is closed: {refused:?}"
+    );
+    live.write_all(b"after").unwrap();
+    live.shutdown(Shutdown::Write).unwrap();
+    let mut echoed = Vec::new();
+    live.read_to_end(&mut echoed).unwrap();
+    assert_eq!(echoed, b"before after", "the open connection went on");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["close"].as_str(), out["listener"].as_str()),
+        (Some("clean"), Some("127.0.0.1:0")),
+        "{out}"
+    );
+}
+
+fn sigterm_lets_a_transfer_finish_and_cuts_what_outlives_the_drain(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\npolicy = \"cleartext\"\n",
+        backend.addr
+    );
+    let mut node = Node::start(dir.path(), io, "drain_timeout_ms = 3000", &body);
+    let addr = node.addr("outbound[0]");
+    let metrics = node.metrics.unwrap();
+    let (transfer, paused) = PausedTransfer::start(addr);
+    paused.recv_timeout(WAIT).unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(WAIT)).unwrap();
+    idle.write_all(b"hold").unwrap();
+    let mut echo = [0u8; 4];
+    idle.read_exact(&mut echo).unwrap();
+
+    let seen = node.log().len();
+    node.signal("TERM");
+    let draining = node.wait_after(seen, |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("draining"))
+    });
+    assert_eq!(draining["open"], 2, "{draining}");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "a draining node accepts no new connection"
+    );
+    let (status, why) = http_get(metrics, "/ready");
+    assert_eq!((status, why.trim()), (503, "not ready: draining"));
+    assert_eq!(http_get(metrics, "/live").0, 200);
+
+    assert_eq!(
+        transfer.finish(),
+        Stream::expected(7, 2 * HALF),
+        "the transfer finished during the drain"
+    );
+    let done = node.outcome("outbound");
+    assert_eq!(
+        (done["close"].as_str(), done["bytes_up"].as_u64()),
+        (Some("clean"), Some(2 * HALF)),
+        "{done}"
+    );
+    let cut = node.outcome("outbound");
+    assert_eq!(
+        (cut["close"].as_str(), cut["bytes_up"].as_u64()),
+        (Some("drained"), Some(4)),
+        "{cut}"
+    );
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    assert_eq!(node.exit_code(), Some(0));
+    let stopped = node
+        .log()
+        .iter()
+        .find(|v| v["message"] == "drained; stopping")
+        .cloned()
+        .unwrap();
+    assert_eq!(stopped["open"], 0, "{stopped}");
+}
