@@ -59,6 +59,12 @@ impl Node {
     /// Starts a node on the `[node]`-less `body` (listeners), with `io` and a metrics port.
     /// `dir` anchors relative paths.
     pub fn start(dir: &Path, io: Io, node_extra: &str, body: &str) -> Node {
+        let (path, metrics) = Node::write_config(dir, io, node_extra, body);
+        Node::run(path, Some(metrics))
+    }
+
+    /// Writes the config [`Node::start`] would run (in `dir`, with a fresh metrics port).
+    pub fn write_config(dir: &Path, io: Io, node_extra: &str, body: &str) -> (PathBuf, SocketAddr) {
         let metrics = free_port();
         // State beside the config (never the installed default), unless the test says.
         let state = match node_extra.contains("state_dir") {
@@ -71,7 +77,7 @@ impl Node {
         );
         let path = dir.join(format!("node-{}.toml", unique()));
         std::fs::write(&path, config).unwrap();
-        Node::run(path, Some(metrics))
+        (path, metrics)
     }
 
     /// Starts a node on an existing config file (e.g. again, after a restart).
