@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, channel};
 
 use osgate_tests::certs::{self, Pem, pin_of};
+use osgate_tests::controlplane::{ControlPlane, keygen, revision, wait_applied};
 use osgate_tests::node::{free_port, is_reload_end};
 use osgate_tests::peers::{self, Seen, Server, Stream};
 use osgate_tests::process::http_get;
@@ -20,6 +21,8 @@ per_driver!(
     a_broken_config_on_sighup_changes_nothing_and_says_why,
     a_reload_adds_and_removes_listeners_and_removed_ones_keep_their_connections,
     sigterm_lets_a_transfer_finish_and_cuts_what_outlives_the_drain,
+    a_reloaded_policy_applies_to_new_connections_while_open_ones_keep_theirs,
+    a_reload_that_adds_a_control_plane_follows_it,
 );
 
 const HALF: u64 = 8_000_000;
@@ -357,4 +360,90 @@ fn sigterm_lets_a_transfer_finish_and_cuts_what_outlives_the_drain(io: Io) {
         .cloned()
         .unwrap();
     assert_eq!(stopped["open"], 0, "{stopped}");
+}
+
+fn a_reloaded_policy_applies_to_new_connections_while_open_ones_keep_theirs(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\n",
+        backend.addr
+    );
+    let mut node = Node::start(dir.path(), io, "", &body);
+    let addr = node.addr("outbound[0]");
+    let mut open = TcpStream::connect(addr).unwrap();
+    open.set_read_timeout(Some(WAIT)).unwrap();
+    open.write_all(b"one ").unwrap();
+    let mut echo = [0u8; 4];
+    open.read_exact(&mut echo).unwrap();
+
+    let stricter = format!(
+        "{}[[policy]]\nmatch = \"{}\"\nlevel = \"encrypt\"\n",
+        config_of(&node),
+        backend.addr.ip()
+    );
+    let reloaded = node.reload(&stricter);
+    assert_eq!(reloaded["kept"], 1, "{reloaded}");
+    assert_eq!(
+        peers::call(addr, b"new"),
+        b"",
+        "a new connection gets the new policy"
+    );
+    let out = node.outcome("outbound");
+    // The echo peer answers the ClientHello with itself: not TLS, and this rule needs TLS.
+    let decided = (
+        out["achieved"].as_str(),
+        out["desired"].as_str(),
+        out["policy"].as_str(),
+    );
+    assert_eq!(
+        decided,
+        (Some("refused"), Some("encrypt"), Some("policy[0]")),
+        "{out}"
+    );
+
+    open.write_all(b"two").unwrap();
+    open.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"two", "the open connection kept its policy");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["close"].as_str()),
+        (Some("cleartext"), Some("clean")),
+        "{out}"
+    );
+}
+
+fn a_reload_that_adds_a_control_plane_follows_it(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("cp.db").display().to_string();
+    let cp = ControlPlane::start(dir.path(), &url, "");
+    let backend = Server::start(peers::echo);
+    let key = keygen(dir.path(), "n1");
+    cp.register_serving("n1", &key, &[], &[backend.addr]);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\npolicy = \"cleartext\"\n",
+        backend.addr
+    );
+    let mut node = Node::start(dir.path(), io, "", &body);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"x"), b"x");
+    node.outcome("outbound");
+
+    let deny = format!(
+        "[[policy]]\nname = \"no-lab\"\nmatch = \"{}\"\nlevel = \"deny\"\n",
+        backend.addr.ip()
+    );
+    let rev = revision(&cp.apply(dir.path(), &deny, &[]).json());
+    let section = cp.section(&key, &dir.path().join("n1.lkg"), "");
+    let reloaded = node.reload(&format!("{}\n{section}", config_of(&node)));
+    assert_eq!(
+        reloaded["message"],
+        "reloaded: new connections use the new config; open ones finish on theirs",
+        "{reloaded}"
+    );
+    wait_applied(&mut node, rev);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"x"), b"");
+    let out = node.outcome("outbound");
+    assert_eq!(out["reason"], "policy-deny", "{out}");
 }
