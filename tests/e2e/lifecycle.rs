@@ -52,6 +52,27 @@ fn config_of(node: &Node) -> String {
     std::fs::read_to_string(&node.config).unwrap()
 }
 
+/// A connection through `addr` (to an echo backend) that sent `first` and got it back: open
+/// and relaying.
+fn open_echoed(addr: SocketAddr, first: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(first).unwrap();
+    let mut echo = vec![0u8; first.len()];
+    stream.read_exact(&mut echo).unwrap();
+    assert_eq!(echo, first);
+    stream
+}
+
+/// Sends `last` on an [`open_echoed`] connection, half-closes, and returns the rest.
+fn finish(mut stream: TcpStream, last: &[u8]) -> Vec<u8> {
+    stream.write_all(last).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    rest
+}
+
 /// A client that sends `2 * HALF` bytes through `addr`, pausing after the first half until
 /// told to go on, while reading the echo; returns the reader's result.
 struct PausedTransfer {
@@ -253,9 +274,7 @@ fn a_reload_adds_and_removes_listeners_and_removed_ones_keep_their_connections(i
     let mut node = Node::start(dir.path(), io, "", &first);
     let head = config_of(&node);
     let old_addr = node.addr("outbound[0]");
-    let mut live = TcpStream::connect(old_addr).unwrap();
-    live.set_read_timeout(Some(WAIT)).unwrap();
-    live.write_all(b"before ").unwrap();
+    let live = open_echoed(old_addr, b"before ");
 
     let extra_addr = free_port();
     let second = format!(
@@ -286,11 +305,11 @@ fn a_reload_adds_and_removes_listeners_and_removed_ones_keep_their_connections(i
         refused.is_err(),
         "the removed listener is closed: {refused:?}"
     );
-    live.write_all(b"after").unwrap();
-    live.shutdown(Shutdown::Write).unwrap();
-    let mut echoed = Vec::new();
-    live.read_to_end(&mut echoed).unwrap();
-    assert_eq!(echoed, b"before after", "the open connection went on");
+    assert_eq!(
+        finish(live, b"after"),
+        b"after",
+        "the open connection went on"
+    );
     let out = node.outcome("outbound");
     assert_eq!(
         (out["close"].as_str(), out["listener"].as_str()),
@@ -311,11 +330,7 @@ fn sigterm_lets_a_transfer_finish_and_cuts_what_outlives_the_drain(io: Io) {
     let metrics = node.metrics.unwrap();
     let (transfer, paused) = PausedTransfer::start(addr);
     paused.recv_timeout(WAIT).unwrap();
-    let mut idle = TcpStream::connect(addr).unwrap();
-    idle.set_read_timeout(Some(WAIT)).unwrap();
-    idle.write_all(b"hold").unwrap();
-    let mut echo = [0u8; 4];
-    idle.read_exact(&mut echo).unwrap();
+    let mut idle = open_echoed(addr, b"hold");
 
     let seen = node.log().len();
     node.signal("TERM");
@@ -371,11 +386,7 @@ fn a_reloaded_policy_applies_to_new_connections_while_open_ones_keep_theirs(io: 
     );
     let mut node = Node::start(dir.path(), io, "", &body);
     let addr = node.addr("outbound[0]");
-    let mut open = TcpStream::connect(addr).unwrap();
-    open.set_read_timeout(Some(WAIT)).unwrap();
-    open.write_all(b"one ").unwrap();
-    let mut echo = [0u8; 4];
-    open.read_exact(&mut echo).unwrap();
+    let open = open_echoed(addr, b"one ");
 
     let stricter = format!(
         "{}[[policy]]\nmatch = \"{}\"\nlevel = \"encrypt\"\n",
@@ -402,10 +413,7 @@ fn a_reloaded_policy_applies_to_new_connections_while_open_ones_keep_theirs(io: 
         "{out}"
     );
 
-    open.write_all(b"two").unwrap();
-    open.shutdown(Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    open.read_to_end(&mut rest).unwrap();
+    let rest = finish(open, b"two");
     assert_eq!(rest, b"two", "the open connection kept its policy");
     let out = node.outcome("outbound");
     assert_eq!(
