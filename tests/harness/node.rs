@@ -59,19 +59,35 @@ impl Node {
     /// Starts a node on the `[node]`-less `body` (listeners), with `io` and a metrics port.
     /// `dir` anchors relative paths.
     pub fn start(dir: &Path, io: Io, node_extra: &str, body: &str) -> Node {
-        let metrics = free_port();
-        let config = format!(
-            "[node]\nio = \"{}\"\nworkers = 2\nmetrics_listen = \"{metrics}\"\n{node_extra}\n{body}",
-            io.as_str()
-        );
-        let path = dir.join(format!("node-{}.toml", unique()));
-        std::fs::write(&path, config).unwrap();
+        let (path, metrics) = write_config(dir, io, node_extra, body);
         Node::run(path, Some(metrics))
+    }
+
+    /// [`Node::start`] with the descriptor limit (soft, hard) set before the node's first
+    /// instruction (`prlimit` execs the node: same process).
+    pub fn start_limited(
+        dir: &Path,
+        io: Io,
+        nofile: (u64, u64),
+        node_extra: &str,
+        body: &str,
+    ) -> Node {
+        let (path, metrics) = write_config(dir, io, node_extra, body);
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={}:{}", nofile.0, nofile.1))
+            .arg("--")
+            .arg(osgate_bin());
+        Node::launch(command, path, Some(metrics))
     }
 
     /// Starts a node on an existing config file (e.g. again, after a restart).
     pub fn run(config: PathBuf, metrics: Option<SocketAddr>) -> Node {
-        let mut command = Command::new(osgate_bin());
+        Node::launch(Command::new(osgate_bin()), config, metrics)
+    }
+
+    /// Runs `command` (the node binary, or a launcher of it) with `run -c config`.
+    fn launch(mut command: Command, config: PathBuf, metrics: Option<SocketAddr>) -> Node {
         command
             .args(["run", "-c"])
             .arg(&config)
@@ -140,6 +156,22 @@ impl Node {
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+}
+
+/// Writes a node config with `io`, two workers and a fresh metrics port; returns both.
+fn write_config(dir: &Path, io: Io, node_extra: &str, body: &str) -> (PathBuf, SocketAddr) {
+    let metrics = free_port();
+    let config = format!(
+        "[node]\nio = \"{}\"\nworkers = 2\nmetrics_listen = \"{metrics}\"\n{node_extra}\n{body}",
+        io.as_str()
+    );
+    let path = dir.join(format!("node-{}.toml", unique()));
+    std::fs::write(&path, config).unwrap();
+    (path, metrics)
 }
 
 fn is_outcome(v: &Value, direction: &str) -> bool {

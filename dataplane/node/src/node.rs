@@ -35,6 +35,7 @@ pub enum StartError {
 
 /// Runs the node until the process is stopped.
 pub fn run(config: Config) -> Result<(), StartError> {
+    crate::sys::raise_nofile();
     let driver = choose_driver(config.node.io)?;
     crate::metrics::install(config.node.metrics_listen).map_err(StartError::Metrics)?;
     gauge!(m::IO_DRIVER_INFO, "driver" => driver.name()).set(1.0);

@@ -1,0 +1,176 @@
+//! Endurance: keepalive on both legs (CONFORMANCE F.38), the descriptor limit raised at start,
+//! and descriptor exhaustion (F.39) — checked against what the kernel reports for the node.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use osgate_tests::peers::{self, Server};
+use osgate_tests::sockets::{self, ESTABLISHED, TIMER_KEEPALIVE, TcpSocket};
+use osgate_tests::{Io, Node, WAIT, certs, eventually, per_driver};
+
+per_driver!(
+    keepalive_is_on_for_both_legs_of_both_nodes,
+    the_soft_descriptor_limit_is_raised_to_the_hard_one,
+    descriptor_exhaustion_backs_off_quietly_and_recovers
+);
+
+/// What the node sets (io/mod.rs): 60 s idle, then 6 probes 10 s apart.
+const KEEPALIVE: (bool, Duration, Duration, u32) =
+    (true, Duration::from_secs(60), Duration::from_secs(10), 6);
+const ACCEPT_FAILED: &str = "accept failed; backing off";
+
+fn inbound_body(dir: &Path, backend: SocketAddr) -> String {
+    let pem = certs::self_signed(dir, "node", "gw.test");
+    format!(
+        "[[inbound]]\nlisten = \"127.0.0.1:0\"\nbackend = \"{backend}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\ncleartext = \"allow\"\n",
+        pem.cert.display(),
+        pem.key.display()
+    )
+}
+
+fn keepalive_is_on_for_both_legs_of_both_nodes(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let inbound = Node::start(dir.path(), io, "", &inbound_body(dir.path(), backend.addr));
+    let peer = inbound.addr("inbound[0]");
+    let outbound = Node::start(
+        dir.path(),
+        io,
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{peer}\"\npolicy = \"encrypt\"\n"
+        ),
+    );
+    let entry = outbound.addr("outbound[0]");
+
+    // An echoed ping means all three connections (client, tunnel, backend) are up.
+    let mut client = TcpStream::connect(entry).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut echoed = [0; 4];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+
+    let legs: [(&Node, &str, &dyn Fn(&TcpSocket) -> bool); 4] = [
+        (&outbound, "client leg", &|s| s.local == entry),
+        (&outbound, "peer leg", &|s| s.remote == peer),
+        (&inbound, "client leg", &|s| s.local == peer),
+        (&inbound, "backend leg", &|s| s.remote == backend.addr),
+    ];
+    for (node, name, pick) in legs {
+        let socket = leg(node, pick);
+        let what = format!("{} node, {name}: {socket:?}", node_name(node, &outbound));
+        assert_eq!(
+            sockets::keepalive(node.pid(), socket.fd),
+            KEEPALIVE,
+            "{what}"
+        );
+        // The kernel's own view: once the last segment is acknowledged (no retransmit timer
+        // pending), the keepalive timer runs, due within the idle time.
+        eventually(&format!("keepalive timer pending on {what}"), || {
+            let socket = leg(node, pick);
+            socket.timer == TIMER_KEEPALIVE && socket.timer_left <= KEEPALIVE.1
+        });
+    }
+}
+
+/// The one established socket of `node` that `pick` selects.
+fn leg(node: &Node, pick: &dyn Fn(&TcpSocket) -> bool) -> TcpSocket {
+    let found: Vec<TcpSocket> = sockets::tcp_sockets(node.pid())
+        .into_iter()
+        .filter(|s| s.state == ESTABLISHED && pick(s))
+        .collect();
+    assert_eq!(found.len(), 1, "one such socket: {found:?}");
+    found[0].clone()
+}
+
+fn node_name(node: &Node, outbound: &Node) -> &'static str {
+    match node.pid() == outbound.pid() {
+        true => "outbound",
+        false => "inbound",
+    }
+}
+
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let body = inbound_body(dir.path(), backend.addr);
+    let mut node = Node::start_limited(dir.path(), io, (256, 512), "", &body);
+
+    let logged = node.wait_for(|v| v["message"] == "descriptor limit (RLIMIT_NOFILE)");
+    assert_eq!(
+        (logged["soft"].as_u64(), logged["raised_from"].as_u64()),
+        (Some(512), Some(256))
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&open_files[3..5], ["512", "512"], "{limits}");
+}
+
+/// A node at its descriptor limit: clients that connect and stay silent hold one descriptor
+/// each (a long peek timeout keeps them), so accept(2) fails with EMFILE.
+fn descriptor_exhaustion_backs_off_quietly_and_recovers(io: Io) {
+    const LIMIT: usize = 128;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Server::start(peers::echo);
+    let body = inbound_body(dir.path(), backend.addr);
+    let (limit, extra) = (LIMIT as u64, "peek_timeout_ms = 120000");
+    let mut node = Node::start_limited(dir.path(), io, (limit, limit), extra, &body);
+    let addr = node.addr("inbound[0]");
+    let descriptors = [("kind", "descriptors")];
+    assert_eq!(node.metric("osgate_accept_errors_total", &descriptors), 0.0);
+
+    let silent: Vec<TcpStream> = (0..LIMIT + 32)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let first = node.wait_for(|v| v["message"] == ACCEPT_FAILED);
+    assert!(
+        first["error"].as_str().unwrap().contains("os error 24"),
+        "EMFILE: {first}"
+    );
+    let (started, cpu_before) = (Instant::now(), sockets::cpu_time(node.pid()));
+    let held = sockets::descriptors(node.pid());
+    assert!(
+        held >= LIMIT,
+        "the node is at its limit: {held} descriptors"
+    );
+
+    // Stalled until the backoff has sat at its ceiling a few times (seconds, not a spin).
+    let deadline = Instant::now() + WAIT;
+    while count(&node, |v| {
+        v["message"] == ACCEPT_FAILED && v["backoff_ms"] == 1000
+    }) < 4
+    {
+        node.process.receive(deadline);
+    }
+    let stalled = started.elapsed();
+    let cpu = sockets::cpu_time(node.pid()) - cpu_before;
+    assert!(
+        cpu < stalled / 10,
+        "CPU {cpu:?} over {stalled:?} stalled at the limit: the node spins"
+    );
+    let lines = count(&node, |v| v["message"] == ACCEPT_FAILED);
+    // Per worker: one line per backoff step (10 ms doubling to 1 s), then one a second.
+    let bound = 2 * (8 + stalled.as_secs() as usize + 1);
+    assert!(
+        lines <= bound,
+        "{lines} '{ACCEPT_FAILED}' lines in {stalled:?}"
+    );
+
+    drop(silent);
+    assert_eq!(peers::call(addr, b"ping"), b"ping", "relays again");
+    assert!(node.metric("osgate_accept_errors_total", &descriptors) >= 1.0);
+    assert!(node.is_running());
+}
+
+fn count(node: &Node, pred: impl Fn(&serde_json::Value) -> bool) -> usize {
+    node.log().iter().filter(|v| pred(v)).count()
+}
