@@ -54,14 +54,14 @@ fn keepalive_is_on_for_both_legs_of_both_nodes(io: Io) {
     client.read_exact(&mut echoed).unwrap();
     assert_eq!(&echoed, b"ping");
 
-    let legs: [(&Node, &str, &dyn Fn(&TcpSocket) -> bool); 4] = [
-        (&outbound, "client leg", &|s| s.local == entry),
-        (&outbound, "peer leg", &|s| s.remote == peer),
-        (&inbound, "client leg", &|s| s.local == peer),
-        (&inbound, "backend leg", &|s| s.remote == backend.addr),
+    let legs = [
+        (&outbound, "client leg", End::Local(entry)),
+        (&outbound, "peer leg", End::Remote(peer)),
+        (&inbound, "client leg", End::Local(peer)),
+        (&inbound, "backend leg", End::Remote(backend.addr)),
     ];
-    for (node, name, pick) in legs {
-        let socket = leg(node, pick);
+    for (node, name, end) in legs {
+        let socket = leg(node, end);
         let what = format!("{} node, {name}: {socket:?}", node_name(node, &outbound));
         assert_eq!(
             sockets::keepalive(node.pid(), socket.fd),
@@ -71,17 +71,28 @@ fn keepalive_is_on_for_both_legs_of_both_nodes(io: Io) {
         // The kernel's own view: once the last segment is acknowledged (no retransmit timer
         // pending), the keepalive timer runs, due within the idle time.
         eventually(&format!("keepalive timer pending on {what}"), || {
-            let socket = leg(node, pick);
+            let socket = leg(node, end);
             socket.timer == TIMER_KEEPALIVE && socket.timer_left <= KEEPALIVE.1
         });
     }
 }
 
-/// The one established socket of `node` that `pick` selects.
-fn leg(node: &Node, pick: &dyn Fn(&TcpSocket) -> bool) -> TcpSocket {
+/// Which socket of a node: the one accepted on a local address, or connected to a remote one.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Local(SocketAddr),
+    Remote(SocketAddr),
+}
+
+/// The one established socket of `node` at `end`.
+fn leg(node: &Node, end: End) -> TcpSocket {
     let found: Vec<TcpSocket> = sockets::tcp_sockets(node.pid())
         .into_iter()
-        .filter(|s| s.state == ESTABLISHED && pick(s))
+        .filter(|s| s.state == ESTABLISHED)
+        .filter(|s| match end {
+            End::Local(addr) => s.local == addr,
+            End::Remote(addr) => s.remote == addr,
+        })
         .collect();
     assert_eq!(found.len(), 1, "one such socket: {found:?}");
     found[0].clone()
