@@ -111,10 +111,11 @@ impl Args {
         self.pairs = 1;
     }
 
-    /// Churn connections open at once, at most: one second's worth. Beyond that a
-    /// connection is skipped (and counted), so a saturated machine shows as a lower rate.
+    /// Churn connections open at once, at most: three seconds' worth (on a shared machine
+    /// one exchange can take a second or more of scheduling delay). Beyond that a due
+    /// connection is skipped and counted, so a saturated machine shows as a lower rate.
     pub fn max_in_flight(&self) -> usize {
-        (self.rate as usize).max(100)
+        (self.rate as usize * 3).max(100)
     }
 
     /// Every process must fit under the hard descriptor limit: a node holds two descriptors

@@ -33,6 +33,9 @@ pub struct Stats {
     pub tunnels_alive: AtomicU64,
     pub tunnels_lost: AtomicU64,
     pub pings_ok: AtomicU64,
+    /// Sum and maximum of completed churn exchanges' durations, µs.
+    pub churn_micros: AtomicU64,
+    pub churn_max_micros: AtomicU64,
     pub errors: Mutex<Vec<String>>,
 }
 
@@ -209,10 +212,14 @@ pub async fn churn(
 }
 
 async fn churn_one(addr: SocketAddr, id: u64, stats: Arc<Stats>) {
+    let began = Instant::now();
     let result = timeout(DEADLINE, exchange(addr, id)).await;
     stats.in_flight.fetch_sub(1, Relaxed);
     match result {
         Ok(Ok(())) => {
+            let micros = began.elapsed().as_micros() as u64;
+            stats.churn_micros.fetch_add(micros, Relaxed);
+            stats.churn_max_micros.fetch_max(micros, Relaxed);
             stats.churn_ok.fetch_add(1, Relaxed);
         }
         Ok(Err(e)) => {

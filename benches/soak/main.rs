@@ -29,6 +29,7 @@ mod sys;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use args::Args;
@@ -94,6 +95,7 @@ fn run(args: &Args) -> Result<(), Error> {
 async fn soak(args: &Args, fleet: &Fleet, stats: &Arc<Stats>) -> Result<Vec<Row>, Error> {
     let targets = fleet.entries();
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let idle = Row::take(fleet, stats, Moment::Event("idle"));
     let ramp = Instant::now();
     let tunnels = load::open_tunnels(args, &targets, stats).await?;
     eprintln!(
@@ -103,8 +105,8 @@ async fn soak(args: &Args, fleet: &Fleet, stats: &Arc<Stats>) -> Result<Vec<Row>
     );
     let names: Vec<String> = fleet.nodes.iter().map(|n| n.name.clone()).collect();
     eprintln!("{}", report::header(&names));
-    let mut rows = vec![Row::take(fleet, stats, Moment::Event("tunnels open"))];
-    eprintln!("{}", rows[0].line());
+    let mut rows = vec![idle, Row::take(fleet, stats, Moment::Event("tunnels open"))];
+    eprintln!("{}\n{}", rows[0].line(), rows[1].line());
     let churn = tokio::spawn(load::churn(
         args.rate,
         args.max_in_flight(),
@@ -113,21 +115,21 @@ async fn soak(args: &Args, fleet: &Fleet, stats: &Arc<Stats>) -> Result<Vec<Row>
         stopped,
     ));
     let start = Instant::now();
-    let (mut next, mut last) = (start, (start, stats.churn_ok()));
+    let (mut next, mut last) = (start, (start, 0, 0));
     while start.elapsed() < args.duration {
         next += args.sample_every;
         tokio::time::sleep_until(next.into()).await;
-        let (now, ok) = (Instant::now(), stats.churn_ok());
-        let rate = (ok - last.1) as f64 / (now - last.0).as_secs_f64();
-        last = (now, ok);
-        let row = Row::take(
-            fleet,
-            stats,
-            Moment::Churn {
-                at: now - start,
-                rate,
-            },
-        );
+        let now = Instant::now();
+        let (ok, micros) = (stats.churn_ok(), stats.churn_micros.load(Relaxed));
+        let done = (ok - last.1) as f64;
+        let moment = Moment::Churn {
+            at: now - start,
+            rate: done / (now - last.0).as_secs_f64(),
+            mean_ms: (micros - last.2) as f64 / done.max(1.0) / 1000.0,
+            max_ms: stats.churn_max_micros.swap(0, Relaxed) as f64 / 1000.0,
+        };
+        last = (now, ok, micros);
+        let row = Row::take(fleet, stats, moment);
         eprintln!("{}", row.line());
         rows.push(row);
     }
