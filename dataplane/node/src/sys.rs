@@ -56,10 +56,10 @@ pub async fn wait_readable(fd: RawFd) -> std::io::Result<()> {
 /// the operator set. Failure is logged, not fatal: the node still runs at the soft limit.
 pub fn raise_nofile() {
     match raise_nofile_to_hard() {
-        Ok((from, to)) => tracing::info!(
+        Ok((from, to, hard)) => tracing::info!(
             target: "osgate::node",
             soft = to,
-            hard = to,
+            hard,
             raised_from = from,
             "descriptor limit (RLIMIT_NOFILE)"
         ),
@@ -71,8 +71,8 @@ pub fn raise_nofile() {
     }
 }
 
-/// Returns (soft limit before, soft limit now).
-fn raise_nofile_to_hard() -> std::io::Result<(u64, u64)> {
+/// Returns (soft limit before, soft limit now, hard limit).
+fn raise_nofile_to_hard() -> std::io::Result<(u64, u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -98,5 +98,5 @@ fn raise_nofile_to_hard() -> std::io::Result<(u64, u64)> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((before, limit.rlim_cur))
+    Ok((before, limit.rlim_cur, limit.rlim_max))
 }
