@@ -122,7 +122,7 @@ impl Drop for Fleet {
 
 /// This binary as `soak backend`, in its own process (its own descriptor budget).
 fn start_backend() -> Result<(Child, SocketAddr), Error> {
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = crate::sys::die_with_parent(&mut Command::new(std::env::current_exe()?))
         .arg("backend")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -207,7 +207,7 @@ fn spawn_node(
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config)?;
     let log = dir.join(format!("{name}.log"));
-    let child = Command::new(osgate)
+    let child = crate::sys::die_with_parent(&mut Command::new(osgate))
         .args(["run", "-c"])
         .arg(&path)
         .env("OSGATE_LOG", "warn")
