@@ -25,6 +25,14 @@ impl NodeProc {
     }
 }
 
+/// A node log's WARN and ERROR lines: how many, and of which kinds (with counts).
+#[derive(Debug)]
+pub struct LogSummary {
+    pub node: String,
+    pub count: usize,
+    pub kinds: Vec<(String, usize)>,
+}
+
 #[derive(Debug)]
 pub struct Fleet {
     /// Outbound and inbound node of each pair, in that order.
@@ -73,18 +81,37 @@ impl Fleet {
         }
     }
 
-    /// WARN and ERROR lines per node log: (node, count, first line).
-    pub fn log_summary(&self) -> Vec<(String, usize, Option<String>)> {
+    /// WARN and ERROR lines per node log.
+    pub fn log_summary(&self) -> Vec<LogSummary> {
         self.nodes
             .iter()
             .map(|node| {
                 let text = std::fs::read_to_string(&node.log).unwrap_or_default();
-                let bad: Vec<&str> = text
+                let mut kinds: Vec<(String, usize)> = Vec::new();
+                let mut count = 0;
+                for line in text
                     .lines()
                     .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                    .collect();
-                let first = bad.first().map(|l| plain(l).chars().take(160).collect());
-                (node.name.clone(), bad.len(), first)
+                {
+                    count += 1;
+                    // Without the timestamp, cut short: lines of one kind differ only later.
+                    let plain = plain(line);
+                    let kind: String = plain
+                        .split_once(' ')
+                        .map_or(plain.as_str(), |(_, rest)| rest.trim_start())
+                        .chars()
+                        .take(90)
+                        .collect();
+                    match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                        Some((_, n)) => *n += 1,
+                        None => kinds.push((kind, 1)),
+                    }
+                }
+                LogSummary {
+                    node: node.name.clone(),
+                    count,
+                    kinds,
+                }
             })
             .collect()
     }

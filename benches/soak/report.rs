@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::args::Args;
 use crate::load::Stats;
-use crate::nodes::Fleet;
+use crate::nodes::{Fleet, LogSummary};
 use crate::sample;
 
 /// When a row was taken.
@@ -30,6 +30,8 @@ pub struct NodeSample {
     pub close_wait: usize,
     /// User plus system CPU time so far.
     pub cpu: Option<Duration>,
+    /// Time its threads waited for a CPU so far.
+    pub run_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +59,7 @@ impl Row {
                     descriptors: sample::descriptors(node.pid()),
                     close_wait: close_wait.get(&node.pid()).copied().unwrap_or(0),
                     cpu: sample::cpu_time(node.pid()),
+                    run_delay: sample::run_delay(node.pid()),
                 })
                 .collect();
             let cleartext = fleet
@@ -143,13 +146,7 @@ fn spread(values: impl Iterator<Item = f64>) -> Option<(f64, f64, f64)> {
     Some((min, max, (max - min) / min.max(1.0) * 100.0))
 }
 
-pub fn print(
-    args: &Args,
-    names: &[String],
-    rows: &[Row],
-    logs: &[(String, usize, Option<String>)],
-    stats: &Stats,
-) {
+pub fn print(args: &Args, names: &[String], rows: &[Row], logs: &[LogSummary], stats: &Stats) {
     println!(
         "soak: {} tunnels over {} pair(s), {} new connections/s, {} s of churn, io = {}, samples every {} s\n",
         args.tunnels,
@@ -198,16 +195,18 @@ pub fn print(
         }
     }
     print_cpu(names, rows);
+    // Summed over the nodes, as in the table's column.
+    let close_wait = |r: &&Row| r.nodes.iter().map(|n| n.close_wait).sum::<usize>();
     let during = rows
         .iter()
         .filter(|r| matches!(r.moment, Moment::Churn { .. }))
-        .flat_map(|r| r.nodes.iter().map(|n| n.close_wait))
+        .map(|r| close_wait(&r))
         .max()
         .unwrap_or(0);
-    let left: usize = rows
+    let left = rows
         .iter()
         .filter(|r| matches!(r.moment, Moment::Event(_)))
-        .flat_map(|r| r.nodes.iter().map(|n| n.close_wait))
+        .map(|r| close_wait(&r))
         .max()
         .unwrap_or(0);
     print_baseline(names, rows);
@@ -248,13 +247,11 @@ pub fn print(
         last.map_or(0, |r| r.tunnels_lost),
         stats.pings_ok.load(Relaxed)
     );
-    for (name, count, first) in logs {
-        println!(
-            "  {name} log: {count} WARN/ERROR lines{}",
-            first
-                .as_ref()
-                .map_or(String::new(), |l| format!("; first: {l}"))
-        );
+    for log in logs {
+        println!("  {} log: {} WARN/ERROR lines", log.node, log.count);
+        for (kind, n) in &log.kinds {
+            println!("    {n} × {kind}");
+        }
     }
     if let Ok(errors) = stats.errors.lock() {
         for e in errors.iter() {
@@ -312,7 +309,14 @@ fn print_cpu(names: &[String], rows: &[Row]) {
             && wall > 0.0
         {
             let pct = (b - a).as_secs_f64() / wall * 100.0;
-            println!("  {name} CPU during churn: {pct:.0}% of one core");
+            let waited = match (first.nodes[i].run_delay, last.nodes[i].run_delay) {
+                (Some(a), Some(b)) => format!(
+                    "; its threads waited for a CPU {:.0}% of the time (summed over threads)",
+                    (b.saturating_sub(a)).as_secs_f64() / wall * 100.0
+                ),
+                _ => String::new(),
+            };
+            println!("  {name} CPU during churn: {pct:.0}% of one core{waited}");
         }
     }
 }

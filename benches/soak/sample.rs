@@ -68,3 +68,16 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(Duration::from_millis((utime + stime) * 10))
 }
+
+/// Time `pid`'s threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat,
+/// second field, ns): how much the machine's other load held the node back.
+pub fn run_delay(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let nanos: u64 = tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            stat.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum();
+    Some(Duration::from_nanos(nanos))
+}
