@@ -1,4 +1,5 @@
-//! The only module with `unsafe`: borrowing raw descriptors that tokio-uring owns.
+//! The only module with `unsafe`: borrowing raw descriptors that tokio-uring owns, and the
+//! descriptor limit.
 #![allow(unsafe_code)]
 
 use std::os::fd::{BorrowedFd, RawFd};
