@@ -21,6 +21,7 @@ pub mod peers;
 pub mod postgres;
 pub mod process;
 pub mod records;
+pub mod sockets;
 
 pub use node::{Io, Node};
 

@@ -80,10 +80,42 @@ impl Node {
         (path, metrics)
     }
 
+    /// [`Node::start`] with the descriptor limit (soft, hard) set before the node's first
+    /// instruction (`prlimit` execs the node: same process).
+    pub fn start_limited(
+        dir: &Path,
+        io: Io,
+        nofile: (u64, u64),
+        node_extra: &str,
+        body: &str,
+    ) -> Node {
+        let (path, metrics) = Node::write_config(dir, io, node_extra, body);
+        let limit = format!("--nofile={}:{}", nofile.0, nofile.1);
+        let command = Node::command_via("prlimit", &[&limit, "--"], &path);
+        Node::launch(command, path, Some(metrics))
+    }
+
     /// Starts a node on an existing config file (e.g. again, after a restart).
     pub fn run(config: PathBuf, metrics: Option<SocketAddr>) -> Node {
         let command = Node::command(&config);
         Node::launch(command, config, metrics)
+    }
+
+    /// [`Node::command`] started through `launcher` (`prlimit`, `unshare`, …), which then
+    /// execs the node: the same process, with its environment.
+    pub fn command_via(launcher: &str, args: &[&str], config: &Path) -> Command {
+        let node = Node::command(config);
+        let mut command = Command::new(launcher);
+        command
+            .args(args)
+            .arg(node.get_program())
+            .args(node.get_args());
+        for (key, value) in node.get_envs() {
+            if let Some(value) = value {
+                command.env(key, value);
+            }
+        }
+        command
     }
 
     /// The command that runs a node on `config` with JSON logs.
@@ -196,6 +228,10 @@ impl Node {
     /// Waits until the node exits (its log ends) and returns its exit code.
     pub fn exit_code(&mut self) -> Option<i32> {
         self.process.wait_exit().code()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
     }
 }
 

@@ -82,6 +82,13 @@ impl Process {
         }
     }
 
+    /// Appends every log event received so far, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(value) = self.events.try_recv() {
+            self.log.push(value);
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

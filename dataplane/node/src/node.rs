@@ -47,6 +47,7 @@ pub(crate) struct Carried {
 
 /// Runs the node until it is stopped (SIGTERM or SIGINT: drained).
 pub fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
+    crate::sys::raise_nofile();
     let supervisor_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,4 +1,5 @@
-//! The only module with `unsafe`: borrowing raw descriptors that tokio-uring owns.
+//! The only module with `unsafe`: borrowing raw descriptors that tokio-uring owns, and the
+//! descriptor limit.
 #![allow(unsafe_code)]
 
 use std::os::fd::{BorrowedFd, RawFd};
@@ -47,4 +48,56 @@ pub async fn wait_readable(fd: RawFd) -> std::io::Result<()> {
         .map_err(std::io::Error::from)?;
     let _ready = registered.readable().await?;
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one and logs both.
+///
+/// Each tunnel holds two descriptors, so the usual soft default of 1024 would cap a node near
+/// 500 connections whatever `LimitNOFILE=` or the container allows; the hard limit is the one
+/// the operator set. Failure is logged, not fatal: the node still runs at the soft limit.
+pub fn raise_nofile() {
+    match raise_nofile_to_hard() {
+        Ok((from, to, hard)) => tracing::info!(
+            target: "osgate::node",
+            soft = to,
+            hard,
+            raised_from = from,
+            "descriptor limit (RLIMIT_NOFILE)"
+        ),
+        Err(e) => tracing::warn!(
+            target: "osgate::node",
+            error = %e,
+            "cannot raise the descriptor limit (RLIMIT_NOFILE) to the hard limit"
+        ),
+    }
+}
+
+/// Returns (soft limit before, soft limit now, hard limit).
+fn raise_nofile_to_hard() -> std::io::Result<(u64, u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    // An unlimited hard limit still cannot be exceeded by a descriptor number: fs.nr_open caps it.
+    let target = match limit.rlim_max {
+        libc::RLIM_INFINITY => std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20),
+        hard => hard,
+    };
+    if limit.rlim_cur < target {
+        limit.rlim_cur = target;
+        // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one needs
+        // no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur, limit.rlim_max))
 }

@@ -28,7 +28,7 @@ impl Driver for Epoll {
 
     async fn accept(listener: &Self::Listener) -> io::Result<(EpollConn, SocketAddr)> {
         let (stream, peer) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        super::tune_fd(stream.as_raw_fd())?;
         Ok((EpollConn(stream), peer))
     }
 

@@ -37,7 +37,7 @@ impl Driver for Uring {
 
     async fn accept(listener: &Self::Listener) -> io::Result<(UringConn, SocketAddr)> {
         let (stream, peer) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        super::tune_fd(stream.as_raw_fd())?;
         Ok((UringConn(stream), peer))
     }
 
