@@ -199,3 +199,39 @@ fn the_package_is_lintian_clean_installs_and_its_default_configs_check() {
     installed_units_verify();
     reinstall_keeps_the_keys(&deb);
 }
+
+/// `osgate keygen` as postinst runs it, into `dir/keys/NAME.{crt,key}`.
+fn keygen(dir: &Path, name: &str) {
+    let (cert, key) = (
+        dir.join(format!("keys/{name}.crt")),
+        dir.join(format!("keys/{name}.key")),
+    );
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let osgate = bin("osgate");
+    must(
+        osgate.to_str().unwrap(),
+        &["keygen", "--cert", cert, "--key", key, "--name", "gw.test"],
+    );
+}
+
+/// The configs the package installs, checked without installing (no root needed): beside
+/// keys made as postinst makes them, under the same relative names.
+#[test]
+fn the_packaged_configs_are_valid_beside_keys_made_as_postinst_makes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/debian");
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    keygen(dir.path(), "node");
+    keygen(dir.path(), "controlplane");
+    for (program, file) in [
+        ("osgate", "node.toml"),
+        ("osgate-controlplane", "controlplane.toml"),
+    ] {
+        let config = dir.path().join(file);
+        std::fs::copy(sources.join(file), &config).unwrap();
+        must(
+            bin(program).to_str().unwrap(),
+            &["check-config", config.to_str().unwrap()],
+        );
+    }
+}
