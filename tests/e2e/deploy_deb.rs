@@ -147,6 +147,12 @@ fn installed_as_packaged() {
             "{file} is not a conffile: {conffiles}"
         );
     }
+    // A system user without a login shell, for the units' User=.
+    let user = must("getent", &["passwd", "osgate"]);
+    assert!(
+        user.trim_end().ends_with(":/usr/sbin/nologin"),
+        "osgate user: {user}"
+    );
     for key in ["node", "controlplane"] {
         assert_eq!(
             stat(&format!("/etc/osgate/keys/{key}.key")),
