@@ -5,6 +5,7 @@
 
 pub mod connect;
 pub mod features;
+pub mod ops;
 pub mod validate;
 pub mod watch;
 pub mod wire;

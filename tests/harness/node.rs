@@ -60,8 +60,13 @@ impl Node {
     /// `dir` anchors relative paths.
     pub fn start(dir: &Path, io: Io, node_extra: &str, body: &str) -> Node {
         let metrics = free_port();
+        // State beside the config (never the installed default), unless the test says.
+        let state = match node_extra.contains("state_dir") {
+            true => "",
+            false => "state_dir = \"state\"\n",
+        };
         let config = format!(
-            "[node]\nio = \"{}\"\nworkers = 2\nmetrics_listen = \"{metrics}\"\n{node_extra}\n{body}",
+            "[node]\nio = \"{}\"\nworkers = 2\nmetrics_listen = \"{metrics}\"\n{state}{node_extra}\n{body}",
             io.as_str()
         );
         let path = dir.join(format!("node-{}.toml", unique()));

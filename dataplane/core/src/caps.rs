@@ -35,12 +35,12 @@ impl Refusal {
 /// Open connections, process-wide (shared by every worker thread).
 #[derive(Debug)]
 pub struct Caps {
-    limits: Limits,
     open: Mutex<Open>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Open {
+    limits: Limits,
     total: usize,
     by_source: HashMap<IpAddr, usize>,
 }
@@ -55,8 +55,11 @@ pub struct Slot {
 impl Caps {
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
-            limits,
-            open: Mutex::default(),
+            open: Mutex::new(Open {
+                limits,
+                total: 0,
+                by_source: HashMap::new(),
+            }),
         })
     }
 
@@ -69,15 +72,25 @@ impl Caps {
     }
 
     /// Admits a connection from `source`, or says which cap it is over.
+    /// New limits for the next admissions (a reload); open connections are untouched even
+    /// when they are now over a cap.
+    pub fn set_limits(&self, limits: Limits) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limits = limits;
+    }
+
     pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
         // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d: one source.
         let source = source.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if open.total >= self.limits.total {
+        if open.total >= open.limits.total {
             return Err(Refusal::GlobalCap);
         }
+        let per_source = open.limits.per_source;
         let from_source = open.by_source.entry(source).or_default();
-        if *from_source >= self.limits.per_source {
+        if *from_source >= per_source {
             return Err(Refusal::PerSourceCap);
         }
         *from_source += 1;

@@ -236,6 +236,8 @@ pub enum Close {
     Reset,
     /// No bytes moved for the idle timeout.
     IdleTimeout,
+    /// Still open when a stopping node's drain deadline passed: the node cut it.
+    Drained,
 }
 
 impl Close {
@@ -246,6 +248,7 @@ impl Close {
             Self::Truncated => "truncated",
             Self::Reset => "reset",
             Self::IdleTimeout => "idle-timeout",
+            Self::Drained => "drained",
         }
     }
 }

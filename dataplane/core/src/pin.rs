@@ -25,6 +25,11 @@ impl SpkiPin {
         Ok(Self(bytes.try_into().map_err(|_| error())?))
     }
 
+    /// The SHA-256 digest itself: the association data of a TLSA `3 1 1` record.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The pin of `spki` (DER SubjectPublicKeyInfo).
     pub fn of_spki(spki: &[u8]) -> Self {
         let hash = digest::digest(&digest::SHA256, spki);

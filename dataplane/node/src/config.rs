@@ -115,6 +115,11 @@ pub struct NodeConfig {
     pub tls_resumption: bool,
     /// Open connections allowed, node-wide and per source address.
     pub caps: osgate_core::caps::Limits,
+    /// The pin store, the last-known-good and the first-start marker; the config folder may
+    /// be read-only.
+    pub state_dir: PathBuf,
+    /// How long a stopping node lets live connections finish before it cuts them.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -127,7 +132,7 @@ pub struct Outbound {
 }
 
 /// `[dns]`: the validating resolver DANE uses.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsConfig {
     /// Empty: the system's resolvers.
     pub servers: Vec<SocketAddr>,
@@ -159,7 +164,7 @@ impl DnsConfig {
 }
 
 /// `[tofu]`: pins learned on first use, and the ratchet, in one store.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TofuConfig {
     pub store: PathBuf,
     pub enforce: bool,
@@ -168,8 +173,12 @@ pub struct TofuConfig {
     pub default_store: bool,
 }
 
-/// Where the pin store lives when `[tofu]` names none, relative to the config file.
-pub const DEFAULT_PIN_STORE: &str = "state/pins";
+/// The pin store's file in the state folder, when `[tofu]` names none.
+pub const DEFAULT_PIN_STORE: &str = "pins";
+/// The last-known-good control-plane snapshot's file in the state folder.
+const DEFAULT_LAST_KNOWN_GOOD: &str = "controlplane.lkg";
+/// The state folder of an installed node, when neither the config nor systemd names one.
+const DEFAULT_STATE_DIR: &str = "/var/lib/osgate";
 /// The longest ratchet: past this a number is a typo, not a policy (and `* 3600` would wrap).
 const MAX_RATCHET_HOURS: u64 = 87_600;
 
@@ -194,6 +203,8 @@ pub struct Inbound {
     pub listen: SocketAddr,
     pub backend: HostPort,
     pub identity: Identity,
+    /// The key that replaces `identity` next: published in DNS before it is used.
+    pub next_identity: Option<Identity>,
     pub cleartext_allowed: bool,
 }
 
@@ -209,6 +220,8 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// `None`: no control plane; the node runs on its own config.
     pub controlplane: Option<ControlPlaneConfig>,
+    /// The certificate, key and anchor files read: a change to one reloads the node.
+    pub files: Vec<PathBuf>,
 }
 
 /// `[controlplane]`: where the fleet's policy and capability caches come from.
@@ -229,6 +242,19 @@ pub struct ControlPlaneConfig {
     pub advertise: Vec<String>,
     /// PING interval on the watch stream (and how long an answer may take).
     pub keepalive: Duration,
+}
+
+impl PartialEq for ControlPlaneConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.address == other.address
+            && self.server_pin == other.server_pin
+            && self.chain == other.chain
+            && self.key.secret_der() == other.key.secret_der()
+            && self.state == other.state
+            && self.enroll_token == other.enroll_token
+            && self.advertise == other.advertise
+            && self.keepalive == other.keepalive
+    }
 }
 
 impl Clone for ControlPlaneConfig {
@@ -260,12 +286,29 @@ impl Config {
     /// Validates `text` as if read from `path` (which anchors relative paths and errors).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file = raw::File::parse(text, path)?;
-        Validator { path }.config(file)
+        let validator = Validator {
+            path,
+            files: std::cell::RefCell::default(),
+        };
+        let mut config = validator.config(file)?;
+        config.files = validator.files.take();
+        Ok(config)
     }
 }
 
 struct Validator<'a> {
     path: &'a Path,
+    files: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+/// `$STATE_DIRECTORY` (the first, when systemd lists several), else the installed default.
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
 impl Validator<'_> {
@@ -323,7 +366,10 @@ impl Validator<'_> {
         }
         let tofu =
             (tofu.mode == raw::TofuMode::Enforce || tofu.ratchet_hours > 0).then(|| TofuConfig {
-                store: self.resolve(tofu.store.as_deref().unwrap_or(DEFAULT_PIN_STORE)),
+                store: match tofu.store.as_deref() {
+                    Some(store) => self.resolve(store),
+                    None => node.state_dir.join(DEFAULT_PIN_STORE),
+                },
                 enforce: tofu.mode == raw::TofuMode::Enforce,
                 ratchet: Duration::from_secs(tofu.ratchet_hours.saturating_mul(3600)),
                 default_store: tofu.store.is_none(),
@@ -335,7 +381,7 @@ impl Validator<'_> {
         };
         let controlplane = file
             .controlplane
-            .map(|c| self.controlplane(c, &inbound))
+            .map(|c| self.controlplane(c, &inbound, &node.state_dir))
             .transpose()?;
         if controlplane.is_none() {
             let fleet = policy
@@ -356,6 +402,7 @@ impl Validator<'_> {
             tofu,
             dns,
             controlplane,
+            files: Vec::new(),
         };
         self.distinct_listeners(&config)?;
         Ok(config)
@@ -365,6 +412,7 @@ impl Validator<'_> {
         &self,
         c: raw::ControlPlane,
         inbound: &[Inbound],
+        state_dir: &Path,
     ) -> Result<ControlPlaneConfig, ConfigError> {
         let server_pin = match (&c.server_pin, &c.server_certificate) {
             (Some(pin), None) => SpkiPin::parse(pin)
@@ -385,13 +433,7 @@ impl Validator<'_> {
             }
         };
         let chain = self.certificates("controlplane.certificate", &c.certificate)?;
-        let key_path = self.resolve(&c.private_key);
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-            self.error(
-                "controlplane.private_key",
-                format!("{}: {e}", key_path.display()),
-            )
-        })?;
+        let key = self.private_key("controlplane.private_key", &c.private_key)?;
         let advertise = match c.advertise.is_empty() {
             true => inbound.iter().map(|i| i.listen.to_string()).collect(),
             false => c.advertise,
@@ -401,7 +443,10 @@ impl Validator<'_> {
             server_pin,
             chain,
             key,
-            state: self.resolve(&c.state),
+            state: match &c.state {
+                Some(state) => self.resolve(state),
+                None => state_dir.join(DEFAULT_LAST_KNOWN_GOOD),
+            },
             enroll_token: c.enroll_token,
             advertise,
             keepalive: self.duration("controlplane.keepalive_ms", c.keepalive_ms)?,
@@ -436,6 +481,11 @@ impl Validator<'_> {
             ca_bundle,
             tls_resumption: node.tls_resumption,
             caps: self.caps(node.max_connections, node.max_connections_per_source)?,
+            state_dir: match &node.state_dir {
+                Some(dir) => self.resolve(dir),
+                None => default_state_dir(),
+            },
+            drain_timeout: self.duration("node.drain_timeout_ms", node.drain_timeout_ms)?,
         })
     }
 
@@ -505,24 +555,31 @@ impl Validator<'_> {
 
     fn inbound(&self, i: usize, o: raw::Inbound) -> Result<Inbound, ConfigError> {
         let key = |field: &str| format!("inbound[{i}].{field}");
-        let chain = self.certificates(&key("certificate"), &o.certificate)?;
-        let key_path = self.resolve(&o.private_key);
-        let private_key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-            self.error(
-                key("private_key"),
-                format!(
-                    "cannot read a PEM private key from {}: {e}",
-                    key_path.display()
-                ),
-            )
-        })?;
+        let identity = Identity {
+            chain: self.certificates(&key("certificate"), &o.certificate)?,
+            key: self.private_key(&key("private_key"), &o.private_key)?,
+        };
+        let next_identity = match (&o.next_certificate, &o.next_private_key) {
+            (None, None) => None,
+            (Some(cert), Some(private_key)) => Some(Identity {
+                chain: self.certificates(&key("next_certificate"), cert)?,
+                key: self.private_key(&key("next_private_key"), private_key)?,
+            }),
+            (Some(_), None) => {
+                return Err(self.error(key("next_private_key"), "next_certificate needs its key"));
+            }
+            (None, Some(_)) => {
+                return Err(self.error(
+                    key("next_certificate"),
+                    "next_private_key needs its certificate",
+                ));
+            }
+        };
         Ok(Inbound {
             listen: self.socket_addr(&key("listen"), &o.listen)?,
             backend: HostPort::parse(&o.backend).map_err(|r| self.error(key("backend"), r))?,
-            identity: Identity {
-                chain,
-                key: private_key,
-            },
+            identity,
+            next_identity,
             cleartext_allowed: matches!(o.cleartext, raw::Cleartext::Allow),
         })
     }
@@ -562,6 +619,7 @@ impl Validator<'_> {
 
     /// The owner of the first DNSKEY in a trust anchor file.
     fn anchor_zone(&self, path: &Path) -> Result<String, ConfigError> {
+        self.files.borrow_mut().push(path.to_owned());
         let text = std::fs::read_to_string(path).map_err(|e| {
             self.error(
                 "dns.trust_anchor",
@@ -625,12 +683,22 @@ impl Validator<'_> {
             .collect()
     }
 
+    fn private_key(&self, key: &str, path: &str) -> Result<PrivateKeyDer<'static>, ConfigError> {
+        let path = self.watched(path);
+        PrivateKeyDer::from_pem_file(&path).map_err(|e| {
+            self.error(
+                key,
+                format!("cannot read a PEM private key from {}: {e}", path.display()),
+            )
+        })
+    }
+
     fn certificates(
         &self,
         key: &str,
         path: &str,
     ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-        let path = self.resolve(path);
+        let path = self.watched(path);
         let certs = CertificateDer::pem_file_iter(&path)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
             .map_err(|e| {
@@ -643,6 +711,13 @@ impl Validator<'_> {
             return Err(self.error(key, format!("{} holds no PEM certificate", path.display())));
         }
         Ok(certs)
+    }
+
+    /// A file whose contents the config holds: a change to it reloads the node.
+    fn watched(&self, path: &str) -> PathBuf {
+        let path = self.resolve(path);
+        self.files.borrow_mut().push(path.clone());
+        path
     }
 
     fn resolve(&self, path: &str) -> PathBuf {

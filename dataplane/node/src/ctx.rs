@@ -15,7 +15,8 @@ use rustls_pki_types::ServerName;
 use crate::config::{Host, HostPort, Timeouts};
 use crate::metrics as m;
 
-/// Node-wide state, shared by every worker.
+/// Node-wide state, shared by every worker. A reload builds a new one for new connections;
+/// the fleet, the pin store, the validation verdict and the caps carry over.
 #[derive(Debug)]
 pub(crate) struct Node {
     pub crypto: CryptoPolicy,
@@ -24,15 +25,15 @@ pub(crate) struct Node {
     pub chain: ChainVerifier,
     /// Explicit policy (the control plane's rules, then this node's) and the fleet's pins and
     /// node keys, swapped whole when the control plane sends an update.
-    pub fleet: ArcSwap<Fleet>,
+    pub fleet: Arc<ArcSwap<Fleet>>,
     /// TOFU pins and the ratchet; `None` when `[tofu]` is not configured.
-    pub store: Option<crate::store::Store>,
+    pub store: Option<Arc<crate::store::Store>>,
     /// `[tofu] mode = "enforce"`: learn and check pins (else only the ratchet).
     pub tofu_enforce: bool,
     /// `[dns]`: DANE is on when set.
     pub dns: Option<crate::config::DnsConfig>,
     /// The start-up self-test validated the trust anchor's zone.
-    pub dnssec_validating: std::sync::atomic::AtomicBool,
+    pub dnssec_validating: Arc<std::sync::atomic::AtomicBool>,
     /// Open connections against `[node]`'s caps.
     pub caps: Arc<osgate_core::caps::Caps>,
 }

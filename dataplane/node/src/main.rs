@@ -10,6 +10,8 @@ mod controlplane;
 mod ctx;
 mod dns;
 mod durable;
+mod filewatch;
+mod health;
 mod inbound;
 mod io;
 mod keygen;
@@ -17,10 +19,12 @@ mod listener;
 mod metrics;
 mod node;
 mod outbound;
+mod ownkeys;
 mod pins;
 mod relay;
 mod report;
 mod store;
+mod supervisor;
 mod sys;
 mod tally;
 mod tls;
@@ -52,6 +56,16 @@ enum Command {
     },
     /// Validate a config file and exit (0 when valid, 64 when not).
     CheckConfig { file: PathBuf },
+    /// Print the TLSA records (3 1 1: DANE-EE, SPKI, SHA-256) each inbound listener should
+    /// publish at _port._tcp.NAME: the current key, and the next one when configured
+    /// (RFC 7671 §8.1: publish the next key before it is used).
+    Tlsa {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// The DNS name peers use (default: the certificate's DNS names).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Manage the capability store (TOFU pins and the ratchet).
     Pins {
         /// The store file (`[tofu] store` in the node config).
@@ -85,8 +99,15 @@ fn main() -> ExitCode {
             run(&config)
         }
         Command::CheckConfig { file } => match config::Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
                 eprintln!("{}: valid", file.display());
+                let state = &config.node.state_dir;
+                if !state.is_dir() {
+                    eprintln!(
+                        "note: the state folder {} does not exist yet; the node creates it at start",
+                        state.display()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -94,6 +115,21 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Tlsa { config, name } => {
+            let records = config::Config::load(&config)
+                .map_err(|e| format!("config error: {e}"))
+                .and_then(|c| ownkeys::tlsa(&c, name.as_deref()));
+            match records {
+                Ok(out) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tlsa: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Pins { store, command } => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -134,7 +170,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match node::run(config) {
+    match node::run(path.to_owned(), config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -146,8 +182,10 @@ fn run(path: &std::path::Path) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OSGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),

@@ -59,11 +59,27 @@ pub const CP_UPDATES_TOTAL: &str = "osgate_controlplane_updates_total";
 /// Gauge: pins learned here and not yet reported to the control plane.
 pub const CP_PINS_PENDING: &str = "osgate_controlplane_pins_pending";
 
-/// Starts the Prometheus endpoint (its own thread) and describes every metric.
-pub fn install(listen: Option<SocketAddr>) -> Result<(), String> {
+/// Counter: config reloads by `result` (`success`, `failure`).
+pub const CONFIG_RELOADS_TOTAL: &str = "osgate_config_reloads_total";
+/// Gauge: when the config was last loaded successfully (start or reload), Unix seconds.
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "osgate_config_last_reload_success_timestamp_seconds";
+/// Gauge: when the certificate a `listener` presents expires, Unix seconds (`controlplane`:
+/// the node key the control plane knows this node by).
+pub const CERTIFICATE_EXPIRY: &str = "osgate_certificate_expiry_timestamp_seconds";
+/// Gauge: 1 while the node drains (stopping; listeners closed).
+pub const DRAINING: &str = "osgate_draining";
+
+/// How often histogram samples are folded in, scraped or not (bounded memory).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the operations endpoint (`/metrics`, `/live`, `/ready`, its own thread) and
+/// describes every metric. Without a listener no recorder is installed: metrics cost nothing.
+pub fn install(
+    listen: Option<SocketAddr>,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) -> Result<(), String> {
     if let Some(addr) = listen {
-        PrometheusBuilder::new()
-            .with_http_listener(addr)
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(HANDSHAKE_DURATION.into()),
                 &[
@@ -72,13 +88,52 @@ pub fn install(listen: Option<SocketAddr>) -> Result<(), String> {
                 ],
             )
             .map_err(|e| e.to_string())?
-            .install()
+            .install_recorder()
+            .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("osgate-metrics".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let endpoint = osgate_api::ops::Endpoint {
+            metrics: Box::new(move || handle.render()),
+            ready: Box::new(ready),
+        };
+        osgate_api::ops::serve(addr, endpoint)
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
     describe();
     export_zeros();
     describe_caps();
+    describe_lifecycle();
     Ok(())
+}
+
+fn describe_lifecycle() {
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads (SIGHUP, changed certificate or key files), by result."
+    );
+    for result in ["success", "failure"] {
+        metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "When the config was last loaded successfully (start or reload), Unix time."
+    );
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "When the certificate a listener presents expires, Unix time (controlplane: the node key)."
+    );
+    describe_gauge!(DRAINING, "1 while the node drains before it stops.");
+    metrics::gauge!(DRAINING).set(0.0);
 }
 
 /// Counters with fixed label sets start at 0, so an `increase()` alert sees the first event.
@@ -109,7 +164,7 @@ fn export_zeros() {
     for kind in osgate_core::detect::Malformed::ALL {
         counter!(DETECT_REJECTED_TOTAL, "kind" => kind.as_str()).absolute(0);
     }
-    for close in ["clean", "truncated", "reset", "idle-timeout"] {
+    for close in ["clean", "truncated", "reset", "idle-timeout", "drained"] {
         counter!(RELAY_CLOSES_TOTAL, "close" => close).absolute(0);
     }
     for result in ["ack", "nack"] {

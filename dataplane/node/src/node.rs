@@ -1,7 +1,9 @@
-//! Starting a node: choose the driver, build TLS state, bind listeners, start the workers.
+//! Starting a node: choose the driver, build TLS state, bind listeners, start the workers,
+//! then hand over to the supervisor. The builders here serve the start and every reload.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use metrics::gauge;
@@ -12,12 +14,15 @@ use rustls_pki_types::ServerName;
 
 use crate::config::{Config, Host, IoChoice};
 use crate::ctx::{ClientConfigs, InboundListener, Node, OutboundListener};
-use crate::listener::{BindError, bind_reuseport};
+use crate::health::Health;
+use crate::listener::BindError;
 use crate::metrics as m;
 use crate::store::Store;
-use crate::worker::{self, DriverKind, WorkerPlan};
+use crate::supervisor::Supervisor;
+use crate::worker::{self, DriverKind, ListenerKey, Service};
 
-/// Why a node could not start (config problems are caught earlier, by [`Config::load`]).
+/// Why a node could not start, or a reload was refused (config problems are caught
+/// earlier, by [`Config::load`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -33,27 +38,79 @@ pub enum StartError {
     Worker(#[from] std::io::Error),
 }
 
-/// Runs the node until the process is stopped.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// What every node state shares, across reloads.
+#[derive(Debug)]
+pub(crate) struct Carried {
+    pub fleet: Arc<ArcSwap<Fleet>>,
+    pub caps: Arc<osgate_core::caps::Caps>,
+}
+
+/// Runs the node until it is stopped (SIGTERM or SIGINT: drained).
+pub fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
+    let supervisor_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // First, so that a SIGHUP from now on reloads instead of killing the process.
+    let signals = supervisor_runtime.block_on(async { crate::supervisor::Signals::new() })?;
     let driver = choose_driver(config.node.io)?;
-    crate::metrics::install(config.node.metrics_listen).map_err(StartError::Metrics)?;
+    let health = Arc::new(Health::default());
+    let ready = health.clone();
+    crate::metrics::install(config.node.metrics_listen, move || ready.ready())
+        .map_err(StartError::Metrics)?;
     gauge!(m::IO_DRIVER_INFO, "driver" => driver.name()).set(1.0);
     let workers = match config.node.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let plans = plan(&config, workers)?;
-    if let (Some(cp), Some(first)) = (config.controlplane.clone(), plans.first()) {
-        let peers = config
-            .outbound
-            .iter()
-            .map(|o| o.peer.to_string().to_ascii_lowercase())
-            .collect();
-        crate::controlplane::start(cp, first.node.clone(), config.policy.clone(), peers)
-            .map_err(StartError::Worker)?;
-    }
-    tracing::info!(target: "osgate::node", driver = driver.name(), workers, "osgate node started");
-    worker::run(driver, plans).map_err(StartError::Worker)
+    *health.state.lock().unwrap_or_else(|e| e.into_inner()) = prepare_state(&config).err();
+    let carried = Carried {
+        fleet: Arc::new(ArcSwap::from_pointee(Fleet::new(
+            0,
+            config.policy.clone(),
+            [],
+            &[],
+        ))),
+        caps: osgate_core::caps::Caps::new(config.node.caps),
+    };
+    let node = build_node(&config, &carried, None)?;
+    let listeners = services(&config, &node)?;
+    let bound = crate::supervisor::bind_all(listeners, workers)?;
+    let (failed, failures) = tokio::sync::mpsc::unbounded_channel();
+    let pool = worker::start(driver, workers, &node, failed)?;
+    let controlplane = start_controlplane(&config, &node)?;
+    let supervisor = Supervisor::new(crate::supervisor::Parts {
+        path,
+        config,
+        node,
+        carried,
+        workers: pool,
+        controlplane,
+        health,
+        signals,
+    });
+    supervisor_runtime.block_on(supervisor.run(bound, failures))
+}
+
+/// Starts the control-plane client, if configured.
+pub(crate) fn start_controlplane(
+    config: &Config,
+    node: &Arc<Node>,
+) -> Result<Option<crate::controlplane::Running>, StartError> {
+    let Some(cp) = config.controlplane.clone() else {
+        return Ok(None);
+    };
+    let running =
+        crate::controlplane::start(cp, node.clone(), config.policy.clone(), peers(config))?;
+    Ok(Some(running))
+}
+
+/// The peers this node serves, as it tells the control plane.
+pub(crate) fn peers(config: &Config) -> Vec<String> {
+    config
+        .outbound
+        .iter()
+        .map(|o| o.peer.to_string().to_ascii_lowercase())
+        .collect()
 }
 
 /// `auto` prefers io_uring and says in one line which driver runs, and why.
@@ -74,7 +131,13 @@ fn choose_driver(io: IoChoice) -> Result<DriverKind, StartError> {
     }
 }
 
-fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> {
+/// The node state for `config`. A reload passes the state it replaces: an unchanged
+/// `[tofu]` keeps its store, an unchanged `[dns]` its validation verdict.
+pub(crate) fn build_node(
+    config: &Config,
+    carried: &Carried,
+    previous: Option<(&Config, &Node)>,
+) -> Result<Arc<Node>, StartError> {
     let crypto = CryptoPolicy::new(&config.node.tls_groups, TlsFloor::Tls12)
         .map_err(|source| StartError::Tls {
             what: "node.tls_groups".into(),
@@ -89,75 +152,92 @@ fn plan(config: &Config, workers: usize) -> Result<Vec<WorkerPlan>, StartError> 
         }
         None => ChainVerifier::system_roots(),
     };
-    let node = Arc::new(Node {
+    let store = match previous {
+        Some((old, node)) if old.tofu == config.tofu => node.store.clone(),
+        _ => open_store(config),
+    };
+    let dnssec_validating = match previous {
+        Some((old, node)) if old.dns == config.dns => node.dnssec_validating.clone(),
+        _ => validation(config)?,
+    };
+    Ok(Arc::new(Node {
         crypto: crypto.clone(),
         timeouts: config.node.timeouts,
         client_tls: client_configs(config)?,
         chain: ChainVerifier::new(roots, &crypto),
-        fleet: ArcSwap::from_pointee(Fleet::new(0, config.policy.clone(), [], &[])),
-        store: open_store(config),
+        fleet: carried.fleet.clone(),
+        store,
         tofu_enforce: config.tofu.as_ref().is_some_and(|t| t.enforce),
         dns: config.dns.clone(),
-        dnssec_validating: std::sync::atomic::AtomicBool::new(dnssec_self_test(config)?),
-        caps: osgate_core::caps::Caps::new(config.node.caps),
-    });
-    watch_validation(node.clone()).map_err(StartError::Worker)?;
-    let mut plans: Vec<WorkerPlan> = (0..workers)
-        .map(|_| WorkerPlan {
-            node: node.clone(),
-            outbound: Vec::new(),
-            inbound: Vec::new(),
-        })
-        .collect();
-    for (i, outbound) in config.outbound.iter().enumerate() {
-        let server_name = match &outbound.peer.host {
-            Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-            Host::Name(name) => {
-                ServerName::try_from(name.clone()).map_err(|_| StartError::Tls {
-                    what: format!("peer name {name}"),
-                    source: CryptoError::Rustls(rustls::Error::General("invalid DNS name".into())),
-                })?
-            }
-        };
-        let shared = Arc::new(OutboundListener {
-            listen: outbound.listen.to_string(),
-            peer: outbound.peer.clone(),
-            peer_key: outbound.peer.to_string().to_ascii_lowercase(),
-            policy_host: match &outbound.peer.host {
-                Host::Ip(ip) => ip.to_string(),
-                Host::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
-            },
-            server_name,
-            level: outbound.level,
-            allow_cleartext_fallback: outbound.allow_cleartext_fallback,
-        });
-        let sockets = bind_reuseport(outbound.listen, workers)?;
-        log_listening(format!("outbound[{i}]"), &sockets);
-        for (plan, socket) in plans.iter_mut().zip(sockets) {
-            plan.outbound.push((socket, shared.clone()));
+        dnssec_validating,
+        caps: carried.caps.clone(),
+    }))
+}
+
+/// Every listener of `config`, keyed across reloads, with the label its logs use.
+pub(crate) fn services(
+    config: &Config,
+    node: &Node,
+) -> Result<Vec<(ListenerKey, Service, String)>, StartError> {
+    let mut out = Vec::new();
+    let mut ordinals = std::collections::HashMap::new();
+    let mut key = |outbound: bool, listen: std::net::SocketAddr| {
+        let ordinal = ordinals.entry((outbound, listen)).or_insert(0usize);
+        *ordinal += 1;
+        ListenerKey {
+            outbound,
+            listen,
+            ordinal: *ordinal,
         }
+    };
+    for (i, outbound) in config.outbound.iter().enumerate() {
+        let service = Service::Outbound(Arc::new(outbound_listener(outbound)?));
+        out.push((
+            key(true, outbound.listen),
+            service,
+            format!("outbound[{i}]"),
+        ));
     }
     for (i, inbound) in config.inbound.iter().enumerate() {
         let identity = inbound.identity.clone();
-        let server_tls = crypto
+        let server_tls = node
+            .crypto
             .server(identity.chain, identity.key)
             .map_err(|source| StartError::Tls {
-                what: format!("inbound listener {}", inbound.listen),
+                what: format!("inbound[{i}] ({})", inbound.listen),
                 source,
             })?;
-        let shared = Arc::new(InboundListener {
+        let service = Service::Inbound(Arc::new(InboundListener {
             listen: inbound.listen.to_string(),
             backend: inbound.backend.clone(),
             server_tls,
             cleartext_allowed: inbound.cleartext_allowed,
-        });
-        let sockets = bind_reuseport(inbound.listen, workers)?;
-        log_listening(format!("inbound[{i}]"), &sockets);
-        for (plan, socket) in plans.iter_mut().zip(sockets) {
-            plan.inbound.push((socket, shared.clone()));
-        }
+        }));
+        out.push((key(false, inbound.listen), service, format!("inbound[{i}]")));
     }
-    Ok(plans)
+    Ok(out)
+}
+
+fn outbound_listener(outbound: &crate::config::Outbound) -> Result<OutboundListener, StartError> {
+    let server_name = match &outbound.peer.host {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Name(name) => ServerName::try_from(name.clone()).map_err(|_| StartError::Tls {
+            what: format!("peer name {name}"),
+            source: CryptoError::Rustls(rustls::Error::General("invalid DNS name".into())),
+        })?,
+    };
+    Ok(OutboundListener {
+        listen: outbound.listen.to_string(),
+        peer: outbound.peer.clone(),
+        peer_key: outbound.peer.to_string().to_ascii_lowercase(),
+        policy_host: match &outbound.peer.host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
+        },
+        server_name,
+        level: outbound.level,
+        allow_cleartext_fallback: outbound.allow_cleartext_fallback,
+    })
 }
 
 fn client_configs(config: &Config) -> Result<ClientConfigs, StartError> {
@@ -189,13 +269,70 @@ fn client_configs(config: &Config) -> Result<ClientConfigs, StartError> {
     })
 }
 
+/// Creates the state folder if needed and checks that it can be written (readiness says
+/// why when it cannot), then records a first start.
+pub(crate) fn prepare_state(config: &Config) -> Result<(), String> {
+    let dir = &config.node.state_dir;
+    let usable = std::fs::create_dir_all(dir)
+        .and_then(|()| crate::durable::write_atomic(&dir.join(".write-test"), b"ok\n"))
+        .and_then(|()| std::fs::remove_file(dir.join(".write-test")))
+        .map_err(|e| format!("the state folder {} cannot be written: {e}", dir.display()));
+    match &usable {
+        Ok(()) => first_start(config),
+        Err(e) => {
+            tracing::error!(target: "osgate::node", error = e, "state folder unusable: pins learned now are lost, and the pin store may be unreadable");
+        }
+    }
+    usable
+}
+
+/// The first-start marker in the state folder.
+const FIRST_START_MARKER: &str = ".initialized";
+
+/// A first start creates the default pin store and the marker. With the marker, a missing
+/// store is a lost store, not a first start, and stays an error — never "verification off"
+/// (CONFORMANCE D.26).
+fn first_start(config: &Config) {
+    let marker = config.node.state_dir.join(FIRST_START_MARKER);
+    if marker.exists() || legacy_marker(config).is_some_and(|m| m.exists()) {
+        return;
+    }
+    let store = config
+        .tofu
+        .as_ref()
+        .filter(|t| t.default_store)
+        .map(|t| &t.store);
+    let created = match store {
+        Some(store) if !store.exists() => crate::store::Contents::default()
+            .save(store)
+            .map_err(|e| e.to_string()),
+        _ => Ok(()),
+    };
+    let note = format!("first started by osgate {}\n", env!("CARGO_PKG_VERSION"));
+    let marked = created.and_then(|()| {
+        crate::durable::write_atomic(&marker, note.as_bytes()).map_err(|e| e.to_string())
+    });
+    match marked {
+        Ok(()) => {
+            tracing::info!(target: "osgate::node", state_dir = %config.node.state_dir.display(), "first start: created the pin store (TOFU and the ratchet are on by default)")
+        }
+        Err(e) => {
+            tracing::error!(target: "osgate::node", state_dir = %config.node.state_dir.display(), error = e, "cannot create the pin store or the first-start marker")
+        }
+    }
+}
+
+/// The marker of osgate 0.1 before `state_dir`: `.<folder>.created` beside the folder.
+fn legacy_marker(config: &Config) -> Option<PathBuf> {
+    let dir: &Path = &config.node.state_dir;
+    let name = dir.file_name()?.to_string_lossy();
+    Some(dir.with_file_name(format!(".{name}.created")))
+}
+
 /// Opens the capability store; an unusable one is loud, and makes TOFU refuse (never
 /// "verification off").
-fn open_store(config: &Config) -> Option<Store> {
+fn open_store(config: &Config) -> Option<Arc<Store>> {
     let tofu = config.tofu.as_ref()?;
-    if tofu.default_store {
-        create_on_first_start(&tofu.store);
-    }
     let (store, error) = Store::open(tofu.store.clone(), tofu.ratchet.as_secs());
     match error {
         Some(e) => {
@@ -204,57 +341,19 @@ fn open_store(config: &Config) -> Option<Store> {
         }
         None => gauge!(m::PIN_STORE_AVAILABLE).set(1.0),
     }
-    Some(store)
+    Some(Arc::new(store))
 }
 
-/// Creates the default pin store on a first start, which an explicit marker beside the state
-/// folder records (`.state.created` next to `state/`). With the marker, a missing store or
-/// state folder is a lost store, not a first start, and stays an error — never "verification
-/// off" (CONFORMANCE D.26). Without it, this is a first start: the store is created (or, made
-/// before markers existed, adopted) and the marker written.
-fn create_on_first_start(store: &Path) {
-    let Some(marker) = first_start_marker(store) else {
-        return;
-    };
-    if marker.exists() {
-        return;
-    }
-    let dir = store.parent().unwrap_or(Path::new("."));
-    let created = match store.exists() {
-        true => Ok(()),
-        false => std::fs::create_dir_all(dir)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                crate::store::Contents::default()
-                    .save(store)
-                    .map_err(|e| e.to_string())
-            }),
-    };
-    let marked = created.and_then(|()| {
-        let note = format!("{}\n", store.display());
-        crate::durable::write_atomic(&marker, note.as_bytes()).map_err(|e| e.to_string())
-    });
-    match marked {
-        Ok(()) => {
-            tracing::info!(target: "osgate::node", store = %store.display(), marker = %marker.display(), "first start: created the pin store (TOFU and the ratchet are on by default)")
-        }
-        Err(e) => {
-            tracing::error!(target: "osgate::node", store = %store.display(), error = e, "cannot create the pin store or its first-start marker")
-        }
-    }
-}
-
-/// `.<folder>.created` beside the store's folder.
-fn first_start_marker(store: &Path) -> Option<PathBuf> {
-    let dir = store.parent()?;
-    let name = dir.file_name()?.to_string_lossy();
-    Some(dir.with_file_name(format!(".{name}.created")))
+/// The DNSSEC verdict for `config`'s `[dns]`: an explicit one is tested now (C.22); the
+/// implicit default in the background (see [`watch_validation`]).
+fn validation(config: &Config) -> Result<Arc<AtomicBool>, StartError> {
+    let verdict = Arc::new(AtomicBool::new(dnssec_self_test(config)?));
+    watch_validation(config, &verdict)?;
+    Ok(verdict)
 }
 
 /// The start-up self-test (CONFORMANCE C.22): the trust anchor's own zone must validate as
-/// secure, or DANE-requiring peers are refused. The gauge says which. A `[dns]` written in
-/// the config is tested now; the implicit default is tested in the background (see
-/// [`watch_validation`]).
+/// secure, or DANE-requiring peers are refused. The gauge says which.
 fn dnssec_self_test(config: &Config) -> Result<bool, StartError> {
     let Some(dns) = config.dns.as_ref().filter(|d| d.explicit) else {
         gauge!(m::DNSSEC_VALIDATION_AVAILABLE).set(0.0);
@@ -283,18 +382,20 @@ fn self_test_once(dns: &crate::config::DnsConfig) -> Result<bool, String> {
 }
 
 /// DANE by default (no `[dns]`): the system's resolvers must validate the root zone with the
-/// built-in anchors. Until they do, DANE is off and says so; tried again every minute.
-fn watch_validation(node: Arc<Node>) -> std::io::Result<()> {
-    let Some(dns) = node.dns.clone().filter(|d| !d.explicit) else {
+/// built-in anchors. Until they do, DANE is off and says so; tried again every minute, for
+/// as long as a node state uses this verdict.
+fn watch_validation(config: &Config, verdict: &Arc<AtomicBool>) -> std::io::Result<()> {
+    let Some(dns) = config.dns.clone().filter(|d| !d.explicit) else {
         return Ok(());
     };
+    let verdict: Weak<AtomicBool> = Arc::downgrade(verdict);
     std::thread::Builder::new()
         .name("osgate-dnssec".into())
         .spawn(move || {
             let mut said = false;
-            loop {
+            while let Some(verdict) = verdict.upgrade() {
                 let validating = self_test_once(&dns).unwrap_or(false);
-                node.dnssec_validating.store(validating, std::sync::atomic::Ordering::Relaxed);
+                verdict.store(validating, std::sync::atomic::Ordering::Relaxed);
                 gauge!(m::DNSSEC_VALIDATION_AVAILABLE).set(if validating { 1.0 } else { 0.0 });
                 if validating {
                     tracing::info!(target: "osgate::dns", "DNSSEC validation works with the system resolvers: DANE is on");
@@ -304,15 +405,9 @@ fn watch_validation(node: Arc<Node>) -> std::io::Result<()> {
                     tracing::info!(target: "osgate::dns", "DNSSEC validation is unavailable with the system resolvers: DANE is off (names resolve as usual) until it works; retrying every minute");
                     said = true;
                 }
+                drop(verdict);
                 std::thread::sleep(std::time::Duration::from_secs(60));
             }
         })
         .map(drop)
-}
-
-/// Logs the bound address (useful with port 0) under the listener's config key.
-fn log_listening(key: String, sockets: &[std::net::TcpListener]) {
-    if let Some(addr) = sockets.first().and_then(|s| s.local_addr().ok()) {
-        tracing::info!(target: "osgate::node", key, listen = %addr, "listening");
-    }
 }

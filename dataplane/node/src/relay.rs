@@ -38,7 +38,9 @@ pub(crate) struct Moved {
 }
 
 fn close_of(a: End, b: End, dog: &Watchdog) -> Close {
-    if dog.fired() {
+    if dog.cut() {
+        Close::Drained
+    } else if dog.fired() {
         Close::IdleTimeout
     } else if a == End::Truncated || b == End::Truncated {
         Close::Truncated

@@ -26,8 +26,13 @@ pub fn emit(outcome: &Outcome) {
     if let Some(handshake) = outcome.handshake {
         histogram!(m::HANDSHAKE_DURATION, "direction" => direction).record(handshake.as_secs_f64());
     }
-    if outcome.close != Close::NotRelayed {
-        counter!(m::RELAY_CLOSES_TOTAL, "close" => outcome.close.as_str()).increment(1);
+    // Ending unrelayed after this thread's drain was cut means the cut ended it.
+    let close = match outcome.close {
+        Close::NotRelayed if crate::watchdog::cut_done() => Close::Drained,
+        close => close,
+    };
+    if close != Close::NotRelayed {
+        counter!(m::RELAY_CLOSES_TOTAL, "close" => close.as_str()).increment(1);
     }
     match outcome.commitment.betrayed_by(outcome.achieved) {
         Some(Betrayal::CleartextDespitePolicy) => {
@@ -52,7 +57,7 @@ pub fn emit(outcome: &Outcome) {
         tls_suite = tls.suite,
         tls_group = tls.group,
         tls_resumed = tls.resumed,
-        close = outcome.close.as_str(),
+        close = close.as_str(),
         bytes_up = outcome.bytes_up,
         bytes_down = outcome.bytes_down,
         handshake_ms = outcome.handshake.map(|d| d.as_secs_f64() * 1e3),

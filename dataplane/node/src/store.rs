@@ -219,6 +219,14 @@ impl Store {
         (store, error)
     }
 
+    /// Whether the store is usable now (re-read first if the file changed).
+    pub fn check(&self) -> Result<(), String> {
+        match self.lock().is_some() {
+            true => Ok(()),
+            false => Err(format!("{} cannot be read", self.path.display())),
+        }
+    }
+
     /// What the store knows of `peer` at `now`. An unavailable store commits every peer to
     /// TLS and checks every key against nothing (never "verification off").
     pub fn lookup(&self, peer: &str, now: u64) -> Known {

@@ -3,6 +3,9 @@
 //! With io_uring an in-flight read cannot be dropped safely, so a deadline does not cancel the
 //! read: it shuts the sockets down, which completes every pending operation with EOF or an
 //! error. The connection then asks [`Watchdog::fired`] to tell a deadline from a peer's close.
+//!
+//! The end of a drain fires every watchdog of the thread at once ([`cut_all`]); such a
+//! connection says [`Watchdog::cut`], and its record `close = "drained"`.
 
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
@@ -21,6 +24,8 @@ struct State {
     idle: Cell<Duration>,
     last_activity: Cell<Option<Instant>>,
     fired: Cell<bool>,
+    /// Fired by [`cut_all`], not by its deadline.
+    cut: Cell<bool>,
     targets: RefCell<Vec<Box<dyn Fn()>>>,
 }
 
@@ -75,10 +80,39 @@ impl Watchdog {
         self.state.last_activity.set(Some(Instant::now()));
     }
 
-    /// Whether the deadline passed and the sockets were shut down.
+    /// Whether the deadline passed (or a drain ended) and the sockets were shut down.
     pub fn fired(&self) -> bool {
         self.state.fired.get()
     }
+
+    /// Whether a drain's end cut the connection.
+    pub fn cut(&self) -> bool {
+        self.state.cut.get()
+    }
+}
+
+/// This thread's drain signal: once set, every watchdog fires, and new ones fire at start.
+#[derive(Default)]
+struct Cut {
+    set: Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+thread_local! {
+    static CUT: Rc<Cut> = Rc::default();
+}
+
+/// Cuts every connection of this thread (the end of a drain).
+pub(crate) fn cut_all() {
+    CUT.with(|cut| {
+        cut.set.set(true);
+        cut.notify.notify_waiters();
+    });
+}
+
+/// Whether this thread's drain has ended (connections then record `close = "drained"`).
+pub(crate) fn cut_done() -> bool {
+    CUT.with(|cut| cut.set.get())
 }
 
 impl Drop for Watchdog {
@@ -88,15 +122,26 @@ impl Drop for Watchdog {
 }
 
 async fn run(state: Rc<State>) {
+    let cut = CUT.with(Rc::clone);
     loop {
-        let due = state.due();
-        sleep_until(due).await;
-        if Instant::now() >= state.due() {
-            state.fired.set(true);
-            for shutdown in state.targets.borrow().iter() {
-                shutdown();
-            }
-            return;
+        // The waiter exists before the check: a cut between them still wakes it.
+        let cut_signal = cut.notify.notified();
+        if cut.set.get() {
+            state.cut.set(true);
+            break;
         }
+        let due = state.due();
+        tokio::select! {
+            () = sleep_until(due) => {
+                if Instant::now() >= state.due() {
+                    break;
+                }
+            }
+            () = cut_signal => {}
+        }
+    }
+    state.fired.set(true);
+    for shutdown in state.targets.borrow().iter() {
+        shutdown();
     }
 }

@@ -1,26 +1,66 @@
-//! Worker threads: one event loop per core, each with its own listening sockets.
+//! Worker threads: one event loop per core, each with its own listening sockets, steered by
+//! the supervisor's commands (listen, update, close, drain, cut).
+//!
+//! A connection takes the listener's settings and the node state current at accept and keeps
+//! them to its end, so a reload changes new connections only.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
-use crate::ctx::{InboundListener, Node, OutboundListener};
+use crate::ctx::{InboundListener, Node, OutboundListener, WorkerDns};
 use crate::io::Driver;
 use crate::io::epoll::Epoll;
 use crate::io::uring::Uring;
 use crate::metrics as m;
 use crate::{inbound, outbound};
-use osgate_core::caps::{Caps, Refusal};
+use osgate_core::caps::Refusal;
 
-/// The sockets and settings one worker serves.
+/// A listener's identity across reloads: direction, address as configured, and its ordinal
+/// among listeners configured with that address (so `:0` listeners keep their sockets).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ListenerKey {
+    pub outbound: bool,
+    pub listen: std::net::SocketAddr,
+    pub ordinal: usize,
+}
+
+/// What a listener serves.
+#[derive(Clone, Debug)]
+pub(crate) enum Service {
+    Outbound(Arc<OutboundListener>),
+    Inbound(Arc<InboundListener>),
+}
+
+/// The supervisor's orders to a worker.
 #[derive(Debug)]
-pub(crate) struct WorkerPlan {
-    pub node: Arc<Node>,
-    pub outbound: Vec<(std::net::TcpListener, Arc<OutboundListener>)>,
-    pub inbound: Vec<(std::net::TcpListener, Arc<InboundListener>)>,
+pub(crate) enum Command {
+    /// Accept on a new socket.
+    Listen {
+        key: ListenerKey,
+        socket: std::net::TcpListener,
+        service: Service,
+        node: Arc<Node>,
+    },
+    /// New settings for an existing socket's next connections.
+    Update {
+        key: ListenerKey,
+        service: Service,
+        node: Arc<Node>,
+    },
+    /// Stop accepting on a socket and close it; its connections go on.
+    Close(ListenerKey),
+    /// Close every listening socket (the start of a drain).
+    Drain,
+    /// Cut every connection still open (the end of a drain): their records say `drained`.
+    Cut,
 }
 
 /// Which driver the workers run.
@@ -39,28 +79,71 @@ impl DriverKind {
     }
 }
 
-/// Runs `plans` on one thread each; returns when a worker fails to start.
-pub(crate) fn run(kind: DriverKind, plans: Vec<WorkerPlan>) -> io::Result<()> {
-    let mut threads = Vec::new();
-    for (index, plan) in plans.into_iter().enumerate() {
-        let thread = std::thread::Builder::new()
-            .name(format!("osgate-{}-{index}", kind.name()))
-            .spawn(move || match kind {
-                DriverKind::Uring => run_uring(plan),
-                DriverKind::Epoll => run_epoll(plan),
-            })?;
-        threads.push(thread);
-    }
-    for thread in threads {
-        match thread.join() {
-            Ok(result) => result?,
-            Err(_) => return Err(io::Error::other("a worker thread panicked")),
-        }
-    }
-    Ok(())
+/// A running worker: its command channel.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub commands: mpsc::UnboundedSender<Command>,
 }
 
-fn run_uring(plan: WorkerPlan) -> io::Result<()> {
+/// Starts `count` workers and waits until each is ready (or says why it is not). A worker
+/// that fails later reports on `failed`.
+pub(crate) fn start(
+    kind: DriverKind,
+    count: usize,
+    node: &Arc<Node>,
+    failed: mpsc::UnboundedSender<io::Error>,
+) -> io::Result<Vec<Worker>> {
+    let (init, inits) = std::sync::mpsc::channel();
+    let workers = (0..count)
+        .map(|index| {
+            let (commands, orders) = mpsc::unbounded_channel();
+            let node = node.clone();
+            let failed = failed.clone();
+            let init = Init {
+                report: init.clone(),
+                done: Cell::new(false),
+            };
+            std::thread::Builder::new()
+                .name(format!("osgate-{}-{index}", kind.name()))
+                .spawn(move || {
+                    let result = match kind {
+                        DriverKind::Uring => run_uring(node, orders, &init),
+                        DriverKind::Epoll => run_epoll(node, orders, &init),
+                    };
+                    if let Err(e) = result {
+                        match init.done.get() {
+                            true => drop(failed.send(e)),
+                            false => drop(init.report.send(Err(e))),
+                        }
+                    }
+                })?;
+            Ok(Worker { commands })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    for _ in 0..count {
+        inits
+            .recv()
+            .map_err(|_| io::Error::other("a worker thread ended before it started"))??;
+    }
+    Ok(workers)
+}
+
+/// A worker's start, reported once.
+struct Init {
+    report: std::sync::mpsc::Sender<io::Result<()>>,
+    done: Cell<bool>,
+}
+
+impl Init {
+    fn ready(&self) {
+        self.done.set(true);
+        let _ = self.report.send(Ok(()));
+    }
+}
+
+type Orders = mpsc::UnboundedReceiver<Command>;
+
+fn run_uring(node: Arc<Node>, orders: Orders, init: &Init) -> io::Result<()> {
     let mut ring = tokio_uring::uring_builder();
     // Completions are reaped by this thread alone, when it next enters the kernel: no
     // inter-processor interrupt per completion.
@@ -68,51 +151,140 @@ fn run_uring(plan: WorkerPlan) -> io::Result<()> {
     tokio_uring::builder()
         .entries(1024)
         .uring_builder(&ring)
-        .start(serve::<Uring>(plan))
+        .start(serve::<Uring>(node, orders, init))
 }
 
-fn run_epoll(plan: WorkerPlan) -> io::Result<()> {
+fn run_epoll(node: Arc<Node>, orders: Orders, init: &Init) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    tokio::task::LocalSet::new().block_on(&runtime, serve::<Epoll>(plan))
+    tokio::task::LocalSet::new().block_on(&runtime, serve::<Epoll>(node, orders, init))
 }
 
-async fn serve<D: Driver>(plan: WorkerPlan) -> io::Result<()> {
-    plan.node
-        .crypto
-        .warm_up_thread()
-        .map_err(io::Error::other)?;
-    let dns = worker_dns(&plan.node).await?.map(std::rc::Rc::new);
-    let mut loops = JoinSet::new();
-    for (socket, listener) in plan.outbound {
-        let socket = D::listener(socket)?;
-        let node = plan.node.clone();
-        let dns = dns.clone();
-        let caps = plan.node.caps.clone();
-        loops.spawn_local(accept_loop::<D, _>(socket, caps, move |conn, _peer| {
-            outbound::serve::<D>(conn, listener.clone(), node.clone(), dns.clone())
-        }));
+/// What a listener's next connection gets.
+struct Current {
+    service: Service,
+    node: Arc<Node>,
+    dns: Option<Rc<WorkerDns>>,
+}
+
+/// A listening socket of this worker.
+struct Listening {
+    current: Rc<RefCell<Current>>,
+    fd: RawFd,
+    stopped: Rc<Cell<bool>>,
+}
+
+impl Listening {
+    /// Stops its accept loop: a shut-down listening socket completes the pending accept
+    /// (never drop an in-flight io_uring accept), and the loop then closes the socket.
+    fn stop(&self) {
+        self.stopped.set(true);
+        let _ = crate::sys::sock_ref(self.fd, |s| s.shutdown(std::net::Shutdown::Read));
     }
-    for (socket, listener) in plan.inbound {
-        let socket = D::listener(socket)?;
-        let node = plan.node.clone();
-        let caps = plan.node.caps.clone();
-        loops.spawn_local(accept_loop::<D, _>(socket, caps, move |conn, peer| {
-            inbound::serve::<D>(conn, peer.to_string(), listener.clone(), node.clone())
-        }));
+}
+
+async fn serve<D: Driver>(node: Arc<Node>, mut orders: Orders, init: &Init) -> io::Result<()> {
+    node.crypto.warm_up_thread().map_err(io::Error::other)?;
+    let mut resolvers = Resolvers::default();
+    resolvers.get(&node).await?;
+    init.ready();
+    let mut listening: HashMap<ListenerKey, Listening> = HashMap::new();
+    while let Some(command) = orders.recv().await {
+        match command {
+            Command::Listen {
+                key,
+                socket,
+                service,
+                node,
+            } => {
+                let Some(dns) = resolvers.reloaded(&node).await else {
+                    continue;
+                };
+                let fd = socket.as_raw_fd();
+                let current = Rc::new(RefCell::new(Current { service, node, dns }));
+                let stopped = Rc::new(Cell::new(false));
+                let socket = D::listener(socket)?;
+                tokio::task::spawn_local(accept_loop::<D>(
+                    socket,
+                    current.clone(),
+                    stopped.clone(),
+                ));
+                if let Some(old) = listening.insert(
+                    key,
+                    Listening {
+                        current,
+                        fd,
+                        stopped,
+                    },
+                ) {
+                    old.stop();
+                }
+            }
+            Command::Update { key, service, node } => {
+                let Some(dns) = resolvers.reloaded(&node).await else {
+                    continue;
+                };
+                if let Some(l) = listening.get(&key) {
+                    *l.current.borrow_mut() = Current { service, node, dns };
+                }
+            }
+            Command::Close(key) => {
+                if let Some(l) = listening.remove(&key) {
+                    l.stop();
+                }
+            }
+            Command::Drain => {
+                for (_, l) in listening.drain() {
+                    l.stop();
+                }
+            }
+            Command::Cut => crate::watchdog::cut_all(),
+        }
     }
-    while loops.join_next().await.is_some() {}
     Ok(())
 }
 
-/// Builds this worker's resolver (hickory's connections stay on this worker's runtime).
-async fn worker_dns(node: &crate::ctx::Node) -> io::Result<Option<crate::ctx::WorkerDns>> {
+/// This worker's resolvers, one per node state (hickory's connections stay on this
+/// worker's runtime); a reload that keeps `[dns]` keeps the resolver and its cache.
+#[derive(Default)]
+struct Resolvers {
+    last: Option<(Option<crate::config::DnsConfig>, Option<Rc<WorkerDns>>)>,
+}
+
+impl Resolvers {
+    async fn get(&mut self, node: &Node) -> io::Result<Option<Rc<WorkerDns>>> {
+        if let Some((config, dns)) = &self.last
+            && *config == node.dns
+        {
+            return Ok(dns.clone());
+        }
+        let dns = worker_dns(node).await?.map(Rc::new);
+        self.last = Some((node.dns.clone(), dns.clone()));
+        Ok(dns)
+    }
+
+    /// [`Self::get`] after a start: a resolver that cannot be built (the supervisor built
+    /// one before committing the reload, so this is rare) keeps the listener as it was —
+    /// never a listener whose `[dns]` quietly lost its resolver.
+    async fn reloaded(&mut self, node: &Node) -> Option<Option<Rc<WorkerDns>>> {
+        match self.get(node).await {
+            Ok(dns) => Some(dns),
+            Err(e) => {
+                tracing::error!(target: "osgate::dns", error = %e, "this worker cannot build the reloaded resolver; its listeners keep their previous settings");
+                None
+            }
+        }
+    }
+}
+
+/// Builds a resolver for `node`'s `[dns]`.
+async fn worker_dns(node: &Node) -> io::Result<Option<WorkerDns>> {
     let Some(config) = &node.dns else {
         return Ok(None);
     };
     match crate::dns::Dns::new(config) {
-        Ok(dns) => Ok(Some(crate::ctx::WorkerDns { dns })),
+        Ok(dns) => Ok(Some(WorkerDns { dns })),
         // DANE by default needs the system's resolvers; without them it is simply off.
         Err(e) if !config.explicit => {
             tracing::debug!(target: "osgate::dns", error = e, "no resolver for DANE by default");
@@ -122,34 +294,42 @@ async fn worker_dns(node: &crate::ctx::Node) -> io::Result<Option<crate::ctx::Wo
     }
 }
 
-/// Accepts forever. On errors such as descriptor exhaustion it backs off (without spinning)
-/// and logs at most once per backoff step. A connection over a cap is closed at once.
-async fn accept_loop<D, F>(
+/// Accepts until stopped. On errors such as descriptor exhaustion it backs off (without
+/// spinning) and logs at most once per backoff step. A connection over a cap is closed at once.
+async fn accept_loop<D: Driver>(
     socket: D::Listener,
-    caps: Arc<Caps>,
-    serve: impl Fn(D::Conn, std::net::SocketAddr) -> F,
-) where
-    D: Driver,
-    F: Future<Output = ()> + 'static,
-{
+    current: Rc<RefCell<Current>>,
+    stopped: Rc<Cell<bool>>,
+) {
     let mut backoff = Duration::ZERO;
-    loop {
+    while !stopped.get() {
         match D::accept(&socket).await {
             Ok((conn, peer)) => {
                 backoff = Duration::ZERO;
-                let slot = match caps.admit(peer.ip()) {
+                let (service, node, dns) = {
+                    let c = current.borrow();
+                    (c.service.clone(), c.node.clone(), c.dns.clone())
+                };
+                let slot = match node.caps.admit(peer.ip()) {
                     Ok(slot) => slot,
                     Err(refusal) => {
                         refuse(conn, refusal);
                         continue;
                     }
                 };
-                let connection = serve(conn, peer);
                 tokio::task::spawn_local(async move {
-                    connection.await;
+                    match service {
+                        Service::Outbound(listener) => {
+                            outbound::serve::<D>(conn, listener, node, dns).await
+                        }
+                        Service::Inbound(listener) => {
+                            inbound::serve::<D>(conn, peer.to_string(), listener, node).await
+                        }
+                    }
                     drop(slot);
                 });
             }
+            Err(_) if stopped.get() => break,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(e) => {
                 counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => accept_error_kind(&e)).increment(1);

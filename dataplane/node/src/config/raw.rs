@@ -31,7 +31,8 @@ pub(super) struct ControlPlane {
     pub server_certificate: Option<String>,
     pub certificate: String,
     pub private_key: String,
-    pub state: String,
+    /// Default: `controlplane.lkg` in `[node] state_dir`.
+    pub state: Option<String>,
     pub enroll_token: Option<String>,
     #[serde(default)]
     pub advertise: Vec<String>,
@@ -135,6 +136,10 @@ pub(super) struct Node {
     /// Connection caps (CONFORMANCE F.36).
     pub max_connections: usize,
     pub max_connections_per_source: usize,
+    /// Where the pin store, the last-known-good and the first-start marker live.
+    pub state_dir: Option<String>,
+    /// How long a stopping node lets live connections finish.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Node {
@@ -152,6 +157,8 @@ impl Default for Node {
             tls_resumption: true,
             max_connections: 10_000,
             max_connections_per_source: 1_000,
+            state_dir: None,
+            drain_timeout_ms: 25_000,
         }
     }
 }
@@ -177,6 +184,9 @@ pub(super) struct Inbound {
     pub backend: String,
     pub certificate: String,
     pub private_key: String,
+    /// The next key, published (`osgate tlsa`) before it replaces the current one.
+    pub next_certificate: Option<String>,
+    pub next_private_key: Option<String>,
     #[serde(default)]
     pub cleartext: Cleartext,
 }

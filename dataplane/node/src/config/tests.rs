@@ -17,10 +17,14 @@ fn defaults_are_opportunistic_with_post_quantum_first() {
         (Level::Opportunistic, true)
     );
     assert!(config.policy.is_empty());
-    // TOFU and the ratchet are on by default, with the store next to the config.
+    // TOFU and the ratchet are on by default, with the store in the state folder.
     let tofu = config.tofu.as_ref().unwrap();
     assert!(tofu.enforce && tofu.default_store);
-    assert!(tofu.store.ends_with(super::DEFAULT_PIN_STORE));
+    assert_eq!(
+        tofu.store,
+        config.node.state_dir.join(super::DEFAULT_PIN_STORE)
+    );
+    assert_eq!(config.node.drain_timeout, Duration::from_secs(25));
     assert_eq!(tofu.ratchet, Duration::from_secs(30 * 24 * 3600));
     assert_eq!(
         out.peer,
@@ -79,6 +83,7 @@ fn errors_name_file_key_and_reason() {
 fn relative_paths_are_relative_to_the_config_file() {
     let validator = Validator {
         path: Path::new("/etc/osgate/osgate.toml"),
+        files: Default::default(),
     };
     assert_eq!(
         validator.resolve("keys/node.crt"),
@@ -132,7 +137,7 @@ fn tofu_and_the_ratchet_can_be_turned_off_together() {
     let ratchet_only = text.replace("ratchet_hours = 0", "ratchet_hours = 1");
     let config = Config::parse(&ratchet_only, Path::new("/etc/osgate/node.toml")).unwrap();
     let tofu = config.tofu.unwrap();
-    assert!(!tofu.enforce && tofu.store == Path::new("/etc/osgate/state/pins"));
+    assert!(!tofu.enforce && tofu.store == config.node.state_dir.join("pins"));
 }
 
 #[test]
@@ -178,4 +183,53 @@ fn connection_caps_have_defaults_and_are_validated() {
             )
         );
     }
+}
+
+#[test]
+fn state_lives_in_the_state_folder_never_beside_a_read_only_config() {
+    let config = parse(&format!("[node]\nstate_dir = \"/srv/osgate\"\n{OUT}")).unwrap();
+    assert_eq!(config.node.state_dir, Path::new("/srv/osgate"));
+    assert_eq!(config.tofu.unwrap().store, Path::new("/srv/osgate/pins"));
+    let relative = parse(&format!("[node]\nstate_dir = \"state\"\n{OUT}")).unwrap();
+    assert_eq!(relative.node.state_dir, Path::new("/etc/osgate/state"));
+}
+
+#[test]
+fn the_state_folder_defaults_to_systemds_then_the_installed_one() {
+    // Read, not set: setting the environment would race the other tests' threads.
+    let default = parse(OUT).unwrap().node.state_dir;
+    match std::env::var_os("STATE_DIRECTORY") {
+        Some(dirs) => {
+            let first = dirs.to_string_lossy().split(':').next().unwrap().to_owned();
+            assert_eq!(default, Path::new(&first));
+        }
+        None => assert_eq!(default, Path::new("/var/lib/osgate")),
+    }
+}
+
+#[test]
+fn a_next_key_comes_with_both_files_and_is_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("n.crt"), dir.path().join("n.key"));
+    crate::keygen::generate(&["next.test".into()], &cert, &key).unwrap();
+    let inbound = |next: &str| {
+        format!(
+            "[[inbound]]\nlisten = \"127.0.0.1:7443\"\nbackend = \"127.0.0.1:80\"\ncertificate = \"{c}\"\nprivate_key = \"{k}\"\n{next}",
+            c = cert.display(),
+            k = key.display()
+        )
+    };
+    let both = format!(
+        "next_certificate = \"{}\"\nnext_private_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let config = parse(&inbound(&both)).unwrap();
+    assert!(config.inbound[0].next_identity.is_some());
+    assert_eq!(config.files.len(), 4, "{:?}", config.files);
+    let only_cert = format!("next_certificate = \"{}\"\n", cert.display());
+    let err = parse(&inbound(&only_cert)).unwrap_err();
+    assert_eq!(err.key, "inbound[0].next_private_key", "{err}");
+    let err = parse(&format!("[node]\ndrain_timeout_ms = 0\n{}", inbound(""))).unwrap_err();
+    assert_eq!(err.key, "node.drain_timeout_ms", "{err}");
 }

@@ -4,10 +4,11 @@
 //! whole [`Fleet`] swapped in at once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use metrics::{counter, gauge};
 use osgate_api::connect::Target;
 use osgate_api::pb::{self, fleet_client::FleetClient, watch_request::Msg};
@@ -39,12 +40,57 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What the client shares with the supervisor.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The node state current now (a reload swaps it): its fleet and pin store.
+    pub node: ArcSwap<Node>,
+    /// The fleet served is always `held.fleet(local)`, under this lock.
+    view: Mutex<View>,
+    /// A last-known-good was loaded or an update applied: the fleet state is known.
+    pub known: AtomicBool,
+}
+
+#[derive(Debug)]
+struct View {
+    held: Held,
+    local: PolicySet,
+}
+
+impl Shared {
+    /// Serves this node's reloaded `local` rules with the control plane's; refused (nothing
+    /// changes) when the two do not combine.
+    pub fn set_local(&self, local: PolicySet) -> Result<(), String> {
+        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        let fleet = view.held.fleet(&local).map_err(|e| e.to_string())?;
+        self.node.load().fleet.store(Arc::new(fleet));
+        view.local = local;
+        Ok(())
+    }
+
+    fn revision(&self) -> u64 {
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+            .revision
+    }
+}
+
+/// A running client; dropping it stops the client's thread.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub shared: Arc<Shared>,
+    /// What it was started with: a reload that changes either restarts it.
+    pub config: ControlPlaneConfig,
+    pub peers: Vec<String>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
 struct Client {
     config: ControlPlaneConfig,
-    node: Arc<Node>,
-    local: PolicySet,
+    shared: Arc<Shared>,
     peers: Vec<String>,
-    held: Held,
     /// When the node last knew its config was current (Unix seconds).
     synced_at: Arc<AtomicU64>,
     /// Pins the control plane accepted: `(peer, key)`.
@@ -52,20 +98,24 @@ struct Client {
     enrolled: bool,
 }
 
-/// Loads the last-known-good into `node` now, then follows the control plane on a thread.
+/// Loads the last-known-good into `node` now, then follows the control plane on a thread
+/// until the returned handle is dropped.
 pub fn start(
     config: ControlPlaneConfig,
     node: Arc<Node>,
     local: PolicySet,
     peers: Vec<String>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Running> {
     let (held, saved_at) = load_last_known_good(&config, &node, &local);
+    let shared = Arc::new(Shared {
+        known: AtomicBool::new(held.revision > 0),
+        node: ArcSwap::new(node),
+        view: Mutex::new(View { held, local }),
+    });
     let client = Client {
-        config,
-        node,
-        local,
-        peers,
-        held,
+        config: config.clone(),
+        shared: shared.clone(),
+        peers: peers.clone(),
         synced_at: Arc::new(AtomicU64::new(saved_at)),
         reported: Arc::default(),
         enrolled: false,
@@ -73,10 +123,23 @@ pub fn start(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("osgate-controlplane".into())
-        .spawn(move || runtime.block_on(client.run()))?;
-    Ok(())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    () = client.run() => {}
+                    _ = stopped => {}
+                }
+            })
+        })?;
+    Ok(Running {
+        shared,
+        config,
+        peers,
+        _stop: stop,
+    })
 }
 
 fn load_last_known_good(
@@ -143,7 +206,7 @@ impl Client {
         };
         tokio::spawn(gauges(
             self.synced_at.clone(),
-            self.node.clone(),
+            self.shared.clone(),
             self.reported.clone(),
         ));
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
@@ -154,7 +217,7 @@ impl Client {
                 Ok(true) => backoff.reset(),
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(target: "osgate::controlplane", error = e, "control plane stream ended; serving revision {} meanwhile", self.held.revision)
+                    tracing::warn!(target: "osgate::controlplane", error = e, "control plane stream ended; serving revision {} meanwhile", self.shared.revision())
                 }
             }
             tokio::time::sleep(backoff.next_delay(jitter())).await;
@@ -169,7 +232,7 @@ impl Client {
             .max_encoding_message_size(osgate_api::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let hello = pb::Hello {
-            revision: self.held.revision,
+            revision: self.shared.revision(),
             features: osgate_api::features::SUPPORTED
                 .iter()
                 .map(|f| (*f).to_owned())
@@ -246,23 +309,20 @@ impl Client {
             self.prepare(&update).map_err(|e| (revision, e))
         });
         match applied {
-            Ok((held, fleet)) => {
-                self.node.fleet.store(Arc::new(fleet));
-                self.held = held;
+            Ok(revision) => {
+                self.shared.known.store(true, Ordering::Relaxed);
                 self.synced_at.store(unix_now(), Ordering::Relaxed);
-                gauge!(m::CP_REVISION).set(self.held.revision as f64);
+                gauge!(m::CP_REVISION).set(revision as f64);
                 gauge!(m::CP_NO_OVERRIDES).set(0.0);
                 counter!(m::CP_UPDATES_TOTAL, "result" => "ack").increment(1);
-                tracing::info!(target: "osgate::controlplane", revision = self.held.revision, "applied control plane update");
+                tracing::info!(target: "osgate::controlplane", revision, "applied control plane update");
                 pb::WatchRequest {
-                    msg: Some(Msg::Ack(pb::Ack {
-                        revision: self.held.revision,
-                    })),
+                    msg: Some(Msg::Ack(pb::Ack { revision })),
                 }
             }
             Err((revision, e)) => {
                 counter!(m::CP_UPDATES_TOTAL, "result" => "nack").increment(1);
-                tracing::warn!(target: "osgate::controlplane", revision, error = %e, kept = self.held.revision, "refused control plane update; keeping the last-known-good");
+                tracing::warn!(target: "osgate::controlplane", revision, error = %e, kept = self.shared.revision(), "refused control plane update; keeping the last-known-good");
                 pb::WatchRequest {
                     msg: Some(Msg::Nack(pb::Nack {
                         revision,
@@ -273,11 +333,16 @@ impl Client {
         }
     }
 
-    /// Checks `update` against the held state and persists the result; nothing is served
-    /// yet.
-    fn prepare(&self, update: &pb::Update) -> Result<(Held, Fleet), Invalid> {
-        let held = self.held.apply(update)?;
-        let fleet = held.fleet(&self.local)?;
+    /// Checks `update` against the held state, persists the result, and serves it; returns
+    /// the revision now held.
+    fn prepare(&self, update: &pb::Update) -> Result<u64, Invalid> {
+        let mut view = self
+            .shared
+            .view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let held = view.held.apply(update)?;
+        let fleet: Fleet = held.fleet(&view.local)?;
         lkg::save(&self.config.state, &held.to_snapshot(), unix_now()).map_err(|e| Invalid {
             resource: "update".into(),
             reason: format!(
@@ -285,14 +350,16 @@ impl Client {
                 self.config.state.display()
             ),
         })?;
-        Ok((held, fleet))
+        self.shared.node.load().fleet.store(Arc::new(fleet));
+        view.held = held;
+        Ok(view.held.revision)
     }
 
     /// Sends pins learned here and not reported yet, and the outcome counts since the last
     /// report. Pins stay in the pin store until accepted, so a control plane away for hours
     /// loses none (the store bounds the queue); counts are put back when a report fails.
     async fn report(&mut self, fleet: &mut FleetClient<Channel>) {
-        let pins: Vec<pb::LearnedPin> = pending(&self.node, &self.reported)
+        let pins: Vec<pb::LearnedPin> = pending(&self.shared.node.load(), &self.reported)
             .into_iter()
             .take(REPORT_BATCH)
             .collect();
@@ -351,7 +418,7 @@ fn pending(node: &Node, reported: &Mutex<HashSet<(String, String)>>) -> Vec<pb::
 /// Config age and the report queue, every second, connected or not.
 async fn gauges(
     synced_at: Arc<AtomicU64>,
-    node: Arc<Node>,
+    shared: Arc<Shared>,
     reported: Arc<Mutex<HashSet<(String, String)>>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -359,7 +426,7 @@ async fn gauges(
         tick.tick().await;
         let age = unix_now().saturating_sub(synced_at.load(Ordering::Relaxed));
         gauge!(m::CP_CONFIG_AGE).set(age as f64);
-        gauge!(m::CP_PINS_PENDING).set(pending(&node, &reported).len() as f64);
+        gauge!(m::CP_PINS_PENDING).set(pending(&shared.node.load(), &reported).len() as f64);
     }
 }
 
