@@ -15,6 +15,7 @@ pub mod controlplane;
 pub mod dns;
 pub mod faulty_dns;
 pub mod hostile_cp;
+pub mod kube;
 pub mod node;
 pub mod openssl;
 pub mod peers;

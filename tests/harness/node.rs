@@ -32,6 +32,18 @@ pub fn osgate_bin() -> PathBuf {
     bin("osgate")
 }
 
+/// `osgate`, or, when `OSGATE_TEST_SECCOMP` names a seccomp profile, `osgate` under that
+/// profile (as a container runtime applies it), so that a whole suite checks the profile.
+fn node_command() -> Command {
+    let Some(profile) = std::env::var_os("OSGATE_TEST_SECCOMP") else {
+        return Command::new(osgate_bin());
+    };
+    let mut command =
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/seccomp_exec.py"));
+    command.arg(profile).arg("--").arg(osgate_bin());
+    command
+}
+
 /// A binary of the workspace next to this test's build output.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -120,7 +132,7 @@ impl Node {
 
     /// The command that runs a node on `config` with JSON logs.
     pub fn command(config: &Path) -> Command {
-        let mut command = Command::new(osgate_bin());
+        let mut command = node_command();
         command
             .args(["run", "-c"])
             .arg(config)
