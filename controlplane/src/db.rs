@@ -10,6 +10,8 @@ use sqlx::{AnyPool, Row};
 
 mod schema;
 
+pub use schema::KNOWN_VERSION;
+
 /// Which database is behind the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -69,9 +71,23 @@ pub(crate) fn to_db(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The file behind an SQLite URL (`sqlite://PATH?mode=rwc`); `None` for PostgreSQL.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    Some(path.into())
+}
+
 impl Db {
     /// Opens (creating an SQLite file if needed) and migrates.
     pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
+        let db = Self::connect(url).await?;
+        schema::migrate(&db).await?;
+        Ok(db)
+    }
+
+    /// Opens without migrating (for `backup`).
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let backend = match url.starts_with("postgres") {
             true => Backend::Postgres,
@@ -102,13 +118,16 @@ impl Db {
             Backend::Postgres => options,
         };
         let pool = options.connect(url).await?;
-        let db = Self {
+        Ok(Self {
             pool,
             backend,
             url: url.to_owned(),
-        };
-        schema::migrate(&db).await?;
-        Ok(db)
+        })
+    }
+
+    /// The schema version stored (0 for an empty database).
+    pub async fn schema_version(&self) -> Result<usize, sqlx::Error> {
+        schema::version(&self.pool).await
     }
 
     /// The current global revision.

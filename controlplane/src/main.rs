@@ -17,12 +17,16 @@ mod ctx;
 mod db;
 mod enroll;
 mod fleet;
+mod lifecycle;
 mod metrics;
 mod nodes;
+mod ops;
 mod peer;
 mod pins;
 mod server;
 mod state;
+mod store;
+mod tlsa;
 
 use config::Config;
 use ctx::Ctx;
@@ -56,6 +60,29 @@ enum Command {
     },
     /// Checks a configuration file and exits.
     CheckConfig { config: PathBuf },
+    /// Copies the SQLite database to FILE, consistently, while the control plane runs.
+    /// (PostgreSQL: use pg_dump.)
+    Backup {
+        #[arg(short, long)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Replaces the SQLite database with the backup FILE. The control plane must be
+    /// stopped; the replaced database is kept beside it. (PostgreSQL: use pg_restore.)
+    Restore {
+        #[arg(short, long)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Prints the TLSA records (3 1 1) to publish for the control plane's key and its next
+    /// key (RFC 7671 §8.1).
+    Tlsa {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The control plane's DNS name; by default the certificate's first DNS name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Prints the SHA-256 of a bearer token read from standard input, for `[[admin]]`.
     HashToken,
 }
@@ -85,6 +112,59 @@ fn main() -> ExitCode {
             Err(e) => fail(EXIT_CONFIG, &e.to_string()),
         },
         Command::HashToken => hash_token(),
+        Command::Backup { config, file } => {
+            store_command(
+                &config,
+                |url| async move { store::backup(&url, &file).await },
+            )
+        }
+        Command::Restore { config, file } => {
+            store_command(
+                &config,
+                |url| async move { store::restore(&url, &file).await },
+            )
+        }
+        Command::Tlsa { config, name } => match Config::load(&config) {
+            Ok(config) => match tlsa::records(&config, name.as_deref()) {
+                Ok(lines) => print_lines(&lines),
+                Err(e) => fail(EXIT_CONFIG, &e),
+            },
+            Err(e) => fail(EXIT_CONFIG, &e.to_string()),
+        },
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_lines(lines: &[String]) -> ExitCode {
+    for line in lines {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `backup` or `restore` on the configured database.
+fn store_command<F, Fut>(config: &std::path::Path, command: F) -> ExitCode
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<String, String>>,
+{
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_CONFIG, &e.to_string()),
+    };
+    if db::sqlite_path(&config.database).is_none() {
+        return fail(EXIT_CONFIG, store::POSTGRES);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(command(config.database)),
+        Err(e) => Err(format!("cannot start the runtime: {e}")),
+    };
+    match result {
+        Ok(done) => print_lines(&[done]),
+        Err(e) => fail(1, &e),
     }
 }
 
@@ -114,20 +194,28 @@ fn run(config: Config) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(serve(config)) {
+    let result = runtime.block_on(serve(config));
+    // Tasks still running after a drain (a stream past the drain timeout) are dropped.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e),
     }
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    // One control plane per SQLite file; `restore` takes the same lock.
+    let _lock = match db::sqlite_path(&config.database) {
+        Some(path) => Some(store::lock(&path)?),
+        None => None,
+    };
+    let health = tonic_health::server::HealthReporter::new();
+    let lifecycle = Arc::new(lifecycle::Lifecycle::new(health.clone()));
     if let Some(addr) = config.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        ops::serve_endpoint(addr, lifecycle.clone())?;
     }
     crate::metrics::export_at_zero();
+    let stop = ops::stop_signal()?;
     let db = db::Db::open(&config.database)
         .await
         .map_err(|e| format!("database {}: {e}", redact(&config.database)))?;
@@ -137,6 +225,7 @@ async fn serve(config: Config) -> Result<(), String> {
         nodes: nodes::Tracker::default(),
         corroboration: config.corroboration,
         confirm_nodes: config.confirm_nodes,
+        lifecycle,
     });
     ctx.refresh().await;
     let crypto = osgate_core::crypto::CryptoPolicy::new(
@@ -158,15 +247,56 @@ async fn serve(config: Config) -> Result<(), String> {
         "control plane serving"
     );
     tokio::spawn(background(ctx.clone()));
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    tokio::spawn(probe(ctx.clone()));
+    tokio::spawn(ops::watchdog());
     let caps = caps::new(config.max_connections, config.max_connections_per_source);
-    server::serve(ctx.clone(), config.admins, listener, tls, caps, shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = ctx.nodes.flush(&ctx.db, true).await;
+    let server = server::serve(ctx.clone(), config.admins, listener, tls, caps, health);
+    tokio::pin!(server);
+    ops::notify(sd_notify::NotifyState::Ready);
+    let signal = tokio::select! {
+        served = &mut server => return served.map_err(|e| e.to_string()),
+        signal = stop => signal,
+    };
+    drain(&ctx, signal, config.drain_timeout, server).await
+}
+
+/// Stops taking connections and streams, lets in-flight requests finish up to
+/// `timeout`, stores the node statuses, and returns.
+async fn drain(
+    ctx: &Ctx,
+    signal: &str,
+    timeout: Duration,
+    server: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+) -> Result<(), String> {
+    ops::notify(sd_notify::NotifyState::Stopping);
+    tracing::info!(
+        signal,
+        drain_timeout_ms = timeout.as_millis(),
+        "draining: health NOT_SERVING, node streams told to reconnect, in-flight requests finishing"
+    );
+    ctx.lifecycle.begin_drain().await;
+    match tokio::time::timeout(timeout, server).await {
+        Ok(served) => served.map_err(|e| e.to_string())?,
+        Err(_) => tracing::warn!(
+            drain_timeout_ms = timeout.as_millis(),
+            "drain timeout: closing the connections still open"
+        ),
+    }
+    let flush = ctx.nodes.flush(&ctx.db, true);
+    match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot store node statuses at exit"),
+        Err(_) => tracing::warn!("cannot store node statuses at exit: the database is slow"),
+    }
+    tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// How long the last store of node statuses may take at exit.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn probe(ctx: Arc<Ctx>) {
+    ctx.lifecycle.probe_database(&ctx.db).await;
 }
 
 /// A database URL without its password.
