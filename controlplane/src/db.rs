@@ -125,11 +125,6 @@ impl Db {
         })
     }
 
-    /// The schema version stored (0 for an empty database).
-    pub async fn schema_version(&self) -> Result<usize, sqlx::Error> {
-        schema::version(&self.pool).await
-    }
-
     /// The current global revision.
     pub async fn revision(&self) -> Result<u64, sqlx::Error> {
         let row = sqlx::query("SELECT revision FROM meta WHERE id = 1")

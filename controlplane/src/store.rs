@@ -40,7 +40,9 @@ pub fn lock(db: &Path) -> Result<Lock, String> {
         .write(true)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    if file.try_lock().is_err() {
+    // flock(2): released by the kernel when the process ends, however it ends.
+    let locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+    if locked.is_err() {
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
         return Err(format!(
             "{}: in use by a running control plane (pid {}); stop it first",
@@ -128,31 +130,41 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// Whether `file` is an osgate control-plane database this build can use; its revision.
 async fn check_backup(file: &Path) -> Result<u64, String> {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}?mode=rw", file.display());
-    let db = Db::connect(&url).await.map_err(|e| e.to_string())?;
+    let mut conn = sqlx::AnyConnection::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
     let checked = async {
-        let integrity = sqlx::query("PRAGMA integrity_check")
-            .fetch_one(&db.pool)
-            .await?;
-        let verdict: String = integrity.try_get(0)?;
-        let version = db.schema_version().await?;
-        let revision = db.revision().await?;
+        let verdict: String = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&mut conn)
+            .await?
+            .try_get(0)?;
+        let version: i64 = sqlx::query("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut conn)
+            .await?
+            .try_get(0)?;
+        let revision: i64 = sqlx::query("SELECT revision FROM meta WHERE id = 1")
+            .fetch_one(&mut conn)
+            .await?
+            .try_get(0)?;
         Ok::<_, sqlx::Error>((verdict, version, revision))
     }
     .await;
-    db.pool.close().await;
+    let _ = conn.close().await;
     let (verdict, version, revision) =
         checked.map_err(|e| format!("not an osgate control-plane database: {e}"))?;
     if verdict != "ok" {
         return Err(format!("integrity check failed: {verdict}"));
     }
-    if version > db::KNOWN_VERSION {
+    if usize::try_from(version).unwrap_or(usize::MAX) > db::KNOWN_VERSION {
         return Err(format!(
             "schema version {version} is newer than this control plane's ({})",
             db::KNOWN_VERSION
         ));
     }
-    Ok(revision)
+    Ok(db::from_db(revision))
 }
 
 /// Copies the database about to be replaced to `<db>.pre-restore-<unix time>`.

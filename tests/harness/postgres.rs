@@ -13,6 +13,8 @@ pub struct Postgres {
     data: PathBuf,
     bin: PathBuf,
     pub addr: SocketAddr,
+    options: String,
+    log: PathBuf,
 }
 
 /// The server binaries of the newest installed PostgreSQL.
@@ -108,7 +110,30 @@ impl Postgres {
             data,
             bin,
             addr,
+            options,
+            log,
         }
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected), keeping its data.
+    pub fn stop(&self) {
+        let data = self.data.to_str().unwrap();
+        pg(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data, "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// Starts the stopped server again, on the same port and data.
+    pub fn start_again(&self) {
+        let data = self.data.to_str().unwrap();
+        let log = self.log.to_str().unwrap();
+        pg(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data, "-o", &self.options, "-l", log, "-w", "start"],
+        );
     }
 
     /// The URL of the database `name`, created if needed.

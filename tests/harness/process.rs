@@ -71,6 +71,39 @@ impl Process {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Sends `signal` (`TERM`, `INT`, `HUP`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `within` for the process to exit, keeping its log; its exit status.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // What it logged on the way out.
+                while let Ok(value) = self.events.recv_timeout(std::time::Duration::from_secs(1)) {
+                    self.log.push(value);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {within:?}; log: {:#?}",
+                self.log
+            );
+            while let Ok(value) = self.events.try_recv() {
+                self.log.push(value);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -99,6 +132,22 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .map(|(_, value)| value.parse::<f64>().unwrap())
         .sum()
+}
+
+/// `GET path` from an operations endpoint: the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
 }
 
 /// GET /metrics from `addr`.
