@@ -204,6 +204,102 @@ fn ready_is_503_and_health_not_serving_while_postgres_is_down_and_recover_after(
         .wait_for(|v| v["message"] == "database reachable again: gRPC health SERVING");
 }
 
+/// A `psql` session holding `LOCK TABLE meta IN EXCLUSIVE MODE` until [`Locker::release`]:
+/// every write of the control plane waits for it, reads go on.
+struct Locker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+}
+
+impl Locker {
+    fn hold(pg: &Postgres) -> Locker {
+        use std::io::{BufRead, BufReader, Write};
+        let mut child = pg
+            .psql("osgate")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(
+            stdin,
+            "BEGIN; LOCK TABLE meta IN EXCLUSIVE MODE; \\echo locked"
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        Locker { child, stdin }
+    }
+
+    fn release(mut self) {
+        use std::io::Write;
+        writeln!(self.stdin, "COMMIT;").unwrap();
+        drop(self.stdin);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// Whether a statement of the control plane waits for a lock (pg_stat_activity).
+fn a_write_waits_for_the_lock(pg: &Postgres) -> bool {
+    let out = pg
+        .psql("osgate")
+        .args(["-A", "-t", "-c"])
+        .arg("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE meta%'")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "1"
+}
+
+#[test]
+fn a_write_in_flight_at_sigterm_completes_before_the_control_plane_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let url = pg.database("osgate");
+    let mut cp = ControlPlane::start(dir.path(), &url, DRAIN);
+    let locker = Locker::hold(&pg);
+    let apply = {
+        let (dir, cp_addr, pin) = (dir.path().to_owned(), cp.addr, cp.key.pin.clone());
+        std::thread::spawn(move || {
+            let file = dir.join("in-flight.toml");
+            std::fs::write(&file, deny("in-flight")).unwrap();
+            Command::new(bin("osgatectl"))
+                .env_clear()
+                .env("OSGATE_SERVER", cp_addr.to_string())
+                .env("OSGATE_SERVER_PIN", pin)
+                .env("OSGATE_TOKEN", ADMIN)
+                .args(["-o", "json", "apply", "-f", file.to_str().unwrap()])
+                .output()
+                .unwrap()
+        })
+    };
+    osgate_tests::eventually("the apply waits for the table lock", || {
+        a_write_waits_for_the_lock(&pg)
+    });
+
+    cp.process.signal("TERM");
+    cp.process.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("draining"))
+    });
+    assert_eq!(http_get(cp.metrics, "/ready").0, 503);
+    assert!(cp.process.is_running(), "exited with a write in flight");
+    locker.release();
+    let out = apply.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cp.process.wait_exit(WAIT).success());
+
+    let cp = ControlPlane::start(dir.path(), &url, "");
+    assert_eq!(policy_names(&cp), ["in-flight"]);
+}
+
 #[test]
 fn systemd_hears_ready_watchdog_and_stopping() {
     use std::os::unix::net::UnixDatagram;

@@ -115,6 +115,25 @@ impl Postgres {
         }
     }
 
+    /// `psql` on the database `name`, as its owner, quiet and without a psqlrc.
+    pub fn psql(&self, name: &str) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.addr.port().to_string(),
+            "-U",
+            "osgate",
+            name,
+        ]);
+        command
+    }
+
     /// Stops the server (fast shutdown: clients are disconnected), keeping its data.
     pub fn stop(&self) {
         let data = self.data.to_str().unwrap();
