@@ -101,9 +101,19 @@ pub async fn restore(url: &str, backup: &Path) -> Result<String, String> {
             return Err(format!("{}: {e}", backup.display()));
         }
     };
-    let saved = match path.exists() {
-        true => Some(save_current(url, &path).await?),
-        false => None,
+    let (saved, replaced) = match path.exists() {
+        true => (
+            Some(save_current(url, &path).await?),
+            current_revision(url).await,
+        ),
+        false => (None, None),
+    };
+    let revision = match restamp(&staged, backup, revision, replaced).await {
+        Ok(revision) => revision,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(format!("{}: {e}", staged.display()));
+        }
     };
     for stale in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(sibling(&path, stale));
@@ -116,7 +126,7 @@ pub async fn restore(url: &str, backup: &Path) -> Result<String, String> {
         format!("; the replaced database is {}", s.display())
     });
     Ok(format!(
-        "{}: restored from {} at revision {revision}{saved}",
+        "{}: restored from {}, now at revision {revision}{saved}",
         path.display(),
         backup.display()
     ))
@@ -165,6 +175,69 @@ async fn check_backup(file: &Path) -> Result<u64, String> {
         ));
     }
     Ok(db::from_db(revision))
+}
+
+/// The revision of the database about to be replaced, if it can be read.
+async fn current_revision(url: &str) -> Option<u64> {
+    let db = Db::connect(url).await.ok()?;
+    let revision = db.revision().await.ok();
+    db.pool.close().await;
+    revision
+}
+
+/// Moves the restored state to a revision above both the backup's and the replaced
+/// database's, with an audit row: nodes hold revisions up to the replaced one, and a
+/// node never goes back in revision (CONFORMANCE K.64), so the restored state must come
+/// after everything they have seen. The new revision.
+async fn restamp(
+    staged: &Path,
+    backup: &Path,
+    restored: u64,
+    replaced: Option<u64>,
+) -> Result<u64, String> {
+    use sqlx::Connection as _;
+    let revision = restored.max(replaced.unwrap_or(0)) + 1;
+    if replaced.is_none() {
+        tracing::warn!(
+            restored,
+            "the replaced database's revision is unknown: nodes holding a revision above {revision} keep it until the next change",
+        );
+    }
+    let detail = format!(
+        "restored from {} (revision {restored}) over revision {}",
+        backup.display(),
+        replaced.map_or("unknown".into(), |r| r.to_string())
+    );
+    let url = format!("sqlite://{}?mode=rw", staged.display());
+    let mut conn = sqlx::AnyConnection::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+    let at = db::to_db(revision);
+    for statement in [
+        "UPDATE meta SET revision = $1 WHERE id = 1",
+        "UPDATE resources SET revision = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    sqlx::query(
+        "INSERT INTO audit (revision, at, who, action, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(at)
+    .bind(db::to_db(crate::ctx::unix_now()))
+    .bind("osgate-controlplane restore")
+    .bind("store.restore")
+    .bind(detail)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    let _ = conn.close().await;
+    Ok(revision)
 }
 
 /// Copies the database about to be replaced to `<db>.pre-restore-<unix time>`.

@@ -416,7 +416,7 @@ fn an_sqlite_backup_taken_while_running_restores_once_the_control_plane_is_stopp
         "{}",
         out.stdout
     );
-    cp.apply(dir.path(), &deny("after-backup"), &[]).json();
+    let replaced = revision(&cp.apply(dir.path(), &deny("after-backup"), &[]).json());
 
     let refused = cp.command(&["restore", backup.to_str().unwrap()]);
     assert_eq!(refused.code, 1);
@@ -462,7 +462,17 @@ fn an_sqlite_backup_taken_while_running_restores_once_the_control_plane_is_stopp
 
     let cp = ControlPlane::start(dir.path(), db.to_str().unwrap(), "");
     assert_eq!(policy_names(&cp), ["kept"]);
-    assert_eq!(revision(&cp.nodes()), kept);
+    // After every revision nodes may hold, so none goes back (CONFORMANCE K.64).
+    assert_eq!(revision(&cp.nodes()), replaced + 1);
+    let (who, action, detail) = cp.audit().pop().unwrap();
+    assert_eq!(
+        (who.as_str(), action.as_str()),
+        ("osgate-controlplane restore", "store.restore")
+    );
+    assert!(
+        detail.contains(&format!("(revision {kept}) over revision {replaced}")),
+        "{detail}"
+    );
 }
 
 #[test]
