@@ -239,3 +239,18 @@ fn resource_row(row: &AnyRow) -> Result<Stored, sqlx::Error> {
         revision: from_db(row.try_get(3)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_path;
+
+    #[test]
+    fn the_sqlite_file_is_the_url_path_and_postgres_has_none() {
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/osgate/cp.db?mode=rwc"),
+            Some("/var/lib/osgate/cp.db".into())
+        );
+        assert_eq!(sqlite_path("sqlite://cp.db"), Some("cp.db".into()));
+        assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
+}

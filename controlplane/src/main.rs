@@ -23,6 +23,7 @@ mod nodes;
 mod ops;
 mod peer;
 mod pins;
+mod run;
 mod server;
 mod state;
 mod store;
@@ -104,7 +105,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run { config } => match Config::load(&config) {
-            Ok(config) => run(config),
+            Ok(config) => run::run(config),
             Err(e) => fail(EXIT_CONFIG, &e.to_string()),
         },
         Command::CheckConfig { config } => match Config::load(&config) {
@@ -186,121 +187,8 @@ fn hash_token() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
-    };
-    let result = runtime.block_on(serve(config));
-    // Tasks still running after a drain (a stream past the drain timeout) are dropped.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(1, &e),
-    }
-}
-
-async fn serve(config: Config) -> Result<(), String> {
-    // One control plane per SQLite file; `restore` takes the same lock.
-    let _lock = match db::sqlite_path(&config.database) {
-        Some(path) => Some(store::lock(&path)?),
-        None => None,
-    };
-    let health = tonic_health::server::HealthReporter::new();
-    let lifecycle = Arc::new(lifecycle::Lifecycle::new(health.clone()));
-    if let Some(addr) = config.metrics {
-        ops::serve_endpoint(addr, lifecycle.clone())?;
-    }
-    crate::metrics::export_at_zero();
-    let stop = ops::stop_signal()?;
-    let db = db::Db::open(&config.database)
-        .await
-        .map_err(|e| format!("database {}: {e}", redact(&config.database)))?;
-    let ctx = Arc::new(Ctx {
-        db,
-        state: Arc::new(state::State::new()),
-        nodes: nodes::Tracker::default(),
-        corroboration: config.corroboration,
-        confirm_nodes: config.confirm_nodes,
-        lifecycle,
-    });
-    ctx.refresh().await;
-    let crypto = osgate_core::crypto::CryptoPolicy::new(
-        osgate_core::crypto::KxGroup::DEFAULT,
-        osgate_core::crypto::TlsFloor::Tls13,
-    )
-    .map_err(|e| e.to_string())?;
-    let tls = crypto
-        .control_server(config.chain, config.key)
-        .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(
-        listen = %bound,
-        database = redact(&config.database),
-        revision = ctx.state.revision(),
-        "control plane serving"
-    );
-    tokio::spawn(background(ctx.clone()));
-    tokio::spawn(probe(ctx.clone()));
-    tokio::spawn(ops::watchdog());
-    let caps = caps::new(config.max_connections, config.max_connections_per_source);
-    let server = server::serve(ctx.clone(), config.admins, listener, tls, caps, health);
-    tokio::pin!(server);
-    ops::notify(sd_notify::NotifyState::Ready);
-    let signal = tokio::select! {
-        served = &mut server => return served.map_err(|e| e.to_string()),
-        signal = stop => signal,
-    };
-    drain(&ctx, signal, config.drain_timeout, server).await
-}
-
-/// Stops taking connections and streams, lets in-flight requests finish up to
-/// `timeout`, stores the node statuses, and returns.
-async fn drain(
-    ctx: &Ctx,
-    signal: &str,
-    timeout: Duration,
-    server: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-) -> Result<(), String> {
-    ops::notify(sd_notify::NotifyState::Stopping);
-    tracing::info!(
-        signal,
-        drain_timeout_ms = timeout.as_millis(),
-        "draining: health NOT_SERVING, node streams told to reconnect, in-flight requests finishing"
-    );
-    ctx.lifecycle.begin_drain().await;
-    match tokio::time::timeout(timeout, server).await {
-        Ok(served) => served.map_err(|e| e.to_string())?,
-        Err(_) => tracing::warn!(
-            drain_timeout_ms = timeout.as_millis(),
-            "drain timeout: closing the connections still open"
-        ),
-    }
-    let flush = ctx.nodes.flush(&ctx.db, true);
-    match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot store node statuses at exit"),
-        Err(_) => tracing::warn!("cannot store node statuses at exit: the database is slow"),
-    }
-    tracing::info!("control plane stopped");
-    Ok(())
-}
-
-/// How long the last store of node statuses may take at exit.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn probe(ctx: Arc<Ctx>) {
-    ctx.lifecycle.probe_database(&ctx.db).await;
-}
-
 /// A database URL without its password.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
         _ => url.to_owned(),
@@ -309,7 +197,7 @@ fn redact(url: &str) -> String {
 
 /// Flushes node statuses, follows other replicas' writes (NOTIFY), and re-reads storage now
 /// and then in case a notification was lost.
-async fn background(ctx: Arc<Ctx>) {
+pub(crate) async fn background(ctx: Arc<Ctx>) {
     if ctx.db.backend == db::Backend::Postgres {
         tokio::spawn(listen_for_revisions(ctx.clone()));
     }
