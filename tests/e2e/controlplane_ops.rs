@@ -1,7 +1,7 @@
 //! Operating the control plane (issue #9): SIGTERM drain with nodes connected, gRPC health
 //! and `/ready`, systemd notifications, backup and restore, the snapshot before a schema
 //! migration, `get policies -o toml` round trips, and `tlsa`. Real control-plane, node,
-//! PostgreSQL, sqlite3 and OpenSSL processes.
+//! PostgreSQL, Python sqlite3 and OpenSSL processes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{SocketAddr, TcpStream};
@@ -491,8 +491,22 @@ fn postgres_backup_and_restore_point_at_pg_dump() {
     }
 }
 
+/// Runs `sql` (statements separated by `;`) on the SQLite file `db` with Python's sqlite3
+/// module (CI installs python3); the first column of the last statement's rows, one a line.
 fn sqlite3(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    let script = "import sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1])\n\
+                  rows = []\n\
+                  for s in sys.argv[2].split(';'):\n\
+                  \x20   if s.strip(): rows = c.execute(s).fetchall()\n\
+                  c.commit()\n\
+                  print('\\n'.join(str(r[0]) for r in rows))\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",

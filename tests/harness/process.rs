@@ -71,14 +71,17 @@ impl Process {
         self.child.try_wait().unwrap().is_none()
     }
 
-    /// Sends `signal` (`TERM`, `INT`, `HUP`) with kill(1).
+    /// Sends `signal` (`TERM`, `INT` or `HUP`) with kill(2).
     pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
+        use rustix::process::{Pid, Signal, kill_process};
+        let signal = match signal {
+            "TERM" => Signal::TERM,
+            "INT" => Signal::INT,
+            "HUP" => Signal::HUP,
+            other => panic!("no signal {other} in the harness"),
+        };
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        kill_process(pid, signal).unwrap();
     }
 
     /// Waits up to `within` for the process to exit, keeping its log; its exit status.
