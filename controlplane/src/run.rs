@@ -91,16 +91,17 @@ async fn drain(
     server: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 ) -> Result<(), String> {
     ops::notify(sd_notify::NotifyState::Stopping);
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         signal,
-        drain_timeout_ms = timeout.as_millis(),
+        drain_timeout_ms = timeout_ms,
         "draining: health NOT_SERVING, node streams told to reconnect, in-flight requests finishing"
     );
     ctx.lifecycle.begin_drain().await;
     match tokio::time::timeout(timeout, server).await {
         Ok(served) => served.map_err(|e| e.to_string())?,
         Err(_) => tracing::warn!(
-            drain_timeout_ms = timeout.as_millis(),
+            drain_timeout_ms = timeout_ms,
             "drain timeout: closing the connections still open"
         ),
     }

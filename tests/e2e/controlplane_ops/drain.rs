@@ -170,6 +170,39 @@ fn health_says_not_serving_while_draining_and_the_listener_closes(store: Store) 
 }
 
 #[test]
+fn a_request_still_open_at_the_drain_timeout_is_cut_and_the_exit_is_still_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cp.db");
+    let mut cp = ControlPlane::start(dir.path(), db.to_str().unwrap(), "drain_timeout_ms = 300");
+    let rt = runtime();
+    let mut client = rt.block_on(health(&cp));
+    // A watcher that never hangs up: the drain waits for it up to the timeout, no longer.
+    let mut watch = rt.block_on(client.watch(check(""))).unwrap().into_inner();
+    rt.block_on(watch.message()).unwrap().unwrap();
+    let asked = Instant::now();
+    cp.process.signal("TERM");
+    let exit = cp.process.wait_exit(WAIT);
+    assert!(exit.success(), "exit status {exit}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        asked.elapsed()
+    );
+    let cut = cp
+        .process
+        .log
+        .iter()
+        .find(|v| v["message"] == "drain timeout: closing the connections still open");
+    assert_eq!(cut.unwrap()["drain_timeout_ms"], 300);
+    assert!(
+        cp.process
+            .log
+            .iter()
+            .any(|v| v["message"] == "control plane stopped")
+    );
+}
+
+#[test]
 fn ready_is_503_and_health_not_serving_while_postgres_is_down_and_recover_after() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start();
