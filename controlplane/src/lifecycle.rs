@@ -88,13 +88,14 @@ impl Lifecycle {
             if self.database_ok.swap(ok, Ordering::Relaxed) == ok {
                 continue;
             }
+            // Logged once gRPC health says so.
+            self.publish().await;
             match error {
                 Some(error) => {
                     tracing::warn!(error, "database unreachable: gRPC health NOT_SERVING")
                 }
                 None => tracing::info!("database reachable again: gRPC health SERVING"),
             }
-            self.publish().await;
         }
     }
 }

@@ -70,11 +70,12 @@ async fn serve(config: Config) -> Result<(), String> {
     );
     tokio::spawn(crate::background(ctx.clone()));
     tokio::spawn(probe(ctx.clone()));
-    tokio::spawn(ops::watchdog());
     let caps = caps::new(config.max_connections, config.max_connections_per_source);
     let server = server::serve(ctx.clone(), config.admins, listener, tls, caps, health);
     tokio::pin!(server);
     ops::notify(sd_notify::NotifyState::Ready);
+    // After READY=1: systemd reads pings only from a started service.
+    tokio::spawn(ops::watchdog());
     let signal = tokio::select! {
         served = &mut server => return served.map_err(|e| e.to_string()),
         signal = stop => signal,
@@ -92,12 +93,13 @@ async fn drain(
 ) -> Result<(), String> {
     ops::notify(sd_notify::NotifyState::Stopping);
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    // Logged once it is true: a watcher of the log sees /ready and health already changed.
+    ctx.lifecycle.begin_drain().await;
     tracing::info!(
         signal,
         drain_timeout_ms = timeout_ms,
         "draining: health NOT_SERVING, node streams told to reconnect, in-flight requests finishing"
     );
-    ctx.lifecycle.begin_drain().await;
     match tokio::time::timeout(timeout, server).await {
         Ok(served) => served.map_err(|e| e.to_string())?,
         Err(_) => tracing::warn!(

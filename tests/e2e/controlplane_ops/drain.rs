@@ -216,19 +216,19 @@ fn ready_is_503_and_health_not_serving_while_postgres_is_down_and_recover_after(
     osgate_tests::eventually("/ready says the database is unreachable", || {
         http_get(cp.metrics, "/ready") == (503, "not ready: database unreachable\n".into())
     });
-    let reply = rt.block_on(client.check(check(""))).unwrap();
-    assert_eq!(status(reply.get_ref()), ServingStatus::NotServing);
     cp.process
         .wait_for(|v| v["message"] == "database unreachable: gRPC health NOT_SERVING");
+    let reply = rt.block_on(client.check(check(""))).unwrap();
+    assert_eq!(status(reply.get_ref()), ServingStatus::NotServing);
 
     pg.start_again();
     osgate_tests::eventually("/ready is 200 again", || {
         http_get(cp.metrics, "/ready").0 == 200
     });
-    let reply = rt.block_on(client.check(check("osgate.v1.Fleet"))).unwrap();
-    assert_eq!(status(reply.get_ref()), ServingStatus::Serving);
     cp.process
         .wait_for(|v| v["message"] == "database reachable again: gRPC health SERVING");
+    let reply = rt.block_on(client.check(check("osgate.v1.Fleet"))).unwrap();
+    assert_eq!(status(reply.get_ref()), ServingStatus::Serving);
 }
 
 /// A `psql` session holding `LOCK TABLE meta IN EXCLUSIVE MODE` until [`Locker::release`]:
