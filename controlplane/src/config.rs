@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use osgate_core::pin::SpkiPin;
 use rustls_pki_types::pem::PemObject;
@@ -30,6 +31,10 @@ struct RawControlPlane {
     max_connections: Option<usize>,
     max_connections_per_source: Option<usize>,
     confirm_nodes: Option<usize>,
+    drain_timeout_ms: Option<u64>,
+    /// The key that replaces this one, published (`tlsa`) before it is used.
+    next_certificate: Option<PathBuf>,
+    next_private_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +96,10 @@ pub struct Config {
     /// `--confirm`.
     pub confirm_nodes: usize,
     pub admins: Vec<Admin>,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
+    pub drain_timeout: Duration,
+    /// The next key's certificate chain, for `tlsa` only.
+    pub next_chain: Option<Vec<CertificateDer<'static>>>,
 }
 
 #[derive(Debug)]
@@ -127,6 +136,45 @@ impl Loader<'_> {
 
     fn resolve(&self, path: &Path) -> PathBuf {
         self.dir.join(path)
+    }
+
+    fn chain(&self, key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let path = self.resolve(path);
+        let chain = CertificateDer::pem_file_iter(&path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.error(key, format!("{}: {e}", path.display())))?;
+        match chain.is_empty() {
+            true => Err(self.error(key, format!("{}: no PEM certificate", path.display()))),
+            false => Ok(chain),
+        }
+    }
+
+    fn private_key(&self, key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+        let path = self.resolve(path);
+        PrivateKeyDer::from_pem_file(&path)
+            .map_err(|e| self.error(key, format!("{}: {e}", path.display())))
+    }
+
+    /// The optional next key: both files or neither, each readable.
+    fn next_chain(
+        &self,
+        cp: &RawControlPlane,
+    ) -> Result<Option<Vec<CertificateDer<'static>>>, ConfigError> {
+        match (&cp.next_certificate, &cp.next_private_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                self.private_key("controlplane.next_private_key", key)?;
+                Ok(Some(self.chain("controlplane.next_certificate", cert)?))
+            }
+            (Some(_), None) => Err(self.error(
+                "controlplane.next_private_key",
+                "missing: next_certificate needs its private key",
+            )),
+            (None, Some(_)) => Err(self.error(
+                "controlplane.next_certificate",
+                "missing: next_private_key needs its certificate",
+            )),
+        }
     }
 
     fn addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -204,22 +252,11 @@ impl Config {
         let raw: Raw = serde_path_to_error::deserialize(deserializer)
             .map_err(|e| loader.error(e.path().to_string(), e.inner().message().to_owned()))?;
         let cp = raw.controlplane;
-        let cert_path = loader.resolve(&cp.certificate);
-        let chain = CertificateDer::pem_file_iter(&cert_path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                loader.error(
-                    "controlplane.certificate",
-                    format!("{}: {e}", cert_path.display()),
-                )
-            })?;
-        let key_path = loader.resolve(&cp.private_key);
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-            loader.error(
-                "controlplane.private_key",
-                format!("{}: {e}", key_path.display()),
-            )
-        })?;
+        let chain = loader.chain("controlplane.certificate", &cp.certificate)?;
+        let key = loader.private_key("controlplane.private_key", &cp.private_key)?;
+        let next_chain = loader.next_chain(&cp)?;
+        let drain_timeout =
+            Duration::from_millis(cp.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS));
         let database = match cp.database {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
             Some(path) => sqlite_url(&loader.resolve(Path::new(&path))),
@@ -263,10 +300,15 @@ impl Config {
             max_connections_per_source,
             confirm_nodes,
             admins,
+            drain_timeout,
+            next_chain,
         })
     }
 }
 
+/// In-flight admin requests take milliseconds; this leaves room under a supervisor's
+/// stop timeout (systemd 90 s, Kubernetes 30 s).
+const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Enough for thousands of nodes, each with one long-lived connection.
 const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Nodes behind one NAT address share this.

@@ -10,6 +10,7 @@ use tonic::Status;
 
 use crate::auth::Caller;
 use crate::db::{Audit, Db, Tx, Write};
+use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
 use crate::nodes::Tracker;
 use crate::state::State;
@@ -29,6 +30,7 @@ pub struct Ctx {
     pub corroboration: u32,
     /// A policy change lowering the level for peers of more nodes than this needs confirm.
     pub confirm_nodes: usize,
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 pub fn unix_now() -> u64 {

@@ -10,6 +10,8 @@ use sqlx::{AnyPool, Row};
 
 mod schema;
 
+pub use schema::KNOWN_VERSION;
+
 /// Which database is behind the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -69,9 +71,23 @@ pub(crate) fn to_db(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The file behind an SQLite URL (`sqlite://PATH?mode=rwc`); `None` for PostgreSQL.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    Some(path.into())
+}
+
 impl Db {
     /// Opens (creating an SQLite file if needed) and migrates.
     pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
+        let db = Self::connect(url).await?;
+        schema::migrate(&db).await?;
+        Ok(db)
+    }
+
+    /// Opens without migrating (for `backup`).
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let backend = match url.starts_with("postgres") {
             true => Backend::Postgres,
@@ -102,13 +118,11 @@ impl Db {
             Backend::Postgres => options,
         };
         let pool = options.connect(url).await?;
-        let db = Self {
+        Ok(Self {
             pool,
             backend,
             url: url.to_owned(),
-        };
-        schema::migrate(&db).await?;
-        Ok(db)
+        })
     }
 
     /// The current global revision.
@@ -224,4 +238,19 @@ fn resource_row(row: &AnyRow) -> Result<Stored, sqlx::Error> {
         body: row.try_get(2)?,
         revision: from_db(row.try_get(3)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_path;
+
+    #[test]
+    fn the_sqlite_file_is_the_url_path_and_postgres_has_none() {
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/osgate/cp.db?mode=rwc"),
+            Some("/var/lib/osgate/cp.db".into())
+        );
+        assert_eq!(sqlite_path("sqlite://cp.db"), Some("cp.db".into()));
+        assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
 }

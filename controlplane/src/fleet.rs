@@ -22,6 +22,8 @@ use crate::{enroll, pins};
 
 /// A node must say hello this soon after opening a stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a draining stream waits to queue its final status.
+const DRAIN_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most pins one report may carry.
 const MAX_REPORTED_PINS: usize = 10_000;
 
@@ -76,6 +78,13 @@ impl FleetService {
     }
 }
 
+/// What a node stream ends with when the control plane stops.
+fn draining_status() -> Status {
+    Status::unavailable(
+        "control plane draining (stopping); reconnect, to another replica if there is one",
+    )
+}
+
 type Updates = Pin<Box<dyn Stream<Item = Result<pb::Update, Status>> + Send>>;
 
 /// One node's stream.
@@ -122,7 +131,17 @@ impl Session {
         let _ = self.out.try_send(Err(status));
     }
 
+    /// Ends the stream because this replica is stopping: UNAVAILABLE is what a gRPC client
+    /// retries, and the node reconnects with backoff (to another replica behind the address).
+    async fn drained(&self) {
+        tracing::info!(node = self.node, "node stream ended: draining");
+        // A node that stopped reading gets a plain end of stream instead, a moment later.
+        let send = self.out.send(Err(draining_status()));
+        let _ = tokio::time::timeout(DRAIN_SEND_TIMEOUT, send).await;
+    }
+
     async fn run(mut self) {
+        let lifecycle = self.ctx.lifecycle.clone();
         let mut revisions = self.ctx.state.subscribe();
         revisions.mark_unchanged();
         let mut open = self.authorised();
@@ -134,6 +153,10 @@ impl Session {
         }
         while open {
             tokio::select! {
+                () = lifecycle.drain_begun() => {
+                    self.drained().await;
+                    open = false;
+                }
                 changed = revisions.changed() => {
                     let current = *revisions.borrow_and_update();
                     open = changed.is_ok();
@@ -174,6 +197,9 @@ impl Fleet for FleetService {
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Updates>, Status> {
         let node = node_name(&caller(&req)?)?;
+        if self.ctx.lifecycle.is_draining() {
+            return Err(draining_status());
+        }
         let key = req
             .extensions()
             .get::<PeerKey>()

@@ -17,12 +17,17 @@ mod ctx;
 mod db;
 mod enroll;
 mod fleet;
+mod lifecycle;
 mod metrics;
 mod nodes;
+mod ops;
 mod peer;
 mod pins;
+mod run;
 mod server;
 mod state;
+mod store;
+mod tlsa;
 
 use config::Config;
 use ctx::Ctx;
@@ -56,6 +61,29 @@ enum Command {
     },
     /// Checks a configuration file and exits.
     CheckConfig { config: PathBuf },
+    /// Copies the SQLite database to FILE, consistently, while the control plane runs.
+    /// (PostgreSQL: use pg_dump.)
+    Backup {
+        #[arg(short, long)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Replaces the SQLite database with the backup FILE. The control plane must be
+    /// stopped; the replaced database is kept beside it. (PostgreSQL: use pg_restore.)
+    Restore {
+        #[arg(short, long)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Prints the TLSA records (3 1 1) to publish for the control plane's key and its next
+    /// key (RFC 7671 §8.1).
+    Tlsa {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The control plane's DNS name; by default the certificate's first DNS name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Prints the SHA-256 of a bearer token read from standard input, for `[[admin]]`.
     HashToken,
 }
@@ -77,7 +105,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run { config } => match Config::load(&config) {
-            Ok(config) => run(config),
+            Ok(config) => run::run(config),
             Err(e) => fail(EXIT_CONFIG, &e.to_string()),
         },
         Command::CheckConfig { config } => match Config::load(&config) {
@@ -85,6 +113,59 @@ fn main() -> ExitCode {
             Err(e) => fail(EXIT_CONFIG, &e.to_string()),
         },
         Command::HashToken => hash_token(),
+        Command::Backup { config, file } => {
+            store_command(
+                &config,
+                |url| async move { store::backup(&url, &file).await },
+            )
+        }
+        Command::Restore { config, file } => {
+            store_command(
+                &config,
+                |url| async move { store::restore(&url, &file).await },
+            )
+        }
+        Command::Tlsa { config, name } => match Config::load(&config) {
+            Ok(config) => match tlsa::records(&config, name.as_deref()) {
+                Ok(lines) => print_lines(&lines),
+                Err(e) => fail(EXIT_CONFIG, &e),
+            },
+            Err(e) => fail(EXIT_CONFIG, &e.to_string()),
+        },
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_lines(lines: &[String]) -> ExitCode {
+    for line in lines {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `backup` or `restore` on the configured database.
+fn store_command<F, Fut>(config: &std::path::Path, command: F) -> ExitCode
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<String, String>>,
+{
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_CONFIG, &e.to_string()),
+    };
+    if db::sqlite_path(&config.database).is_none() {
+        return fail(EXIT_CONFIG, store::POSTGRES);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(command(config.database)),
+        Err(e) => Err(format!("cannot start the runtime: {e}")),
+    };
+    match result {
+        Ok(done) => print_lines(&[done]),
+        Err(e) => fail(1, &e),
     }
 }
 
@@ -106,71 +187,8 @@ fn hash_token() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
-    };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(1, &e),
-    }
-}
-
-async fn serve(config: Config) -> Result<(), String> {
-    if let Some(addr) = config.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-    }
-    crate::metrics::export_at_zero();
-    let db = db::Db::open(&config.database)
-        .await
-        .map_err(|e| format!("database {}: {e}", redact(&config.database)))?;
-    let ctx = Arc::new(Ctx {
-        db,
-        state: Arc::new(state::State::new()),
-        nodes: nodes::Tracker::default(),
-        corroboration: config.corroboration,
-        confirm_nodes: config.confirm_nodes,
-    });
-    ctx.refresh().await;
-    let crypto = osgate_core::crypto::CryptoPolicy::new(
-        osgate_core::crypto::KxGroup::DEFAULT,
-        osgate_core::crypto::TlsFloor::Tls13,
-    )
-    .map_err(|e| e.to_string())?;
-    let tls = crypto
-        .control_server(config.chain, config.key)
-        .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(
-        listen = %bound,
-        database = redact(&config.database),
-        revision = ctx.state.revision(),
-        "control plane serving"
-    );
-    tokio::spawn(background(ctx.clone()));
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let caps = caps::new(config.max_connections, config.max_connections_per_source);
-    server::serve(ctx.clone(), config.admins, listener, tls, caps, shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = ctx.nodes.flush(&ctx.db, true).await;
-    Ok(())
-}
-
 /// A database URL without its password.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
         _ => url.to_owned(),
@@ -179,7 +197,7 @@ fn redact(url: &str) -> String {
 
 /// Flushes node statuses, follows other replicas' writes (NOTIFY), and re-reads storage now
 /// and then in case a notification was lost.
-async fn background(ctx: Arc<Ctx>) {
+pub(crate) async fn background(ctx: Arc<Ctx>) {
     if ctx.db.backend == db::Backend::Postgres {
         tokio::spawn(listen_for_revisions(ctx.clone()));
     }

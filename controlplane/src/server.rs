@@ -17,6 +17,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::admin::AdminService;
 use crate::auth::{Auth, PeerKey};
@@ -24,6 +26,7 @@ use crate::caps::Counted;
 use crate::config::Admin;
 use crate::ctx::Ctx;
 use crate::fleet::FleetService;
+use crate::lifecycle::Lifecycle;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -76,16 +79,22 @@ impl AsyncWrite for TlsIo {
 }
 
 /// Accepts connections within the caps and runs their TLS handshakes off the accept loop.
+/// Stops, closing the listener, when the control plane starts draining.
 fn accept(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     caps: Arc<Caps>,
+    lifecycle: Arc<Lifecycle>,
 ) -> ReceiverStream<io::Result<TlsIo>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                () = lifecycle.drain_begun() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Descriptor exhaustion and the like: back off, keep serving.
@@ -121,23 +130,24 @@ fn accept(
                 }
             });
         }
+        tracing::info!("listener closed: draining");
     });
     ReceiverStream::new(rx)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until the control plane drains: then HTTP/2 GOAWAY on every connection, and
+/// returns when their streams have finished.
 pub async fn serve(
     ctx: Arc<Ctx>,
     admins: Vec<Admin>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     caps: Arc<Caps>,
-    shutdown: impl Future<Output = ()>,
+    health: HealthReporter,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<FleetServer<FleetService>>()
-        .await;
+    let lifecycle = ctx.lifecycle.clone();
+    lifecycle.publish().await;
+    let health = HealthServer::new(HealthService::from_health_reporter(health));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(osgate_api::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -160,7 +170,10 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(admin)
         .add_service(fleet)
-        .serve_with_incoming_shutdown(accept(listener, tls, caps), shutdown)
+        .serve_with_incoming_shutdown(
+            accept(listener, tls, caps, lifecycle.clone()),
+            lifecycle.drain_begun(),
+        )
         .await?;
     Ok(())
 }

@@ -97,8 +97,10 @@ fn a_policy_applied_with_osgatectl_changes_what_the_next_connection_gets(store: 
         "the record names the rule and revision"
     );
 
-    let nodes = cp.nodes();
-    assert_eq!(nodes["nodes"][0]["acked_revision"].as_u64(), Some(rev));
+    // The node logs the update before its ACK reaches the control plane.
+    eventually("the control plane has the node's ACK", || {
+        cp.nodes()["nodes"][0]["acked_revision"].as_u64() == Some(rev)
+    });
     // The node reports what its connections got.
     let count = |achieved: &str, reason: &str| {
         cp.nodes()["nodes"][0]["outcomes"]

@@ -95,6 +95,17 @@ impl ControlPlane {
 
     /// [`ControlPlane::start`], listening on `listen`.
     pub fn start_on(dir: &Path, database: &str, listen: &str, extra: &str) -> ControlPlane {
+        Self::start_with_env(dir, database, listen, extra, &[])
+    }
+
+    /// [`ControlPlane::start_on`] with `env` set for the process.
+    pub fn start_with_env(
+        dir: &Path,
+        database: &str,
+        listen: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> ControlPlane {
         let key_path = dir.join("controlplane.crt");
         let key = match key_path.exists() {
             true => Key {
@@ -121,15 +132,16 @@ impl ControlPlane {
         );
         let path = dir.join(format!("controlplane-{}.toml", unique()));
         std::fs::write(&path, config).unwrap();
-        Self::run(path, key, metrics)
+        Self::run(path, key, metrics, env)
     }
 
-    fn run(config: PathBuf, key: Key, metrics: SocketAddr) -> ControlPlane {
+    fn run(config: PathBuf, key: Key, metrics: SocketAddr, env: &[(&str, &str)]) -> ControlPlane {
         let mut command = Command::new(bin("osgate-controlplane"));
         command
             .args(["--log-format", "json", "run", "-c"])
             .arg(&config)
-            .env("OSGATE_LOG", "info");
+            .env("OSGATE_LOG", "info")
+            .envs(env.iter().copied());
         let mut process = Process::spawn(command);
         let serving = process.wait_for(|v| v["message"] == "control plane serving");
         let addr = serving["listen"].as_str().unwrap().parse().unwrap();
@@ -146,7 +158,7 @@ impl ControlPlane {
     /// a new port.
     pub fn restart(&mut self) {
         self.process.kill9();
-        let again = Self::run(self.config.clone(), self.key.clone(), self.metrics);
+        let again = Self::run(self.config.clone(), self.key.clone(), self.metrics, &[]);
         *self = again;
     }
 
@@ -268,6 +280,22 @@ impl ControlPlane {
             key.key.display(),
             state.display()
         )
+    }
+
+    /// `osgate-controlplane ARGS` on this control plane's config (`backup`, `restore`,
+    /// `tlsa`): exit code, stdout, stderr.
+    pub fn command(&self, args: &[&str]) -> Ctl {
+        let out = Command::new(bin("osgate-controlplane"))
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        Ctl {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

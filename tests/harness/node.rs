@@ -210,11 +210,7 @@ impl Node {
 
     /// Sends `signal` (`HUP`, `TERM`, `INT`) to the node.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.process.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -s {signal}");
+        self.process.signal(signal);
     }
 
     /// Rewrites the config file and sends SIGHUP; returns the reload's log line (`reloaded`
@@ -239,7 +235,7 @@ impl Node {
 
     /// Waits until the node exits (its log ends) and returns its exit code.
     pub fn exit_code(&mut self) -> Option<i32> {
-        self.process.wait_exit().code()
+        self.process.wait_exit(WAIT).code()
     }
 
     pub fn pid(&self) -> u32 {

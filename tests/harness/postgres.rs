@@ -13,6 +13,8 @@ pub struct Postgres {
     data: PathBuf,
     bin: PathBuf,
     pub addr: SocketAddr,
+    options: String,
+    log: PathBuf,
 }
 
 /// The server binaries of the newest installed PostgreSQL.
@@ -108,7 +110,49 @@ impl Postgres {
             data,
             bin,
             addr,
+            options,
+            log,
         }
+    }
+
+    /// `psql` on the database `name`, as its owner, quiet and without a psqlrc.
+    pub fn psql(&self, name: &str) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.addr.port().to_string(),
+            "-U",
+            "osgate",
+            name,
+        ]);
+        command
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected), keeping its data.
+    pub fn stop(&self) {
+        let data = self.data.to_str().unwrap();
+        pg(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data, "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// Starts the stopped server again, on the same port and data.
+    pub fn start_again(&self) {
+        let data = self.data.to_str().unwrap();
+        let log = self.log.to_str().unwrap();
+        pg(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data, "-o", &self.options, "-l", log, "-w", "start"],
+        );
     }
 
     /// The URL of the database `name`, created if needed.

@@ -66,22 +66,6 @@ impl Process {
         }
     }
 
-    /// Reads the log to its end (the process closed stderr: it exited), then reaps it;
-    /// fails the test if that takes longer than [`WAIT`].
-    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(value) => self.log.push(value),
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("still running after {WAIT:?}; log: {:#?}", self.log)
-                }
-                Err(RecvTimeoutError::Disconnected) => return self.child.wait().unwrap(),
-            }
-        }
-    }
-
     /// Appends every log event received so far, without waiting.
     pub fn drain(&mut self) {
         while let Ok(value) = self.events.try_recv() {
@@ -92,6 +76,35 @@ impl Process {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends `signal` (`TERM`, `INT` or `HUP`) with kill(2).
+    pub fn signal(&self, signal: &str) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let signal = match signal {
+            "TERM" => Signal::TERM,
+            "INT" => Signal::INT,
+            "HUP" => Signal::HUP,
+            other => panic!("no signal {other} in the harness"),
+        };
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits up to `within` for the process to exit: reads its log to the end (it closed
+    /// stderr), then reaps it.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(value) => self.log.push(value),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("still running after {within:?}; log: {:#?}", self.log)
+                }
+                Err(RecvTimeoutError::Disconnected) => return self.child.wait().unwrap(),
+            }
+        }
     }
 
     /// SIGKILL, and reap.
@@ -124,25 +137,25 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// `GET path` from an operations endpoint: the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
+}
+
 /// GET /metrics from `addr`.
 pub fn scrape(addr: std::net::SocketAddr) -> String {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// GET `path` from `addr`: the status code and the body.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
 }

@@ -78,6 +78,23 @@ fn errors_name_the_file_the_key_and_the_reason() {
             "controlplane.private_key",
             "missing.key",
         ),
+        (
+            format!("{BASE}next_certificate = \"keys/admin.crt\"\n"),
+            "controlplane.next_private_key",
+            "needs its private key",
+        ),
+        (
+            format!("{BASE}next_private_key = \"keys/admin.key\"\n"),
+            "controlplane.next_certificate",
+            "needs its certificate",
+        ),
+        (
+            format!(
+                "{BASE}next_certificate = \"keys/gone.crt\"\nnext_private_key = \"keys/admin.key\"\n"
+            ),
+            "controlplane.next_certificate",
+            "gone.crt",
+        ),
     ];
     for (text, key, reason) in cases {
         let error = load(&text)
@@ -127,4 +144,17 @@ fn connection_caps_have_defaults_and_are_checked() {
         "{err}"
     );
     assert!(load(&format!("{BASE}max_connections = 0\n")).is_err());
+}
+
+#[test]
+fn the_drain_timeout_has_a_default_and_the_next_key_is_optional() {
+    let config = load(BASE).unwrap();
+    assert_eq!(config.drain_timeout, Duration::from_secs(10));
+    assert!(config.next_chain.is_none());
+    let set = load(&format!(
+        "{BASE}drain_timeout_ms = 2500\nnext_certificate = \"keys/admin.crt\"\nnext_private_key = \"keys/admin.key\"\n"
+    ))
+    .unwrap();
+    assert_eq!(set.drain_timeout, Duration::from_millis(2500));
+    assert_eq!(set.next_chain.map(|c| c.len()), Some(1));
 }

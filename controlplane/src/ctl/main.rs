@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 
 mod output;
 mod policy_file;
+mod policy_toml;
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +71,8 @@ struct Connection {
 pub enum Format {
     Table,
     Json,
+    /// `get policies` only: a policy file `apply -f` takes back.
+    Toml,
 }
 
 #[derive(Subcommand)]
@@ -313,6 +316,18 @@ impl Interceptor for Bearer {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    let policies = matches!(
+        cli.command,
+        Command::Get {
+            what: Kind::Policies,
+            ..
+        }
+    );
+    if matches!(cli.output, Format::Toml) && !policies {
+        return Err(usage(
+            "-o toml is for `get policies` (a file `apply -f` takes back); use -o json",
+        ));
+    }
     let server = cli.conn.server.clone();
     let status = |s| from_status(&server, s);
     let out = output::Printer { format: cli.output };

@@ -87,6 +87,9 @@ impl Printer {
     }
 
     pub fn policies(&self, list: &pb::PolicyList) {
+        if let Format::Toml = self.format {
+            return print!("{}", crate::policy_toml::render(list));
+        }
         if let Format::Json = self.format {
             let items: Vec<Value> = list
                 .policies
@@ -246,7 +249,7 @@ impl Printer {
     pub fn token(&self, reply: &pb::EnrollTokenReply) {
         match self.format {
             Format::Json => json_out(json!({"token": reply.token, "expires": reply.expires})),
-            Format::Table => println!("{}", reply.token),
+            Format::Table | Format::Toml => println!("{}", reply.token),
         }
     }
 }

@@ -35,6 +35,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE enroll_tokens ADD COLUMN peers TEXT NOT NULL DEFAULT ''",
 ];
 
+/// The newest schema version this build knows.
+pub const KNOWN_VERSION: usize = MIGRATIONS.len();
+
 fn dialect(backend: Backend, sql: &str) -> String {
     match backend {
         Backend::Sqlite => sql.to_owned(),
@@ -42,10 +45,49 @@ fn dialect(backend: Backend, sql: &str) -> String {
     }
 }
 
-pub(super) async fn migrate(db: &Db) -> Result<(), sqlx::Error> {
+/// The stored schema version, creating its table if needed.
+pub(super) async fn version(pool: &sqlx::AnyPool) -> Result<usize, sqlx::Error> {
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .execute(pool)
+        .await?;
+    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        .fetch_one(pool)
+        .await?;
+    Ok(usize::try_from(row.try_get::<i64, _>(0)?).unwrap_or(usize::MAX))
+}
+
+/// Copies an SQLite database about to be migrated to `<db>.pre-migration-v<N>-<unix time>`,
+/// so a migration that goes wrong (or a rollback of the binary) has the old file to return
+/// to. The control plane holds the database lock, so nothing writes in between.
+async fn snapshot_before_migration(db: &Db) -> Result<(), sqlx::Error> {
+    let Some(path) = super::sqlite_path(&db.url) else {
+        return Ok(());
+    };
+    let from = version(&db.pool).await?;
+    if from == 0 || from >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    let snapshot = format!(
+        "{}.pre-migration-v{from}-{}",
+        path.display(),
+        crate::ctx::unix_now()
+    );
+    sqlx::query("VACUUM INTO $1")
+        .bind(&snapshot)
         .execute(&db.pool)
         .await?;
+    tracing::info!(
+        snapshot,
+        from,
+        to = MIGRATIONS.len(),
+        "database copied before its schema migration"
+    );
+    Ok(())
+}
+
+pub(super) async fn migrate(db: &Db) -> Result<(), sqlx::Error> {
+    snapshot_before_migration(db).await?;
+    version(&db.pool).await?;
     let mut tx = db.pool.begin().await?;
     if db.backend == Backend::Postgres {
         // Replicas starting together migrate one at a time.
