@@ -23,6 +23,7 @@ use super::{ADMIN, DRAIN, DRAIN_TIMEOUT, deny, policy_names};
 
 per_store!(
     sigterm_ends_node_streams_with_reconnect_and_the_node_comes_back_to_a_new_control_plane,
+    rolling_restarts_never_stretch_the_nodes_reconnect_backoff,
     health_says_not_serving_while_draining_and_the_listener_closes,
 );
 
@@ -121,6 +122,30 @@ fn sigterm_ends_node_streams_with_reconnect_and_the_node_comes_back_to_a_new_con
         node.process.receive(deadline);
     }
     assert_eq!(peers::call(node.addr("outbound[0]"), b"ping"), b"ping");
+}
+
+/// A stream that carried updates was healthy however it ended: each drain of a rolling
+/// restart starts the node's backoff over (it once grew for good, to 30 s).
+fn rolling_restarts_never_stretch_the_nodes_reconnect_backoff(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, url) = database(store, dir.path());
+    let mut cp = ControlPlane::start(dir.path(), &url, DRAIN);
+    let server = Server::start(peers::echo);
+    let mut node = fleet_node(dir.path(), &cp, server.addr);
+    for round in 0..3 {
+        let seen = node.log().len();
+        cp.process.signal("TERM");
+        assert!(cp.process.wait_exit(WAIT).success());
+        let ended = node.wait_after(seen, |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("control plane stream ended"))
+        });
+        assert_eq!(ended["retry_within_ms"], 250, "round {round}: {ended}");
+        let seen = node.log().len();
+        cp = ControlPlane::start_on(dir.path(), &url, &cp.addr.to_string(), DRAIN);
+        node.wait_after(seen, applied);
+    }
 }
 
 fn health_says_not_serving_while_draining_and_the_listener_closes(store: Store) {

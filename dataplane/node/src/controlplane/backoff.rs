@@ -23,12 +23,16 @@ impl Backoff {
         self.attempt = 0;
     }
 
+    /// The longest the next delay can be.
+    pub fn ceiling(&self) -> Duration {
+        self.base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap)
+    }
+
     /// The next delay: a `fraction` (uniform in [0, 1)) of the capped exponential ceiling.
     pub fn next_delay(&mut self, fraction: f64) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.cap);
+        let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(fraction.clamp(0.0, 1.0))
     }

@@ -96,6 +96,8 @@ struct Client {
     /// Pins the control plane accepted: `(peer, key)`.
     reported: Arc<Mutex<HashSet<(String, String)>>>,
     enrolled: bool,
+    /// The current stream carried at least one update.
+    carried: bool,
 }
 
 /// Loads the last-known-good into `node` now, then follows the control plane on a thread
@@ -119,6 +121,7 @@ pub fn start(
         synced_at: Arc::new(AtomicU64::new(saved_at)),
         reported: Arc::default(),
         enrolled: false,
+        carried: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -213,19 +216,21 @@ impl Client {
         loop {
             let outcome = self.session(&target).await;
             gauge!(m::CP_CONNECTED).set(0.0);
-            match outcome {
-                Ok(true) => backoff.reset(),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(target: "osgate::controlplane", error = e, "control plane stream ended; serving revision {} meanwhile", self.shared.revision())
-                }
+            // A stream that carried updates was healthy, however it ended (a draining
+            // control plane ends every stream with an error): start the backoff over.
+            if std::mem::take(&mut self.carried) {
+                backoff.reset();
+            }
+            if let Err(e) = outcome {
+                let retry_within_ms = backoff.ceiling().as_millis() as u64;
+                tracing::warn!(target: "osgate::controlplane", error = e, retry_within_ms, "control plane stream ended; serving revision {} meanwhile", self.shared.revision())
             }
             tokio::time::sleep(backoff.next_delay(jitter())).await;
         }
     }
 
-    /// One stream, until it ends. `Ok(true)`: it carried at least one update.
-    async fn session(&mut self, target: &Target) -> Result<bool, String> {
+    /// One stream, until it ends; `self.carried` says whether it carried an update.
+    async fn session(&mut self, target: &Target) -> Result<(), String> {
         let channel = target.connect().await.map_err(|e| e.to_string())?;
         let mut fleet = FleetClient::new(channel.clone())
             .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES)
@@ -255,19 +260,18 @@ impl Client {
             Err(status) => return Err(status.message().to_owned()),
         };
         gauge!(m::CP_CONNECTED).set(1.0);
-        let mut any = false;
         let mut reports = tokio::time::interval(REPORT_EVERY);
         loop {
             tokio::select! {
                 message = updates.message() => match message {
                     Ok(Some(update)) => {
-                        any = true;
+                        self.carried = true;
                         let reply = self.apply(&update);
                         if tx.send(reply).await.is_err() {
-                            return Ok(any);
+                            return Ok(());
                         }
                     }
-                    Ok(None) => return Ok(any),
+                    Ok(None) => return Ok(()),
                     Err(status) => return Err(status.message().to_owned()),
                 },
                 _ = reports.tick() => {
