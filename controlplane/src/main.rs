@@ -98,6 +98,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("OSGATE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour only for a person at a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Plain => builder.init(),

@@ -106,3 +106,50 @@ fn a_port_in_use_is_a_clear_start_error() {
         "{err}"
     );
 }
+
+/// Logs carry colour escapes only for a person at a terminal, never into journald or a file.
+#[test]
+fn logs_are_coloured_only_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // A node whose config is missing logs one error and exits; a control plane logs as it
+    // starts, and `timeout` stops it.
+    let cp = osgate_tests::controlplane::ControlPlane::start(
+        dir.path(),
+        dir.path().join("cp.db").to_str().unwrap(),
+        "",
+    );
+    let cp_config = cp.config.clone();
+    drop(cp);
+    let node = osgate_tests::node::bin("osgate");
+    let controlplane = osgate_tests::node::bin("osgate-controlplane");
+    let commands = [
+        format!("{} run -c /nonexistent/osgate.toml", node.display()),
+        format!(
+            "timeout -s INT 2 {} run -c {}",
+            controlplane.display(),
+            cp_config.display()
+        ),
+    ];
+    for command in commands {
+        let piped = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&piped.stderr);
+        assert!(
+            text.contains("INFO") || text.contains("ERROR"),
+            "{command}: {text}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "{command} coloured a pipe: {text:?}"
+        );
+        // The same command under a pseudo-terminal (util-linux `script`) is coloured.
+        let tty = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&tty.stdout);
+        assert!(text.contains('\u{1b}'), "{command} on a terminal: {text:?}");
+    }
+}
