@@ -308,10 +308,12 @@ async fn accept_loop<D: Driver>(
     stopped: Rc<Cell<bool>>,
 ) {
     let mut backoff = Duration::ZERO;
+    let mut streak = FailureStreak::default();
     while !stopped.get() {
         match D::accept(&socket).await {
             Ok((conn, peer)) => {
                 backoff = Duration::ZERO;
+                streak.ended();
                 let (service, node, dns) = {
                     let c = current.borrow();
                     (c.service.clone(), c.node.clone(), c.dns.clone())
@@ -340,10 +342,48 @@ async fn accept_loop<D: Driver>(
             Err(e) => {
                 counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => accept_error_kind(&e)).increment(1);
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                streak.failed(&e);
                 tokio::time::sleep(backoff).await;
             }
         }
+    }
+}
+
+/// How often a streak of accept failures is logged again, with its count.
+const FAILURES_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// Accept failures in a row (descriptor exhaustion lasts): the first is logged, then one
+/// line per [`FAILURES_LOGGED_EVERY`] with the count, then the recovery.
+#[derive(Default)]
+struct FailureStreak {
+    failures: u64,
+    unlogged: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl FailureStreak {
+    fn failed(&mut self, e: &io::Error) {
+        self.failures += 1;
+        let now = tokio::time::Instant::now();
+        match self.logged_at {
+            None => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                self.logged_at = Some(now);
+            }
+            Some(at) if now - at >= FAILURES_LOGGED_EVERY => {
+                let since_last = self.unlogged + 1;
+                tracing::warn!(error = %e, failures = self.failures, since_last, "accept still failing; backing off");
+                (self.logged_at, self.unlogged) = (Some(now), 0);
+            }
+            Some(_) => self.unlogged += 1,
+        }
+    }
+
+    fn ended(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "accept works again");
+        }
+        *self = Self::default();
     }
 }
 
