@@ -141,27 +141,6 @@ fn parse_args() -> Result<Option<Args>, String> {
 mod sys {
     #![allow(unsafe_code)]
 
-    /// Raises the soft descriptor limit to the hard one (inherited by the control plane):
-    /// the bench holds one socket per node, and so does the control plane. Returns it.
-    pub fn raise_nofile_limit() -> std::io::Result<u64> {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a valid, writable rlimit for the whole call.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            // SAFETY: `limit` is a valid rlimit, read for the whole call.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(limit.rlim_cur)
-    }
-
     /// Sends SIGINT (the control plane's graceful shutdown) to `pid`.
     pub fn interrupt(pid: u32) -> std::io::Result<()> {
         let pid =
@@ -1116,7 +1095,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Error> {
-    let limit = sys::raise_nofile_limit()?;
+    let limit = osgate_benches::sys::raise_nofile_limit()?;
     let needed = args.nodes as u64 + 64;
     if limit < needed {
         return Err(format!(

@@ -251,7 +251,7 @@ async fn exchange(addr: SocketAddr, id: u64) -> std::io::Result<()> {
 /// `listening ADDR` on stdout once bound.
 pub fn backend_main(addr: Option<&str>) -> Result<(), Error> {
     let addr: SocketAddr = addr.unwrap_or("127.0.0.1:0").parse()?;
-    crate::sys::raise_nofile_limit()?;
+    osgate_benches::sys::raise_nofile_limit()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -65,7 +65,7 @@ fn exit(result: Result<(), Error>) -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Error> {
-    let hard = sys::raise_nofile_limit()?;
+    let hard = osgate_benches::sys::raise_nofile_limit()?;
     args.check_budget(hard)?;
     let dir = std::env::temp_dir().join(format!("osgate-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

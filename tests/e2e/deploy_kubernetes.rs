@@ -17,7 +17,6 @@ use osgate_tests::kube::{
 use osgate_tests::node::{bin, free_port};
 use osgate_tests::openssl::s_client;
 use osgate_tests::peers::{self, Server};
-use osgate_tests::process::Process;
 use osgate_tests::{Node, certs};
 
 #[test]
@@ -278,40 +277,18 @@ fn node_under_profile(dir: &Path, backend: std::net::SocketAddr, block: Option<&
         pem.key.display()
     );
     std::fs::write(&config, body).unwrap();
-    let launcher = repo().join("tests/harness/seccomp_exec.py");
-    let mut command = Command::new(launcher);
-    command.arg(repo().join("deploy/kubernetes/seccomp/osgate-io-uring.json"));
+    let profile = repo().join("deploy/kubernetes/seccomp/osgate-io-uring.json");
+    let profile = profile.to_str().unwrap();
+    let mut args = vec![profile];
     if let Some(names) = block {
-        command.args(["--block", names]);
+        args.extend(["--block", names]);
     }
-    command
-        .arg("--")
-        .arg(bin("osgate"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .args(["--log-format", "json"])
-        .env("OSGATE_LOG", "info")
-        // The default state_dir: keeps the first-start marker out of /var/lib.
-        .env("STATE_DIRECTORY", dir.join("state"));
-    let mut process = Process::spawn(command);
-    process.wait_for(|v| v["message"] == "osgate node started");
-    let listeners = process
-        .log
-        .iter()
-        .filter(|v| v["message"] == "listening")
-        .map(|v| {
-            (
-                v["key"].as_str().unwrap().to_owned(),
-                v["listen"].as_str().unwrap().parse().unwrap(),
-            )
-        })
-        .collect();
-    Node {
-        process,
-        listeners,
-        metrics: Some(metrics),
-        config,
-    }
+    args.push("--");
+    let launcher = repo().join("tests/harness/seccomp_exec.py");
+    let mut command = Node::command_via(launcher.to_str().unwrap(), &args, &config);
+    // The default state_dir: keeps the first-start marker out of /var/lib.
+    command.env("STATE_DIRECTORY", dir.join("state"));
+    Node::launch(command, config, Some(metrics))
 }
 
 /// The node under the profile relays a TLS and a plain client, with outcome records.

@@ -275,22 +275,6 @@ fn the_expiry_of_each_presented_certificate_is_a_gauge_and_an_expired_one_is_lou
     );
 }
 
-/// `openssl`'s own SHA-256 of a certificate's SubjectPublicKeyInfo, in hex.
-fn spki_sha256(cert: &Path) -> String {
-    let script = format!(
-        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -r",
-        cert.display()
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn osgate_tlsa_prints_the_current_and_the_next_key_for_each_inbound_port() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,11 +305,11 @@ fn osgate_tlsa_prints_the_current_and_the_next_key_for_each_inbound_port() {
         [
             format!(
                 "_7443._tcp.gw.example.net. IN TLSA 3 1 1 {}",
-                spki_sha256(&current.cert)
+                certs::openssl_spki_sha256(&current.cert)
             ),
             format!(
                 "_7443._tcp.gw.example.net. IN TLSA 3 1 1 {}",
-                spki_sha256(&next.cert)
+                certs::openssl_spki_sha256(&next.cert)
             ),
         ],
         "{text}"

@@ -151,3 +151,14 @@ pub fn pin_of(pem: &Pem) -> String {
         .unwrap()
         .to_string()
 }
+
+/// OpenSSL's own SHA-256 of the certificate's SubjectPublicKeyInfo, in hex: what a TLSA
+/// `3 1 1` record carries, computed independently of osgate.
+pub fn openssl_spki_sha256(cert: &Path) -> String {
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | sha256sum",
+        cert.display()
+    );
+    let text = crate::process::stdout_of(std::process::Command::new("sh").args(["-c", &script]));
+    text.split_whitespace().next().unwrap().to_owned()
+}

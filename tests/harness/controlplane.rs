@@ -29,7 +29,8 @@ pub struct Key {
 pub fn keygen(dir: &Path, stem: &str) -> Key {
     let cert = dir.join(format!("{stem}.crt"));
     let key = dir.join(format!("{stem}.key"));
-    let out = Command::new(bin("osgate"))
+    let mut command = Command::new(bin("osgate"));
+    command
         .args([
             "keygen",
             "--name",
@@ -40,15 +41,8 @@ pub fn keygen(dir: &Path, stem: &str) -> Key {
         ])
         .arg(&cert)
         .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        .arg(&key);
+    let pin = crate::process::stdout_of(&mut command).trim().to_owned();
     Key { cert, key, pin }
 }
 

@@ -118,20 +118,17 @@ impl Postgres {
     /// `psql` on the database `name`, as its owner, quiet and without a psqlrc.
     pub fn psql(&self, name: &str) -> Command {
         let mut command = Command::new(self.bin.join("psql"));
-        command.args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.addr.port().to_string(),
-            "-U",
-            "osgate",
-            name,
-        ]);
         command
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(self.as_owner())
+            .arg(name);
+        command
+    }
+
+    /// The client options that reach this server as the test databases' owner.
+    fn as_owner(&self) -> [String; 6] {
+        let port = self.addr.port().to_string();
+        ["-h", "127.0.0.1", "-p", &port, "-U", "osgate"].map(str::to_owned)
     }
 
     /// Stops the server (fast shutdown: clients are disconnected), keeping its data.
@@ -157,19 +154,10 @@ impl Postgres {
 
     /// The URL of the database `name`, created if needed.
     pub fn database(&self, name: &str) -> String {
-        pg(
-            &self.bin,
-            "createdb",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.addr.port().to_string(),
-                "-U",
-                "osgate",
-                name,
-            ],
-        );
+        let mut args = self.as_owner().to_vec();
+        args.push(name.to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pg(&self.bin, "createdb", &args);
         format!("postgres://osgate@{}/{name}", self.addr)
     }
 }

@@ -159,3 +159,14 @@ pub fn scrape(addr: std::net::SocketAddr) -> String {
     assert_eq!(status, 200, "{body}");
     body
 }
+
+/// Runs `command` to completion; fails the test unless it succeeded; its standard output.
+pub fn stdout_of(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -3,10 +3,12 @@
 use std::path::Path;
 use std::process::Command;
 
+use osgate_tests::certs::openssl_spki_sha256;
 use osgate_tests::controlplane::{ControlPlane, keygen, revision};
 use osgate_tests::node::bin;
 use osgate_tests::per_store;
 use osgate_tests::postgres::{Store, database};
+use osgate_tests::process::stdout_of;
 
 use super::ADMIN;
 
@@ -66,22 +68,6 @@ fn get_policies_as_toml_applies_back_as_a_no_op(store: Store) {
     );
 }
 
-/// The hex SHA-256 of the certificate's SPKI, as OpenSSL computes it.
-fn openssl_spki_sha256(cert: &Path) -> String {
-    let script = format!(
-        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | sha256sum",
-        cert.display()
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.split_whitespace().next().unwrap().to_owned()
-}
-
 #[test]
 fn tlsa_prints_the_spki_sha256_of_the_current_and_next_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,18 +80,8 @@ fn tlsa_prints_the_spki_sha256_of_the_current_and_next_key() {
         current.key.display()
     );
     let tlsa = |config: &Path, extra: &[&str]| {
-        let out = Command::new(bin("osgate-controlplane"))
-            .args(["tlsa", "-c"])
-            .arg(config)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let mut command = Command::new(bin("osgate-controlplane"));
+        stdout_of(command.args(["tlsa", "-c"]).arg(config).args(extra))
     };
     std::fs::write(&config, &text).unwrap();
     let hash = openssl_spki_sha256(&current.cert);

@@ -7,6 +7,7 @@ use std::process::Command;
 use osgate_tests::WAIT;
 use osgate_tests::controlplane::{ControlPlane, revision};
 use osgate_tests::postgres::{Store, database};
+use osgate_tests::process::stdout_of;
 
 use super::{deny, policy_names};
 
@@ -109,18 +110,10 @@ fn sqlite3(db: &Path, sql: &str) -> String {
                   \x20   if s.strip(): rows = c.execute(s).fetchall()\n\
                   c.commit()\n\
                   print('\\n'.join(str(r[0]) for r in rows))\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let mut command = Command::new("python3");
+    stdout_of(command.args(["-c", script]).arg(db).arg(sql))
+        .trim()
+        .to_owned()
 }
 
 #[test]
