@@ -23,6 +23,7 @@ per_driver!(
     sigterm_lets_a_transfer_finish_and_cuts_what_outlives_the_drain,
     a_reloaded_policy_applies_to_new_connections_while_open_ones_keep_theirs,
     a_reload_that_adds_a_control_plane_follows_it,
+    a_reload_onto_another_control_plane_drops_the_old_ones_rules,
 );
 
 const HALF: u64 = 8_000_000;
@@ -454,4 +455,50 @@ fn a_reload_that_adds_a_control_plane_follows_it(io: Io) {
     assert_eq!(peers::call(node.addr("outbound[0]"), b"x"), b"");
     let out = node.outcome("outbound");
     assert_eq!(out["reason"], "policy-deny", "{out}");
+}
+
+/// A reload onto another control plane (no last-known-good of it yet) serves this node's
+/// own rules until that one answers — never the previous control plane's leftovers.
+fn a_reload_onto_another_control_plane_drops_the_old_ones_rules(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("cp.db").display().to_string();
+    let cp = ControlPlane::start(dir.path(), &url, "");
+    let backend = Server::start(peers::echo);
+    let key = keygen(dir.path(), "n1");
+    cp.register_serving("n1", &key, &[], &[backend.addr]);
+    let deny = format!(
+        "[[policy]]\nname = \"no-lab\"\nmatch = \"{}\"\nlevel = \"deny\"\n",
+        backend.addr.ip()
+    );
+    let rev = revision(&cp.apply(dir.path(), &deny, &[]).json());
+    let section = cp.section(&key, &dir.path().join("a.lkg"), "");
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\npolicy = \"cleartext\"\n\n{section}",
+        backend.addr
+    );
+    let mut node = Node::start(dir.path(), io, "", &body);
+    wait_applied(&mut node, rev);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"x"), b"");
+    assert_eq!(node.outcome("outbound")["reason"], "policy-deny");
+
+    let elsewhere = free_port();
+    let moved = config_of(&node)
+        .replace(&cp.addr.to_string(), &elsewhere.to_string())
+        .replace("a.lkg", "b.lkg");
+    let reloaded = node.reload(&moved);
+    assert_eq!(
+        reloaded["message"],
+        "reloaded: new connections use the new config; open ones finish on theirs",
+        "{reloaded}"
+    );
+    assert_eq!(
+        peers::call(node.addr("outbound[0]"), b"own rules"),
+        b"own rules"
+    );
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["policy"].as_str()),
+        (Some("cleartext"), Some("listener")),
+        "{out}"
+    );
 }

@@ -177,6 +177,10 @@ fn load_last_known_good(
                 }
             }
             gauge!(m::CP_NO_OVERRIDES).set(1.0);
+            // What "no overrides" means, also when a reload restarts this client: this
+            // node's own rules alone, never another control plane's leftovers.
+            node.fleet
+                .store(Arc::new(Fleet::new(0, local.clone(), [], &[])));
             (Held::default(), unix_now())
         }
     }
