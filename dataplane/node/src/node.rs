@@ -298,16 +298,14 @@ fn first_start(config: &Config) {
     if marker.exists() || legacy_marker(config).is_some_and(|m| m.exists()) {
         return;
     }
-    let store = config
-        .tofu
-        .as_ref()
-        .filter(|t| t.default_store)
-        .map(|t| &t.store);
-    let created = match store {
-        Some(store) if !store.exists() => crate::store::Contents::default()
-            .save(store)
+    // The default store is made even while `[tofu]` is off: turned on later (by a reload or
+    // a restart), TOFU finds an empty store, not a "lost" one.
+    let store = config.node.state_dir.join(crate::config::DEFAULT_PIN_STORE);
+    let created = match store.exists() {
+        true => Ok(()),
+        false => crate::store::Contents::default()
+            .save(&store)
             .map_err(|e| e.to_string()),
-        _ => Ok(()),
     };
     let note = format!("first started by osgate {}\n", env!("CARGO_PKG_VERSION"));
     let marked = created.and_then(|()| {
@@ -371,14 +369,22 @@ fn dnssec_self_test(config: &Config) -> Result<bool, StartError> {
     Ok(validating)
 }
 
+/// One self-test, on a thread of its own: a reload calls this from the supervisor's runtime,
+/// which must not be blocked on from inside.
 fn self_test_once(dns: &crate::config::DnsConfig) -> Result<bool, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let resolver = crate::dns::Dns::new(dns)?;
-        Ok(resolver.self_test(&dns.anchor_zone).await)
+    std::thread::scope(|scope| {
+        let test = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let resolver = crate::dns::Dns::new(dns)?;
+                Ok(resolver.self_test(&dns.anchor_zone).await)
+            })
+        });
+        test.join()
+            .unwrap_or_else(|_| Err("the DNSSEC self-test panicked".into()))
     })
 }
 
