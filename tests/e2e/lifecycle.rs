@@ -10,7 +10,9 @@ use std::sync::mpsc::{Receiver, channel};
 
 use osgate_tests::certs::{self, Pem, pin_of};
 use osgate_tests::controlplane::{ControlPlane, keygen, revision, wait_applied};
+use osgate_tests::dns::{Testbed, Zones};
 use osgate_tests::node::{free_port, is_reload_end};
+use osgate_tests::openssl::SServer;
 use osgate_tests::peers::{self, Seen, Server, Stream};
 use osgate_tests::process::http_get;
 use osgate_tests::{Io, Node, WAIT, per_driver};
@@ -24,6 +26,8 @@ per_driver!(
     a_reloaded_policy_applies_to_new_connections_while_open_ones_keep_theirs,
     a_reload_that_adds_a_control_plane_follows_it,
     a_reload_onto_another_control_plane_drops_the_old_ones_rules,
+    a_reload_that_turns_tofu_on_pins_the_next_peer_key,
+    a_reload_that_adds_dns_runs_its_self_test_and_a_broken_one_is_refused,
 );
 
 const HALF: u64 = 8_000_000;
@@ -501,4 +505,77 @@ fn a_reload_onto_another_control_plane_drops_the_old_ones_rules(io: Io) {
         (Some("cleartext"), Some("listener")),
         "{out}"
     );
+}
+
+/// `[tofu]` turned on by a reload: the next connections learn and then check the peer's key.
+fn a_reload_that_turns_tofu_on_pins_the_next_peer_key(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = certs::self_signed(dir.path(), "peer", "127.0.0.1");
+    let server = SServer::start(&key, &[]);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\n",
+        server.addr
+    );
+    let off = "[tofu]\nmode = \"off\"\nratchet_hours = 0\n";
+    let mut node = Node::start(dir.path(), io, "", &format!("{body}{off}"));
+    server.send_line(node.addr("outbound[0]"), "before");
+    assert_eq!(
+        node.outcome("outbound")["reason"],
+        "certificate-not-trusted"
+    );
+
+    let on = config_of(&node).replace(off, "");
+    let reloaded = node.reload(&on);
+    assert_eq!(
+        reloaded["message"],
+        "reloaded: new connections use the new config; open ones finish on theirs",
+        "{reloaded}"
+    );
+    server.send_line(node.addr("outbound[0]"), "learns");
+    assert_eq!(
+        node.outcome("outbound")["reason"],
+        "certificate-not-trusted"
+    );
+    server.send_line(node.addr("outbound[0]"), "checks");
+    let out = node.outcome("outbound");
+    assert_eq!(
+        (out["achieved"].as_str(), out["method"].as_str()),
+        (Some("authenticated"), Some("tofu")),
+        "{out}"
+    );
+}
+
+/// `[dns]` given by a reload: the new resolver's self-test runs before the swap, and a
+/// `[dns]` that cannot be read is refused with its key.
+fn a_reload_that_adds_dns_runs_its_self_test_and_a_broken_one_is_refused(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = Testbed::start(dir.path(), &Zones::default());
+    let backend = Server::start(peers::echo);
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\npolicy = \"cleartext\"\n",
+        backend.addr
+    );
+    let off = "[dns]\ndane = false\n";
+    let mut node = Node::start(dir.path(), io, "", &format!("{body}{off}"));
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 0.0);
+
+    let broken = config_of(&node).replace(off, "[dns]\ntrust_anchor = \"missing.key\"\n");
+    let refused = node.reload(&broken);
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.contains(": dns.trust_anchor: cannot read"), "{error}");
+
+    let seen = node.log().len();
+    let reloaded = node.reload(
+        &config_of(&node).replace("[dns]\ntrust_anchor = \"missing.key\"\n", &dns.config()),
+    );
+    assert_eq!(
+        reloaded["message"],
+        "reloaded: new connections use the new config; open ones finish on theirs",
+        "{reloaded}"
+    );
+    node.wait_after(seen, |v| {
+        v["message"] == "DNSSEC validation works: DANE is on"
+    });
+    assert_eq!(node.metric("osgate_dnssec_validation_available", &[]), 1.0);
+    assert_eq!(peers::call(node.addr("outbound[0]"), b"x"), b"x");
 }
