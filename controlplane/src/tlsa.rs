@@ -4,8 +4,8 @@
 //! certificate renewal with the same key. RFC 7671 §8.1: publish the next key's record
 //! beside the current one before the key is used ("current + next").
 
+use osgate_core::pin::SpkiPin;
 use rustls_pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 
@@ -25,25 +25,18 @@ pub fn records(config: &Config, name: Option<&str>) -> Result<Vec<String>, Strin
             "controlplane.certificate: no DNS name in its subject alternative names; give --name",
         )?,
     };
-    let owner = format!("_{port}._tcp.{}.", name.trim_end_matches('.'));
     let mut keys = vec![("current", first)];
     if let Some(next) = config.next_chain.as_ref().and_then(|c| c.first()) {
         keys.push(("next", next));
     }
     keys.into_iter()
         .map(|(which, cert)| {
-            let hash = spki_sha256(cert)
+            let key = SpkiPin::of_certificate(cert)
                 .ok_or_else(|| format!("the {which} certificate does not parse as X.509"))?;
-            Ok(format!("{owner} IN TLSA 3 1 1 {hash} ; {which} key"))
+            let record = osgate_core::dane::ee_record(port, &name, &key);
+            Ok(format!("{record} ; {which} key"))
         })
         .collect()
-}
-
-/// The hex SHA-256 of the certificate's SubjectPublicKeyInfo (DER).
-fn spki_sha256(cert: &CertificateDer<'_>) -> Option<String> {
-    let parsed = rustls::server::ParsedCertificate::try_from(cert).ok()?;
-    let digest = Sha256::digest(parsed.subject_public_key_info().as_ref());
-    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn first_dns_name(cert: &CertificateDer<'_>) -> Option<String> {

@@ -24,6 +24,17 @@ const DANE_TA: u8 = 2;
 /// DANE-EE(3): the record names the server's own certificate or key.
 const DANE_EE: u8 = 3;
 
+/// The TLSA record a DANE-EE key is published with, as a zone-file line:
+/// `_port._tcp.name. IN TLSA 3 1 1 <hex>` — DANE-EE(3), SPKI(1), SHA2-256(1), which survives
+/// a certificate renewal with the same key (RFC 7671 §5.1).
+pub fn ee_record(port: u16, name: &str, key: &crate::pin::SpkiPin) -> String {
+    let hex: String = key.digest().iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "_{port}._tcp.{}. IN TLSA {DANE_EE} 1 1 {hex}",
+        name.trim_end_matches('.')
+    )
+}
+
 /// `usage selector matching` and the first bytes of the data, for outcome records.
 impl std::fmt::Display for Tlsa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -8,6 +8,7 @@
 use std::fmt::Write;
 
 use metrics::gauge;
+use osgate_core::dane;
 use osgate_core::pin::SpkiPin;
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -92,36 +93,32 @@ pub(crate) fn tlsa(config: &Config, name: Option<&str>) -> Result<String, String
         ];
         for (which, identity) in keys {
             let Some(identity) = identity else { continue };
-            let (names, record) = record(identity)?;
+            let (names, key) = published(identity)?;
             let names = match name {
-                Some(name) => vec![name.trim_end_matches('.').to_owned()],
+                Some(name) => vec![name.to_owned()],
                 None => names,
             };
             let _ = writeln!(out, "; inbound[{i}] {} — {which} key", inbound.listen);
             if names.is_empty() {
                 let _ = writeln!(out, "; the certificate names no DNS name: pass --name");
-                let _ = writeln!(out, "_{port}._tcp.NAME. IN TLSA {record}");
+                let _ = writeln!(out, "{}", dane::ee_record(port, "NAME", &key));
             }
             for host in names {
-                let _ = writeln!(out, "_{port}._tcp.{host}. IN TLSA {record}");
+                let _ = writeln!(out, "{}", dane::ee_record(port, &host, &key));
             }
         }
     }
     Ok(out)
 }
 
-/// The certificate's DNS names and its `3 1 1` record data.
-fn record(identity: &Identity) -> Result<(Vec<String>, String), String> {
+/// The certificate's DNS names and the key its record publishes.
+fn published(identity: &Identity) -> Result<(Vec<String>, SpkiPin), String> {
     let leaf = identity
         .chain
         .first()
         .ok_or_else(|| "an empty certificate chain".to_owned())?;
-    let pin =
+    let key =
         SpkiPin::of_certificate(leaf).ok_or_else(|| "a certificate does not parse".to_owned())?;
-    let hex = pin.digest().iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    });
     let names = facts(leaf).map(|f| f.dns_names).unwrap_or_default();
-    Ok((names, format!("3 1 1 {hex}")))
+    Ok((names, key))
 }
