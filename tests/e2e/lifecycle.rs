@@ -52,6 +52,12 @@ fn outbound_to(dir: &Path, io: Io, peer: SocketAddr) -> Node {
     )
 }
 
+/// `osgate_config_reloads_total`: (succeeded, refused).
+fn reloads(node: &Node) -> (f64, f64) {
+    let count = |result| node.metric("osgate_config_reloads_total", &[("result", result)]);
+    (count("success"), count("failure"))
+}
+
 /// The text a node started with, `[node]` included.
 fn config_of(node: &Node) -> String {
     std::fs::read_to_string(&node.config).unwrap()
@@ -172,14 +178,7 @@ fn a_rotated_key_and_sighup_leave_the_live_transfer_intact_and_the_next_connecti
         Some(pin_of(&new).as_str()),
         "{second}"
     );
-    assert_eq!(
-        inbound.metric("osgate_config_reloads_total", &[("result", "success")]),
-        1.0
-    );
-    assert_eq!(
-        inbound.metric("osgate_config_reloads_total", &[("result", "failure")]),
-        0.0
-    );
+    assert_eq!(reloads(&inbound), (1.0, 0.0), "(succeeded, refused)");
 }
 
 fn a_rotated_key_file_reloads_without_a_signal(io: Io) {
@@ -259,14 +258,7 @@ fn a_broken_config_on_sighup_changes_nothing_and_says_why(io: Io) {
         out["achieved"], "cleartext",
         "the policy did not change either: {out}"
     );
-    assert_eq!(
-        node.metric("osgate_config_reloads_total", &[("result", "failure")]),
-        2.0
-    );
-    assert_eq!(
-        node.metric("osgate_config_reloads_total", &[("result", "success")]),
-        0.0
-    );
+    assert_eq!(reloads(&node), (0.0, 2.0), "(succeeded, refused)");
 }
 
 fn a_reload_adds_and_removes_listeners_and_removed_ones_keep_their_connections(io: Io) {

@@ -274,9 +274,11 @@ fn client_configs(config: &Config) -> Result<ClientConfigs, StartError> {
 /// why when it cannot), then records a first start.
 pub(crate) fn prepare_state(config: &Config) -> Result<(), String> {
     let dir = &config.node.state_dir;
+    // A probe, not data: no fsync (the store and the last-known-good sync their own writes).
+    let probe = dir.join(".write-test");
     let usable = std::fs::create_dir_all(dir)
-        .and_then(|()| crate::durable::write_atomic(&dir.join(".write-test"), b"ok\n"))
-        .and_then(|()| std::fs::remove_file(dir.join(".write-test")))
+        .and_then(|()| std::fs::write(&probe, b"ok\n"))
+        .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| format!("the state folder {} cannot be written: {e}", dir.display()));
     match &usable {
         Ok(()) => first_start(config),

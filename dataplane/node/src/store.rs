@@ -421,6 +421,14 @@ mod tests {
         SpkiPin::of_spki(&[n])
     }
 
+    /// A new empty store file in `dir`, opened with `ratchet_ttl_secs`.
+    fn empty_store(dir: &Path, ratchet_ttl_secs: u64) -> (PathBuf, Store, Option<StoreError>) {
+        let path = dir.join("store");
+        Contents::default().save(&path).unwrap();
+        let (store, error) = Store::open(path.clone(), ratchet_ttl_secs);
+        (path, store, error)
+    }
+
     #[test]
     fn round_trips_and_detects_truncation_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
@@ -471,9 +479,7 @@ mod tests {
     #[test]
     fn learns_once_and_ratchets_with_expiry() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        Contents::default().save(&path).unwrap();
-        let (store, error) = Store::open(path.clone(), 100);
+        let (path, store, error) = empty_store(dir.path(), 100);
         assert!(error.is_none());
         let known = store.lookup("a.test:443", 1000);
         assert_eq!((known.tofu, known.ratchet), (Tofu::Unknown, false));
@@ -500,9 +506,7 @@ mod tests {
     #[test]
     fn a_key_vouched_for_by_dane_replaces_the_pin_unless_revoked() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        Contents::default().save(&path).unwrap();
-        let (store, _) = Store::open(path.clone(), 0);
+        let (path, store, _) = empty_store(dir.path(), 0);
         store
             .record_tls("a.test:443", Some(pin(1)), PinUpdate::Learn, 1)
             .unwrap();
@@ -556,9 +560,7 @@ mod tests {
     #[test]
     fn the_last_refused_key_is_kept_next_to_the_pin() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        Contents::default().save(&path).unwrap();
-        let (store, _) = Store::open(path.clone(), 0);
+        let (path, store, _) = empty_store(dir.path(), 0);
         store
             .record_tls("a.test:443", Some(pin(1)), PinUpdate::Learn, 1)
             .unwrap();

@@ -490,19 +490,22 @@ mod table {
 }
 
 fn known(rule: Option<&Rule>, w: &World) -> table::Known {
+    // Without pins of its own, a rule (or no rule) takes the operator's and the fleet's.
+    let evidence = || -> Vec<_> {
+        w.fleet
+            .approved(PEER)
+            .iter()
+            .chain(&w.operator)
+            .copied()
+            .collect()
+    };
     match rule {
         None => table::Known {
             level: DEFAULTS.level,
             fallback: DEFAULTS.allow_cleartext_fallback,
             floor: DEFAULTS.floor,
             methods: None,
-            pins: w
-                .fleet
-                .approved(PEER)
-                .iter()
-                .chain(&w.operator)
-                .copied()
-                .collect(),
+            pins: evidence(),
         },
         Some(r) => table::Known {
             level: r.level,
@@ -510,13 +513,7 @@ fn known(rule: Option<&Rule>, w: &World) -> table::Known {
             floor: r.min_tls,
             methods: (r.level == Level::Authenticate).then(|| r.methods.clone()),
             pins: match r.pins.is_empty() {
-                true => w
-                    .fleet
-                    .approved(PEER)
-                    .iter()
-                    .chain(&w.operator)
-                    .copied()
-                    .collect(),
+                true => evidence(),
                 false => r.pins.clone(),
             },
         },
