@@ -152,6 +152,22 @@ pub enum Reason {
     DnsLookupFailed,
     /// Policy requires DANE, but DNSSEC validation is unavailable (RFC 8460 `dane-required`).
     DaneRequired,
+    /// SMTP: the server's EHLO reply lists no STARTTLS, or it refused the command (RFC 8460
+    /// `starttls-not-supported`).
+    StarttlsNotSupported,
+    /// SMTP: a reply or command that breaks RFC 5321 (bad syntax, an over-long line, a greeting
+    /// that is not 220), or a peer silent past its SMTP timeout.
+    SmtpProtocolError,
+    /// MTA-STS: the domain publishes a policy, and none could be fetched or was cached (RFC 8460
+    /// `sts-policy-fetch-error`).
+    StsPolicyFetchError,
+    /// MTA-STS: the policy fetched does not parse (RFC 8460 `sts-policy-invalid`).
+    StsPolicyInvalid,
+    /// MTA-STS: the policy host's certificate did not pass PKIX (RFC 8460 `sts-webpki-invalid`).
+    StsWebpkiInvalid,
+    /// MTA-STS `enforce`: the MX host matches none of the policy's `mx` patterns (RFC 8461
+    /// §4.1: "senders MUST NOT deliver").
+    StsMxMismatch,
 }
 
 impl Reason {
@@ -182,6 +198,12 @@ impl Reason {
             Self::DnssecInvalid => "dnssec-invalid",
             Self::DnsLookupFailed => "dns-lookup-failed",
             Self::DaneRequired => "dane-required",
+            Self::StarttlsNotSupported => "starttls-not-supported",
+            Self::SmtpProtocolError => "smtp-protocol-error",
+            Self::StsPolicyFetchError => "sts-policy-fetch-error",
+            Self::StsPolicyInvalid => "sts-policy-invalid",
+            Self::StsWebpkiInvalid => "sts-webpki-invalid",
+            Self::StsMxMismatch => "sts-mx-mismatch",
         }
     }
 }
@@ -253,6 +275,66 @@ impl Close {
     }
 }
 
+/// What a connection carried, as far as osgate reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Any TCP stream: osgate only classifies the first bytes.
+    #[default]
+    Tcp,
+    /// SMTP with STARTTLS (RFC 3207): osgate speaks the dialogue up to TLS.
+    Smtp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Smtp => "smtp",
+        }
+    }
+}
+
+/// What the peer said about STARTTLS (SMTP sessions only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Starttls {
+    /// The dialogue never got as far as EHLO.
+    #[default]
+    Unknown,
+    /// Outbound: the server's EHLO reply listed STARTTLS. Inbound: osgate offered it.
+    Offered,
+    /// Outbound: the server's EHLO reply did not list STARTTLS.
+    NotOffered,
+    /// Outbound: the server listed STARTTLS and answered it with an error (e.g. 454).
+    Refused,
+    /// Inbound: the client issued STARTTLS.
+    Used,
+}
+
+impl Starttls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Offered => "offered",
+            Self::NotOffered => "not-offered",
+            Self::Refused => "refused",
+            Self::Used => "used",
+        }
+    }
+}
+
+/// What an SMTP session's record adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SmtpFacts {
+    pub starttls: Starttls,
+    /// Outbound by MX: the MX host this record is about.
+    pub mx: Option<String>,
+    /// The MTA-STS policy applied or reported on: `<domain>:<id>:<mode>`.
+    pub sts: Option<String>,
+    /// Bytes a peer sent across the TLS boundary (after STARTTLS or its 220, before the
+    /// handshake) that osgate discarded (CONFORMANCE E.30, E.31).
+    pub injected_bytes: u64,
+}
+
 /// The TLS parameters a connection negotiated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsParams {
@@ -295,6 +377,9 @@ pub struct Outcome {
     pub tlsa: Option<String>,
     /// What a more specific report-only rule would have done: (rule, achieved, reason).
     pub report_only: Option<(String, Level, Reason)>,
+    pub protocol: Protocol,
+    /// SMTP sessions only.
+    pub smtp: Option<Box<SmtpFacts>>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics::counter;
 use osgate_core::crypto::tls_params;
 use osgate_core::detect::{Detection, MAX_PEEK, Malformed, classify_client_hello};
-use osgate_core::outcome::{Close, Commitment, Direction, Level, Outcome, Reason};
+use osgate_core::outcome::{Close, Commitment, Direction, Level, Outcome, Protocol, Reason};
 use rustls::ServerConnection;
 use tokio::time::{Instant, timeout_at};
 
@@ -64,6 +64,8 @@ pub(crate) async fn serve<D: Driver>(
         dane: None,
         tlsa: None,
         report_only: None,
+        protocol: Protocol::Tcp,
+        smtp: None,
     };
     let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);
     dog.guard(&client);

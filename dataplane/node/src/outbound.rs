@@ -15,7 +15,7 @@ use osgate_core::dane::{Lookup, Match, match_chain};
 use osgate_core::fleet::Fleet;
 use osgate_core::ladder::{Ladder, Step, TlsResult};
 use osgate_core::outcome::{
-    Close, Direction, Level as Achieved, Method, Outcome, Reason, TlsParams,
+    Close, Direction, Level as Achieved, Method, Outcome, Protocol, Reason, TlsParams,
 };
 use osgate_core::pin::SpkiPin;
 use osgate_core::plan::{self, Decision, Defaults, Facts, Local, PinUpdate};
@@ -191,6 +191,8 @@ async fn establish<D: Driver>(
         dane: found.lookup.label(),
         tlsa: None,
         report_only: None,
+        protocol: Protocol::Tcp,
+        smtp: None,
     };
     count_policy(decision.rule, false);
     let addrs = match found.addrs.is_empty() {

@@ -43,10 +43,12 @@ pub fn emit(outcome: &Outcome) {
         }
         None => {}
     }
+    let smtp = outcome.smtp.as_deref();
     // Last, so that whoever reads this record sees the counters already updated.
     tracing::info!(
         target: "osgate::outcome",
         direction,
+        protocol = outcome.protocol.as_str(),
         listener = %outcome.listener,
         peer = %outcome.peer,
         desired = outcome.desired,
@@ -71,6 +73,10 @@ pub fn emit(outcome: &Outcome) {
         report_only_achieved = outcome.report_only.as_ref().map(|r| r.1.as_str()),
         report_only_method = outcome.report_only.as_ref().map(|r| r.1.method_str()),
         report_only_reason = outcome.report_only.as_ref().map(|r| r.2.as_str()),
+        starttls = smtp.map(|s| s.starttls.as_str()),
+        mx = smtp.and_then(|s| s.mx.as_deref()),
+        sts = smtp.and_then(|s| s.sts.as_deref()),
+        injected_bytes = smtp.map(|s| s.injected_bytes),
         "connection {achieved}",
     );
 }
