@@ -24,6 +24,7 @@ mod pins;
 mod relay;
 mod report;
 mod store;
+mod sts;
 mod supervisor;
 mod sys;
 mod tally;
@@ -73,6 +74,17 @@ enum Command {
         store: PathBuf,
         #[command(subcommand)]
         command: pins::PinsCommand,
+    },
+    /// Print the MTA-STS (RFC 8461) policy the node would apply to mail for DOMAIN: mode, mx
+    /// patterns, id, max_age and whether it was fetched now or cached — or why none applies.
+    /// Exit 0 when a policy or its absence is established, 1 when the lookup failed.
+    MtaSts {
+        domain: String,
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// The policy hosts' HTTPS port (default 443; for test beds).
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Create a private key and a self-signed certificate for an inbound listener.
     Keygen {
@@ -143,6 +155,26 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("pins: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MtaSts {
+            domain,
+            config,
+            port,
+        } => {
+            init_logging(LogFormat::Plain);
+            match sts::cli::run(&config, &domain, port) {
+                Ok((out, established)) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+                    match established {
+                        true => ExitCode::SUCCESS,
+                        false => ExitCode::FAILURE,
+                    }
+                }
+                Err(e) => {
+                    eprintln!("mta-sts: {e}");
+                    ExitCode::from(EXIT_CONFIG)
                 }
             }
         }
