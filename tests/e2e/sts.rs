@@ -89,6 +89,11 @@ impl Case {
 
     /// Runs `osgate mta-sts d.test` against `dns`: (exit code, stdout, stderr).
     fn lookup(&self, dns: &Testbed) -> (i32, String, String) {
+        self.lookup_many(dns, 1)
+    }
+
+    /// `osgate mta-sts d.test d.test ...` (`n` times): concurrent lookups in one process.
+    fn lookup_many(&self, dns: &Testbed, n: usize) -> (i32, String, String) {
         let config = self.path().join("node.toml");
         let text = format!(
             "[node]\nstate_dir = \"state\"\nca_bundle = \"{}\"\n\n[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"127.0.0.1:9\"\n\n{}",
@@ -97,7 +102,9 @@ impl Case {
         );
         std::fs::write(&config, text).unwrap();
         let out = Command::new(osgate_bin())
-            .args(["mta-sts", DOMAIN, "--config"])
+            .arg("mta-sts")
+            .args(vec![DOMAIN; n])
+            .arg("--config")
             .arg(&config)
             .args(["--port", &self.port.port().to_string()])
             .env("OSGATE_LOG", "osgate=debug")
@@ -341,4 +348,58 @@ fn no_record_or_two_records_mean_no_policy() {
             "{txt:?}\n{out}\n{err}"
         );
     }
+}
+
+/// Counts the connections to `target` it forwards (a TCP relay in front of the policy host).
+struct Counter {
+    addr: std::net::SocketAddr,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counter {
+    fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { addr, count }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn concurrent_lookups_of_one_domain_fetch_once() {
+    let mut case = Case::new();
+    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    let counter = Counter::start(case.port);
+    case.port = counter.addr;
+    let (code, out, err) = case.lookup_many(&dns, 8);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(field(&out, "policy"), ["enforce"; 8], "{out}");
+    let mut sources = field(&out, "source");
+    sources.sort_unstable();
+    assert_eq!(sources, [&["cached"; 7][..], &["fresh"]].concat(), "{out}");
+    assert_eq!(counter.count(), 1, "one fetch for eight lookups");
 }

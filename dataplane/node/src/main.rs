@@ -75,11 +75,12 @@ enum Command {
         #[command(subcommand)]
         command: pins::PinsCommand,
     },
-    /// Print the MTA-STS (RFC 8461) policy the node would apply to mail for DOMAIN: mode, mx
-    /// patterns, id, max_age and whether it was fetched now or cached — or why none applies.
-    /// Exit 0 when a policy or its absence is established, 1 when the lookup failed.
+    /// Print the MTA-STS (RFC 8461) policy the node would apply to mail for each DOMAIN: mode,
+    /// mx patterns, id, max_age and whether it was fetched now or cached — or why none
+    /// applies. Exit 0 when a policy or its absence is established, 1 when a lookup failed.
     MtaSts {
-        domain: String,
+        #[arg(required = true)]
+        domains: Vec<String>,
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
         /// The policy hosts' HTTPS port (default 443; for test beds).
@@ -159,12 +160,12 @@ fn main() -> ExitCode {
             }
         }
         Command::MtaSts {
-            domain,
+            domains,
             config,
             port,
         } => {
             init_logging(LogFormat::Plain);
-            match sts::cli::run(&config, &domain, port) {
+            match sts::cli::run(&config, &domains, port) {
                 Ok((out, established)) => {
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
                     match established {

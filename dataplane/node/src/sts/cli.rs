@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use osgate_core::crypto::{ChainVerifier, CryptoPolicy, TlsFloor};
 use osgate_core::sts::{Source, StsLookup};
@@ -10,10 +11,11 @@ use osgate_core::sts::{Source, StsLookup};
 use super::Sts;
 use crate::config::Config;
 
-/// The report, and whether a policy or its absence was established (false: a failure).
+/// The reports (one per domain, in order, looked up concurrently as sessions would), and
+/// whether each established a policy or its absence (false: a failure).
 pub(crate) fn run(
     config: &Path,
-    domain: &str,
+    domains: &[String],
     port: Option<u16>,
 ) -> Result<(String, bool), String> {
     let config = Config::load(config).map_err(|e| format!("config error: {e}"))?;
@@ -28,6 +30,7 @@ pub(crate) fn run(
     if let Some(port) = port {
         sts = sts.with_port(port);
     }
+    let sts = Arc::new(sts);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -35,14 +38,26 @@ pub(crate) fn run(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let lookup = runtime.block_on(async {
+    let lookups = runtime.block_on(async {
         let dns = crate::dns::Dns::new(&dns)?;
-        Ok::<_, String>(sts.policy(&dns, domain, now).await)
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, domain) in domains.iter().enumerate() {
+            let (sts, dns, domain) = (sts.clone(), dns.clone(), domain.clone());
+            tasks.spawn(async move { (i, sts.policy(&dns, &domain, now).await) });
+        }
+        let mut lookups = tasks.join_all().await;
+        lookups.sort_by_key(|(i, _)| *i);
+        Ok::<_, String>(lookups)
     })?;
-    Ok((
-        render(domain, &lookup),
-        !matches!(lookup, StsLookup::Failed(_)),
-    ))
+    let established = lookups
+        .iter()
+        .all(|(_, l)| !matches!(l, StsLookup::Failed(_)));
+    let reports: Vec<String> = domains
+        .iter()
+        .zip(&lookups)
+        .map(|(domain, (_, lookup))| render(domain, lookup))
+        .collect();
+    Ok((reports.join("\n"), established))
 }
 
 fn render(domain: &str, lookup: &StsLookup) -> String {
