@@ -403,3 +403,25 @@ fn concurrent_lookups_of_one_domain_fetch_once() {
     assert_eq!(sources, [&["cached"; 7][..], &["fresh"]].concat(), "{out}");
     assert_eq!(counter.count(), 1, "one fetch for eight lookups");
 }
+
+#[test]
+fn an_unreadable_cache_file_is_ignored_and_replaced() {
+    let case = Case::new();
+    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    std::fs::create_dir_all(case.cache_file().parent().unwrap()).unwrap();
+    std::fs::write(
+        case.cache_file(),
+        "osgate-mta-sts 1\nid=1\nfetched_at=oops\n",
+    )
+    .unwrap();
+    let report = case.lookup(&dns);
+    assert_policy(&report, "enforce", "1", &["mx.d.test"], "fresh");
+    assert!(
+        report.2.contains("unreadable MTA-STS cache file"),
+        "{}",
+        report.2
+    );
+    let cached = std::fs::read_to_string(case.cache_file()).unwrap();
+    assert!(cached.contains("mx: mx.d.test\n"), "{cached}");
+}

@@ -5,8 +5,20 @@ use super::{MAX_AGE_LIMIT, Mode, POLICY_SIZE_LIMIT, PolicyBody, Txt};
 
 /// Why a policy file was rejected (RFC 8460 `sts-policy-invalid`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MTA-STS policy: {0}")]
-pub struct PolicyError(pub &'static str);
+pub enum PolicyError {
+    #[error("larger than 64 KiB")]
+    TooLarge,
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("malformed line: {0}")]
+    Syntax(&'static str),
+    #[error("bad {0} value")]
+    BadValue(&'static str),
+    #[error("two {0} fields")]
+    Duplicate(&'static str),
+    #[error("no {0}")]
+    Missing(&'static str),
+}
 
 /// The verdict on the TXT records at `_mta-sts.<domain>`, each one's strings concatenated
 /// ("the record MUST be treated as if those strings are concatenated without adding spaces").
@@ -85,57 +97,47 @@ fn is_wsp(c: char) -> bool {
 /// least once unless the mode is `none`. `max_age` above one year is capped to a year.
 pub fn parse_policy(body: &[u8]) -> Result<PolicyBody, PolicyError> {
     if body.len() > POLICY_SIZE_LIMIT {
-        return Err(PolicyError("larger than 64 KiB"));
+        return Err(PolicyError::TooLarge);
     }
-    let text = std::str::from_utf8(body).map_err(|_| PolicyError("not UTF-8"))?;
+    let text = std::str::from_utf8(body).map_err(|_| PolicyError::NotUtf8)?;
     let (mut version, mut mode, mut max_age, mut mx) = (None, None, None, Vec::new());
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim_matches(is_wsp).is_empty() {
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(PolicyError("a line without `:`"))?;
+        let (name, value) = line.split_once(':').ok_or(PolicyError::Syntax("no `:`"))?;
         let value = value.trim_matches(is_wsp);
         if !is_ext_name(name) {
-            return Err(PolicyError("a malformed field name"));
+            return Err(PolicyError::Syntax("a field name"));
         }
         if value.is_empty() || value.chars().any(char::is_control) {
-            return Err(PolicyError("an empty or malformed value"));
+            return Err(PolicyError::Syntax("an empty value or a control character"));
         }
         match name {
             "version" => once(&mut version, (value == "STSv1").then_some(()), "version")?,
             "mode" => once(&mut mode, mode_of(value), "mode")?,
             "max_age" => once(&mut max_age, max_age_of(value), "max_age")?,
-            "mx" => mx.push(mx_pattern(value).ok_or(PolicyError("a malformed mx pattern"))?),
+            "mx" => mx.push(mx_pattern(value).ok_or(PolicyError::BadValue("mx"))?),
             _ => {}
         }
     }
-    version.ok_or(PolicyError("no `version: STSv1`"))?;
-    let mode = mode.ok_or(PolicyError("no mode"))?;
-    let max_age = max_age.ok_or(PolicyError("no max_age"))?;
+    version.ok_or(PolicyError::Missing("version"))?;
+    let mode = mode.ok_or(PolicyError::Missing("mode"))?;
+    let max_age = max_age.ok_or(PolicyError::Missing("max_age"))?;
     if mx.is_empty() && mode != Mode::None {
-        return Err(PolicyError("no mx pattern"));
+        return Err(PolicyError::Missing("mx"));
     }
     Ok(PolicyBody { mode, mx, max_age })
 }
 
 /// Sets a field that may appear once; `value` is `None` when it did not parse.
 fn once<T>(slot: &mut Option<T>, value: Option<T>, name: &'static str) -> Result<(), PolicyError> {
-    let value = value.ok_or(PolicyError(match name {
-        "version" => "a version other than STSv1",
-        "mode" => "a mode other than enforce, testing, none",
-        _ => "a max_age that is not 1 to 10 digits",
-    }))?;
-    if slot.replace(value).is_some() {
-        return Err(PolicyError(match name {
-            "version" => "two version fields",
-            "mode" => "two mode fields",
-            _ => "two max_age fields",
-        }));
+    let value = value.ok_or(PolicyError::BadValue(name))?;
+    match slot.replace(value) {
+        Some(_) => Err(PolicyError::Duplicate(name)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn mode_of(value: &str) -> Option<Mode> {
