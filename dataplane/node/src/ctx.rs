@@ -34,6 +34,8 @@ pub(crate) struct Node {
     pub dns: Option<crate::config::DnsConfig>,
     /// The start-up self-test validated the trust anchor's zone.
     pub dnssec_validating: Arc<std::sync::atomic::AtomicBool>,
+    /// MTA-STS (RFC 8461) policies for `mx:` peers: fetched, cached, shared by the workers.
+    pub sts: Arc<crate::sts::Sts>,
     /// Open connections against `[node]`'s caps.
     pub caps: Arc<osgate_core::caps::Caps>,
 }
