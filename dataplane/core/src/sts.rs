@@ -228,3 +228,53 @@ pub fn after_fetch(
 
 #[cfg(test)]
 mod tests;
+
+/// What a domain's policy asks of one MX host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// Nothing: no policy in force, `mode: none`, or DANE applies to this host.
+    None,
+    /// `enforce`, and the host matches no `mx` pattern: "senders MUST NOT deliver" (§4.1).
+    MxMismatch,
+    /// TLS with a chain PKIX-valid for the MX host name (§4.2): a rule that requires it,
+    /// report-only under `testing`.
+    Pkix(crate::policy::Rule),
+    /// `testing`, and the host matches no pattern: report it, deliver anyway (§5).
+    ReportMxMismatch(String),
+}
+
+/// The requirement `lookup` (the policy of `domain`) puts on `mx_host`. `dane` says a
+/// secure, usable TLSA set was found for the host: then DANE decides alone (RFC 8461 §2).
+pub fn requirement(lookup: &StsLookup, domain: &str, mx_host: &str, dane: bool) -> Requirement {
+    let StsLookup::Policy(policy, _) = lookup else {
+        return Requirement::None;
+    };
+    let report_only = match policy.mode {
+        _ if dane => return Requirement::None,
+        Mode::None => return Requirement::None,
+        Mode::Enforce => false,
+        Mode::Testing => true,
+    };
+    let id = evidence(domain, policy);
+    if !policy.matches_mx(mx_host) {
+        return match report_only {
+            false => Requirement::MxMismatch,
+            true => Requirement::ReportMxMismatch(id),
+        };
+    }
+    Requirement::Pkix(crate::policy::Rule {
+        id,
+        selector: crate::policy::Selector::Host(mx_host.to_owned()),
+        level: crate::policy::Level::Authenticate,
+        methods: vec![crate::outcome::Method::Pkix],
+        pins: Vec::new(),
+        min_tls: crate::crypto::TlsFloor::Tls12,
+        allow_cleartext_fallback: false,
+        report_only,
+    })
+}
+
+/// How outcome records name a policy: `sts:<domain>:<id>:<mode>`.
+pub fn evidence(domain: &str, policy: &Policy) -> String {
+    format!("sts:{domain}:{}:{}", policy.id, policy.mode.as_str())
+}

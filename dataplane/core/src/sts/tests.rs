@@ -393,3 +393,65 @@ proptest! {
         let _ = Policy::from_cache(&String::from_utf8_lossy(&data));
     }
 }
+
+mod requirement {
+    use super::super::*;
+
+    fn policy(mode: Mode) -> StsLookup {
+        let policy = Policy {
+            id: "20261201".into(),
+            mode,
+            mx: vec!["mx1.example.net".into(), "*.backup.example.net".into()],
+            max_age: 86_400,
+            fetched_at: 0,
+        };
+        StsLookup::Policy(policy, Source::Fresh)
+    }
+
+    /// Every mode × match × DANE × lookup kind: DANE and `none` ask nothing; `enforce` asks
+    /// PKIX of a matching host and refuses the others; `testing` only reports.
+    #[test]
+    fn each_mode_asks_what_rfc_8461_says() {
+        let hosts = [
+            "mx1.example.net",
+            "a.backup.example.net",
+            "evil.example.org",
+        ];
+        for mode in [Mode::Enforce, Mode::Testing, Mode::None] {
+            for host in hosts {
+                for dane in [false, true] {
+                    let got = requirement(&policy(mode), "example.net", host, dane);
+                    let matches = host != "evil.example.org";
+                    match (mode, dane, matches) {
+                        (Mode::None, ..) | (_, true, _) => assert_eq!(got, Requirement::None),
+                        (Mode::Enforce, false, false) => assert_eq!(got, Requirement::MxMismatch),
+                        (Mode::Testing, false, false) => assert_eq!(
+                            got,
+                            Requirement::ReportMxMismatch(
+                                "sts:example.net:20261201:testing".into()
+                            )
+                        ),
+                        (_, false, true) => {
+                            let Requirement::Pkix(rule) = got else {
+                                panic!("{got:?}")
+                            };
+                            assert_eq!(rule.level, crate::policy::Level::Authenticate);
+                            assert_eq!(rule.methods, [crate::outcome::Method::Pkix]);
+                            assert_eq!(rule.report_only, mode == Mode::Testing);
+                            assert!(!rule.allow_cleartext_fallback);
+                        }
+                    }
+                }
+            }
+        }
+        for lookup in [
+            StsLookup::NoPolicy,
+            StsLookup::Failed(Reason::StsPolicyFetchError),
+        ] {
+            assert_eq!(
+                requirement(&lookup, "example.net", "mx1.example.net", false),
+                Requirement::None
+            );
+        }
+    }
+}
