@@ -342,7 +342,7 @@ fn outbound_greeting_split_byte_by_byte_then_starttls() {
             panic!("not ready")
         };
         assert!(ready.tls);
-        assert_eq!(ready.starttls, Seen::Offered);
+        assert_eq!(ready.starttls, Seen::Used);
         assert_eq!(ready.greeting, b"220-mx.example.net ESMTP\r\n220 hello\r\n");
     }
 }
