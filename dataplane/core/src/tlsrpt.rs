@@ -342,6 +342,11 @@ pub struct StoredFailure {
     pub count: u64,
 }
 
+/// A policy domain as aggregates are keyed: lower case, no final dot.
+pub fn domain_key(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// Every domain's days.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Aggregates {
@@ -350,7 +355,7 @@ pub struct Aggregates {
 
 impl Aggregates {
     pub fn record(&mut self, s: &SessionResult) {
-        let key = (s.policy_domain.to_ascii_lowercase(), Day::of_unix(s.at));
+        let key = (domain_key(&s.policy_domain), Day::of_unix(s.at));
         self.days.entry(key).or_default().add(s);
     }
 
