@@ -23,6 +23,7 @@ pub mod postgres;
 pub mod process;
 pub mod records;
 pub mod sockets;
+pub mod tlsrpt;
 
 pub use node::{Io, Node};
 
