@@ -24,8 +24,9 @@ pub enum Mode {
     /// "Sending MTAs MUST NOT deliver the message to hosts that fail MX matching or
     /// certificate validation or that do not support STARTTLS."
     Enforce,
-    /// "Sending MTAs that also implement the TLSRPT specification ... send a report ... but
-    /// deliver the message regardless."
+    /// "Sending MTAs that also implement the TLSRPT specification [RFC8460] send a report
+    /// indicating policy application failures ... in any case, messages may be delivered as
+    /// though there were no MTA-STS validation failure."
     Testing,
     /// "Sending MTAs should treat the Policy Domain as though it does not have any active
     /// policy."
@@ -223,6 +224,59 @@ pub fn after_fetch(
             StsLookup::Policy(cached, Source::CachedAfterFailure(reason))
         }
         (Err(reason), None) => StsLookup::Failed(reason),
+    }
+}
+
+impl StsLookup {
+    /// The outcome record's evidence: `<domain>:<id>:<mode>` of the policy applied.
+    pub fn evidence(&self, domain: &str) -> Option<String> {
+        match self {
+            Self::Policy(p, _) => Some(format!("{domain}:{}:{}", p.id, p.mode.as_str())),
+            _ => None,
+        }
+    }
+
+    /// Why policy discovery failed, for TLS-RPT: with no policy applied, or a cached one
+    /// applied after a failed refetch.
+    pub fn failure(&self) -> Option<Reason> {
+        match self {
+            Self::Failed(reason) | Self::Policy(_, Source::CachedAfterFailure(reason)) => {
+                Some(*reason)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a domain's MTA-STS verdict asks of one of its MX hosts (RFC 8461 §4 and §5). DANE
+/// comes first: where a secure, usable TLSA applies to the host, the caller ignores this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MxRule {
+    /// No policy in force (none published, `mode: none`, or discovery failed): the ladder as
+    /// usual.
+    Unconstrained,
+    /// `enforce`, and the host matches a pattern: STARTTLS and a PKIX-valid certificate for
+    /// the host name are required (§4.2); anything less is refused, never cleartext.
+    RequirePkix,
+    /// `enforce`, and the host matches no pattern: §5 "MUST NOT deliver" to it
+    /// (`sts-mx-mismatch`); the next MX host may do.
+    Refuse,
+    /// `testing`: deliver as the ladder allows, and report what would have failed — the MX
+    /// name when `mx_matches` is false, and a PKIX failure, as `enforce` would check it.
+    ReportOnly { mx_matches: bool },
+}
+
+/// The rule for `mx_host` under `lookup`.
+pub fn mx_rule(lookup: &StsLookup, mx_host: &str) -> MxRule {
+    let StsLookup::Policy(policy, _) = lookup else {
+        return MxRule::Unconstrained;
+    };
+    let matches = policy.matches_mx(mx_host);
+    match (policy.mode, matches) {
+        (Mode::None, _) => MxRule::Unconstrained,
+        (Mode::Enforce, true) => MxRule::RequirePkix,
+        (Mode::Enforce, false) => MxRule::Refuse,
+        (Mode::Testing, mx_matches) => MxRule::ReportOnly { mx_matches },
     }
 }
 

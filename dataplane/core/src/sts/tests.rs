@@ -393,3 +393,51 @@ proptest! {
         let _ = Policy::from_cache(&String::from_utf8_lossy(&data));
     }
 }
+
+#[test]
+fn each_mode_and_mx_gives_its_rule() {
+    let with = |mode| {
+        let mut p = policy("7", &["*.mx.example"], 0, 10);
+        p.mode = mode;
+        StsLookup::Policy(p, Source::Cached)
+    };
+    let cases = [
+        (StsLookup::NoPolicy, "a.mx.example", MxRule::Unconstrained),
+        (
+            StsLookup::Failed(Reason::StsPolicyInvalid),
+            "a.mx.example",
+            MxRule::Unconstrained,
+        ),
+        (with(Mode::None), "other.example", MxRule::Unconstrained),
+        (with(Mode::Enforce), "a.mx.example", MxRule::RequirePkix),
+        (with(Mode::Enforce), "other.example", MxRule::Refuse),
+        (
+            with(Mode::Testing),
+            "A.MX.example.",
+            MxRule::ReportOnly { mx_matches: true },
+        ),
+        (
+            with(Mode::Testing),
+            "mx.example",
+            MxRule::ReportOnly { mx_matches: false },
+        ),
+    ];
+    for (lookup, host, rule) in cases {
+        assert_eq!(mx_rule(&lookup, host), rule, "{lookup:?} {host}");
+    }
+    assert_eq!(
+        with(Mode::Testing).evidence("d.example").as_deref(),
+        Some("d.example:7:testing")
+    );
+    assert_eq!(StsLookup::NoPolicy.evidence("d.example"), None);
+    let kept = StsLookup::Policy(
+        policy("7", &[], 0, 10),
+        Source::CachedAfterFailure(Reason::StsWebpkiInvalid),
+    );
+    assert_eq!(kept.failure(), Some(Reason::StsWebpkiInvalid));
+    assert_eq!(with(Mode::Enforce).failure(), None);
+    assert_eq!(
+        StsLookup::Failed(Reason::StsPolicyFetchError).failure(),
+        Some(Reason::StsPolicyFetchError)
+    );
+}
