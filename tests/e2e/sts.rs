@@ -425,3 +425,28 @@ fn an_unreadable_cache_file_is_ignored_and_replaced() {
     let cached = std::fs::read_to_string(case.cache_file()).unwrap();
     assert!(cached.contains("mx: mx.d.test\n"), "{cached}");
 }
+
+#[test]
+fn the_cache_written_by_root_belongs_to_the_state_folders_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to hand files to another user");
+        return;
+    }
+    let case = Case::new();
+    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    let state = case.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    assert_policy(&case.lookup(&dns), "enforce", "1", &["mx.d.test"], "fresh");
+    for path in [case.cache_file().parent().unwrap(), &case.cache_file()] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{}",
+            path.display()
+        );
+    }
+}

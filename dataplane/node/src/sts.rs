@@ -149,12 +149,31 @@ impl Sts {
     }
 
     fn save(&self, domain: &str, policy: &Policy) {
-        let written = std::fs::create_dir_all(&self.dir).and_then(|()| {
-            crate::durable::write_atomic(&self.dir.join(domain), policy.to_cache().as_bytes())
-        });
+        let file = self.dir.join(domain);
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| crate::durable::write_atomic(&file, policy.to_cache().as_bytes()));
         if let Err(e) = written {
             tracing::warn!(target: "osgate::sts", domain, error = %e, dir = %self.dir.display(), "cannot persist the MTA-STS policy (kept in memory)");
+        } else if let Err(e) = self.match_owner(&file) {
+            tracing::debug!(target: "osgate::sts", domain, error = %e, "cache file keeps its owner");
         }
+    }
+
+    /// Gives the folder and `file` the state folder's owner, so that `osgate mta-sts` run as
+    /// root leaves a cache the node's own user can still update.
+    fn match_owner(&self, file: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(state) = self.dir.parent() else {
+            return Ok(());
+        };
+        let owner = std::fs::metadata(state)?;
+        for path in [self.dir.as_path(), file] {
+            let meta = std::fs::metadata(path)?;
+            if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
+                std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))?;
+            }
+        }
+        Ok(())
     }
 
     /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt`, within [`FETCH_TIMEOUT`].
