@@ -228,14 +228,6 @@ pub fn after_fetch(
 }
 
 impl StsLookup {
-    /// The outcome record's evidence: `<domain>:<id>:<mode>` of the policy applied.
-    pub fn evidence(&self, domain: &str) -> Option<String> {
-        match self {
-            Self::Policy(p, _) => Some(format!("{domain}:{}:{}", p.id, p.mode.as_str())),
-            _ => None,
-        }
-    }
-
     /// Why policy discovery failed, for TLS-RPT: with no policy applied, or a cached one
     /// applied after a failed refetch.
     pub fn failure(&self) -> Option<Reason> {
@@ -248,37 +240,55 @@ impl StsLookup {
     }
 }
 
-/// What a domain's MTA-STS verdict asks of one of its MX hosts (RFC 8461 §4 and §5). DANE
-/// comes first: where a secure, usable TLSA applies to the host, the caller ignores this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MxRule {
-    /// No policy in force (none published, `mode: none`, or discovery failed): the ladder as
-    /// usual.
-    Unconstrained,
-    /// `enforce`, and the host matches a pattern: STARTTLS and a PKIX-valid certificate for
-    /// the host name are required (§4.2); anything less is refused, never cleartext.
-    RequirePkix,
-    /// `enforce`, and the host matches no pattern: §5 "MUST NOT deliver" to it
-    /// (`sts-mx-mismatch`); the next MX host may do.
-    Refuse,
-    /// `testing`: deliver as the ladder allows, and report what would have failed — the MX
-    /// name when `mx_matches` is false, and a PKIX failure, as `enforce` would check it.
-    ReportOnly { mx_matches: bool },
-}
-
-/// The rule for `mx_host` under `lookup`.
-pub fn mx_rule(lookup: &StsLookup, mx_host: &str) -> MxRule {
-    let StsLookup::Policy(policy, _) = lookup else {
-        return MxRule::Unconstrained;
-    };
-    let matches = policy.matches_mx(mx_host);
-    match (policy.mode, matches) {
-        (Mode::None, _) => MxRule::Unconstrained,
-        (Mode::Enforce, true) => MxRule::RequirePkix,
-        (Mode::Enforce, false) => MxRule::Refuse,
-        (Mode::Testing, mx_matches) => MxRule::ReportOnly { mx_matches },
-    }
-}
-
 #[cfg(test)]
 mod tests;
+
+/// What a domain's policy asks of one MX host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// Nothing: no policy in force, `mode: none`, or DANE applies to this host.
+    None,
+    /// `enforce`, and the host matches no `mx` pattern: "senders MUST NOT deliver" (§4.1).
+    MxMismatch,
+    /// TLS with a chain PKIX-valid for the MX host name (§4.2): a rule that requires it,
+    /// report-only under `testing`.
+    Pkix(crate::policy::Rule),
+    /// `testing`, and the host matches no pattern: report it, deliver anyway (§5).
+    ReportMxMismatch(String),
+}
+
+/// The requirement `lookup` (the policy of `domain`) puts on `mx_host`. `dane` says a
+/// secure, usable TLSA set was found for the host: then DANE decides alone (RFC 8461 §2).
+pub fn requirement(lookup: &StsLookup, domain: &str, mx_host: &str, dane: bool) -> Requirement {
+    let StsLookup::Policy(policy, _) = lookup else {
+        return Requirement::None;
+    };
+    let report_only = match policy.mode {
+        _ if dane => return Requirement::None,
+        Mode::None => return Requirement::None,
+        Mode::Enforce => false,
+        Mode::Testing => true,
+    };
+    let id = evidence(domain, policy);
+    if !policy.matches_mx(mx_host) {
+        return match report_only {
+            false => Requirement::MxMismatch,
+            true => Requirement::ReportMxMismatch(id),
+        };
+    }
+    Requirement::Pkix(crate::policy::Rule {
+        id,
+        selector: crate::policy::Selector::Host(mx_host.to_owned()),
+        level: crate::policy::Level::Authenticate,
+        methods: vec![crate::outcome::Method::Pkix],
+        pins: Vec::new(),
+        min_tls: crate::crypto::TlsFloor::Tls12,
+        allow_cleartext_fallback: false,
+        report_only,
+    })
+}
+
+/// How outcome records name a policy: `sts:<domain>:<id>:<mode>`.
+pub fn evidence(domain: &str, policy: &Policy) -> String {
+    format!("sts:{domain}:{}:{}", policy.id, policy.mode.as_str())
+}

@@ -193,12 +193,13 @@ fn sts(
         Some((old, node))
             if old.node.ca_bundle == config.node.ca_bundle
                 && old.node.tls_groups == config.node.tls_groups
-                && old.node.state_dir == config.node.state_dir =>
+                && old.node.state_dir == config.node.state_dir
+                && old.smtp.mta_sts_port == config.smtp.mta_sts_port =>
         {
             Ok(node.sts.clone())
         }
         _ => crate::sts::Sts::new(crypto, chain.clone(), &config.node.state_dir)
-            .map(Arc::new)
+            .map(|sts| Arc::new(sts.with_port(config.smtp.mta_sts_port)))
             .map_err(StartError::Sts),
     }
 }

@@ -394,50 +394,78 @@ proptest! {
     }
 }
 
-#[test]
-fn each_mode_and_mx_gives_its_rule() {
-    let with = |mode| {
-        let mut p = policy("7", &["*.mx.example"], 0, 10);
-        p.mode = mode;
-        StsLookup::Policy(p, Source::Cached)
-    };
-    let cases = [
-        (StsLookup::NoPolicy, "a.mx.example", MxRule::Unconstrained),
-        (
-            StsLookup::Failed(Reason::StsPolicyInvalid),
-            "a.mx.example",
-            MxRule::Unconstrained,
-        ),
-        (with(Mode::None), "other.example", MxRule::Unconstrained),
-        (with(Mode::Enforce), "a.mx.example", MxRule::RequirePkix),
-        (with(Mode::Enforce), "other.example", MxRule::Refuse),
-        (
-            with(Mode::Testing),
-            "A.MX.example.",
-            MxRule::ReportOnly { mx_matches: true },
-        ),
-        (
-            with(Mode::Testing),
-            "mx.example",
-            MxRule::ReportOnly { mx_matches: false },
-        ),
-    ];
-    for (lookup, host, rule) in cases {
-        assert_eq!(mx_rule(&lookup, host), rule, "{lookup:?} {host}");
+mod requirement {
+    use super::super::*;
+
+    fn policy(mode: Mode) -> StsLookup {
+        let policy = Policy {
+            id: "20261201".into(),
+            mode,
+            mx: vec!["mx1.example.net".into(), "*.backup.example.net".into()],
+            max_age: 86_400,
+            fetched_at: 0,
+        };
+        StsLookup::Policy(policy, Source::Fresh)
     }
-    assert_eq!(
-        with(Mode::Testing).evidence("d.example").as_deref(),
-        Some("d.example:7:testing")
-    );
-    assert_eq!(StsLookup::NoPolicy.evidence("d.example"), None);
+
+    /// Every mode × match × DANE × lookup kind: DANE and `none` ask nothing; `enforce` asks
+    /// PKIX of a matching host and refuses the others; `testing` only reports.
+    #[test]
+    fn each_mode_asks_what_rfc_8461_says() {
+        let hosts = [
+            "mx1.example.net",
+            "a.backup.example.net",
+            "evil.example.org",
+        ];
+        for mode in [Mode::Enforce, Mode::Testing, Mode::None] {
+            for host in hosts {
+                for dane in [false, true] {
+                    let got = requirement(&policy(mode), "example.net", host, dane);
+                    let matches = host != "evil.example.org";
+                    match (mode, dane, matches) {
+                        (Mode::None, ..) | (_, true, _) => assert_eq!(got, Requirement::None),
+                        (Mode::Enforce, false, false) => assert_eq!(got, Requirement::MxMismatch),
+                        (Mode::Testing, false, false) => assert_eq!(
+                            got,
+                            Requirement::ReportMxMismatch(
+                                "sts:example.net:20261201:testing".into()
+                            )
+                        ),
+                        (_, false, true) => {
+                            let Requirement::Pkix(rule) = got else {
+                                panic!("{got:?}")
+                            };
+                            assert_eq!(rule.level, crate::policy::Level::Authenticate);
+                            assert_eq!(rule.methods, [crate::outcome::Method::Pkix]);
+                            assert_eq!(rule.report_only, mode == Mode::Testing);
+                            assert!(!rule.allow_cleartext_fallback);
+                        }
+                    }
+                }
+            }
+        }
+        for lookup in [
+            StsLookup::NoPolicy,
+            StsLookup::Failed(Reason::StsPolicyFetchError),
+        ] {
+            assert_eq!(
+                requirement(&lookup, "example.net", "mx1.example.net", false),
+                Requirement::None
+            );
+        }
+    }
+}
+
+#[test]
+fn the_discovery_failure_to_report_survives_a_cached_policy() {
     let kept = StsLookup::Policy(
         policy("7", &[], 0, 10),
         Source::CachedAfterFailure(Reason::StsWebpkiInvalid),
     );
     assert_eq!(kept.failure(), Some(Reason::StsWebpkiInvalid));
-    assert_eq!(with(Mode::Enforce).failure(), None);
-    assert_eq!(
-        StsLookup::Failed(Reason::StsPolicyFetchError).failure(),
-        Some(Reason::StsPolicyFetchError)
-    );
+    let fresh = StsLookup::Policy(policy("7", &[], 0, 10), Source::Fresh);
+    assert_eq!(fresh.failure(), None);
+    assert_eq!(StsLookup::NoPolicy.failure(), None);
+    let failed = StsLookup::Failed(Reason::StsPolicyFetchError);
+    assert_eq!(failed.failure(), Some(Reason::StsPolicyFetchError));
 }
