@@ -460,6 +460,7 @@ per_driver!(
     enforce_refuses_an_mx_the_policy_does_not_name,
     enforce_refuses_an_mx_whose_certificate_the_ca_did_not_sign,
     testing_reports_and_delivers_to_an_mx_the_policy_does_not_name,
+    a_secure_tlsa_wins_over_an_enforce_policy_that_names_another_mx,
 );
 
 /// A plain SMTP server: greeting, then 250 to everything but QUIT. Returns the commands seen.
@@ -529,15 +530,25 @@ struct Mail {
 /// `d.test` with MX `mx.d.test` (signed; no TLSA, so DANE does not apply), `policy` at its
 /// policy host, and one node: outbound by MX, inbound on the MX port with `mx_cert`.
 fn mail_case(io: Io, policy: &str, mx_cert: impl FnOnce(&Case) -> Pem) -> Mail {
+    mail_case_with(io, policy, mx_cert, false)
+}
+
+/// [`mail_case`]; `tlsa`: a DANE-EE record for the MX host's key at `_<port>._tcp.mx.d.test`.
+fn mail_case_with(io: Io, policy: &str, mx_cert: impl FnOnce(&Case) -> Pem, tlsa: bool) -> Mail {
     let case = Case::new();
+    let pem = mx_cert(&case);
+    let mx = free_port();
     let mut zone = zones(&["v=STSv1; id=1;"]);
     zone.secure
         .extend(["d IN MX 10 mx.d".into(), "mx.d IN A 127.0.0.1".into()]);
+    if tlsa {
+        let digest = osgate_tests::dns::spki_sha256_hex(&pem);
+        let record = format!("_{}._tcp.mx.d IN TLSA 3 1 1 {digest}", mx.port());
+        zone.secure.push(record);
+    }
     let dns = Testbed::start(case.path(), &zone);
     let server = case.serve(&case.leaf(), policy);
     let backend = osgate_tests::peers::Server::start(backend);
-    let pem = mx_cert(&case);
-    let mx = free_port();
     let body = format!(
         "[smtp]\nhelo_name = \"relay.local.test\"\nmta_sts_port = {sts}\n\n\
          [[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"mx:{DOMAIN}:{port}\"\nprotocol = \"smtp\"\npolicy = \"opportunistic\"\n\n\
@@ -654,7 +665,32 @@ fn testing_reports_and_delivers_to_an_mx_the_policy_does_not_name(io: Io) {
     assert!(reply.starts_with("250"), "{reply}");
     let record = mail.node.outcome("outbound");
     assert_eq!(sts_of(&record), Some("d.test:1:testing"), "{record}");
+    assert_eq!(
+        record["report_only_reason"].as_str(),
+        Some("sts-mx-mismatch"),
+        "{record}"
+    );
     assert_ne!(record["achieved"].as_str(), Some("cleartext"), "{record}");
+    let seen = mail.backend.result();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
+        "{seen:?}"
+    );
+}
+
+fn a_secure_tlsa_wins_over_an_enforce_policy_that_names_another_mx(io: Io) {
+    // RFC 8461 §2: DANE and MTA-STS overlap, DANE decides where a secure TLSA applies.
+    let policy = policy("enforce", &["*.other.d.test"], 86400);
+    let mut mail = mail_case_with(io, &policy, mx_leaf, true);
+    let reply = local_mta(mail.node.addr("outbound[0]"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let record = mail.node.outcome("outbound");
+    assert_eq!(
+        (record["achieved"].as_str(), record["method"].as_str()),
+        (Some("authenticated"), Some("dane")),
+        "{record}"
+    );
     let seen = mail.backend.result();
     assert!(
         seen.iter()
