@@ -19,9 +19,11 @@ pub mod kube;
 pub mod node;
 pub mod openssl;
 pub mod peers;
+pub mod postfix;
 pub mod postgres;
 pub mod process;
 pub mod records;
+pub mod smtp;
 pub mod sockets;
 
 pub use node::{Io, Node};
