@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use osgate_tests::certs;
+use osgate_tests::dns::{Testbed, Zones, spki_sha256_hex};
 use osgate_tests::postfix::{self, MAILBOX, Postfix, Role};
+use osgate_tests::resolver::Resolver;
 use osgate_tests::smtp::{self, Client, Script, Scripted};
 
 const BODY: &str =
@@ -30,4 +32,42 @@ fn harness_postfix_sender_delivers_to_postfix_destination_over_tls() {
     );
     let (_, body) = postfix::split_message(&message);
     assert!(String::from_utf8_lossy(&body).contains(".a line that starts with a dot"));
+}
+
+/// The harness's DANE path for posttls-finger: a TLSA record for Postfix's key in the signed
+/// testbed, read through the validating resolver, verifies; a wrong one does not.
+#[test]
+fn harness_posttls_finger_verifies_dane_through_the_testbed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certs::self_signed(dir.path(), "dest", "mx.test");
+    let dest = Postfix::start(&Role::Destination { tls: Some(&pem) });
+    let port = dest.smtpd.port();
+    let zones = Zones {
+        secure: vec![
+            "mx IN A 127.0.0.1".into(),
+            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", spki_sha256_hex(&pem)),
+            format!("_{port}._tcp.wrong IN TLSA 3 1 1 {}", "ab".repeat(32)),
+            "wrong IN A 127.0.0.1".into(),
+        ],
+        ..Zones::default()
+    };
+    let testbed = Testbed::start(dir.path(), &zones);
+    let resolver = Resolver::start(dir.path(), &testbed);
+    let (_, out) =
+        smtp::posttls_finger_via(&resolver, &format!("[mx.test]:{port}"), &["-l", "dane"]);
+    let dig = resolver
+        .run("drill", &["-D".into(), "mx.test".into(), "A".into()])
+        .1;
+    assert!(
+        out.contains("Verified TLS connection established"),
+        "{out}\n{dig}\n{}",
+        resolver.log()
+    );
+    let (_, out) =
+        smtp::posttls_finger_via(&resolver, &format!("[wrong.test]:{port}"), &["-l", "dane"]);
+    assert!(
+        !out.contains("Verified TLS connection established"),
+        "{out}"
+    );
+    assert!(out.contains("certificate verification failed"), "{out}");
 }

@@ -23,6 +23,7 @@ pub mod postfix;
 pub mod postgres;
 pub mod process;
 pub mod records;
+pub mod resolver;
 pub mod smtp;
 pub mod sockets;
 

@@ -459,3 +459,36 @@ pub fn posttls_finger(addr: SocketAddr, args: &[&str]) -> (bool, String) {
     all.push(format!("[{}]:{}", addr.ip(), addr.port()));
     run("posttls-finger", &all)
 }
+
+/// `posttls-finger` with `resolver` as its system resolver, against `destination` (a domain
+/// for its MX lookup, or `[host]:port`), with `args` before it.
+pub fn posttls_finger_via(
+    resolver: &crate::resolver::Resolver,
+    destination: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let mut all: Vec<String> = ["-t20", "-T20", "-c"]
+        .iter()
+        .chain(args)
+        .map(|a| (*a).to_owned())
+        .collect();
+    all.push(destination.to_owned());
+    // Its own main.cf (MAIL_CONFIG), never /etc/postfix's.
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("main.cf"),
+        "compatibility_level = 3.6\ninet_protocols = ipv4\n",
+    )
+    .unwrap();
+    resolver.run(
+        "env",
+        &[
+            vec![
+                format!("MAIL_CONFIG={}", config.path().display()),
+                "posttls-finger".to_owned(),
+            ],
+            all,
+        ]
+        .concat(),
+    )
+}
