@@ -245,7 +245,8 @@ fn main_cf(root: &Path, role: &Role<'_>) -> String {
             let _ = write!(
                 cf,
                 "myhostname = sender.test\nrelayhost = [{}]:{}\nsmtp_tls_security_level = {tls_level}\n\
-                 smtp_tls_loglevel = 1\nsmtpd_tls_security_level = none\n",
+                 smtp_tls_loglevel = 1\nsmtpd_tls_security_level = none\n\
+                 smtp_connection_cache_on_demand = no\n",
                 relayhost.ip(),
                 relayhost.port()
             );
