@@ -110,6 +110,9 @@ pub enum TlsResult {
     Unreachable,
     /// Non-TLS bytes, EOF or reset in reply to our ClientHello.
     PeerNoTls,
+    /// SMTP: the server's EHLO reply lists no STARTTLS, or it refused STARTTLS (RFC 3207). The
+    /// same downgrade as [`TlsResult::PeerNoTls`] — what a STARTTLS-stripping attacker makes.
+    NoStarttls,
     /// The peer speaks TLS, but the handshake failed (alert, no common parameters, a version
     /// below the floor, a bad handshake signature).
     HandshakeFailed,
@@ -153,6 +156,7 @@ impl Ladder {
             TlsResult::Unreachable => return (Self::Done, Step::refuse(Reason::Unreachable)),
             TlsResult::Established { auth } => return (Self::Done, established(plan, auth)),
             TlsResult::PeerNoTls => Reason::PeerNoTls,
+            TlsResult::NoStarttls => Reason::StarttlsNotSupported,
             TlsResult::HandshakeFailed => Reason::TlsHandshakeFailed,
             TlsResult::HandshakeTimeout => Reason::HandshakeTimeout,
         };

@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod pin;
 pub mod plan;
 pub mod policy;
+pub mod smtp;
 
 #[cfg(test)]
 mod test_pki;

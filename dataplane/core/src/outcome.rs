@@ -382,6 +382,35 @@ pub struct Outcome {
     pub smtp: Option<Box<SmtpFacts>>,
 }
 
+impl Outcome {
+    /// The record of a connection that has not got anywhere yet: refused, nothing moved.
+    pub fn begin(direction: Direction, listener: String, peer: String) -> Self {
+        Self {
+            direction,
+            listener,
+            peer,
+            desired: "opportunistic",
+            commitment: Commitment::None,
+            achieved: Level::Refused,
+            reason: Reason::None,
+            tls: None,
+            close: Close::NotRelayed,
+            bytes_up: 0,
+            bytes_down: 0,
+            handshake: None,
+            duration: Duration::ZERO,
+            policy: "listener".into(),
+            peer_key: None,
+            downgrade_suspected: false,
+            dane: None,
+            tlsa: None,
+            report_only: None,
+            protocol: Protocol::Tcp,
+            smtp: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,10 +125,51 @@ pub struct NodeConfig {
 #[derive(Clone, Debug)]
 pub struct Outbound {
     pub listen: SocketAddr,
+    /// The next hop; with `smtp.by_mx`, the mail domain whose MX hosts are the next hops.
     pub peer: HostPort,
     /// The listener's default when no `[[policy]]` rule matches the peer.
     pub level: Level,
     pub allow_cleartext_fallback: bool,
+    /// `protocol = "smtp"`.
+    pub smtp: Option<OutboundSmtp>,
+}
+
+/// RFC 5321 §4.5.3.2 gives 5 minutes for the greeting and for most replies; osgate waits as
+/// long as a conforming MTA would, unless told otherwise.
+const SMTP_TIMEOUT_MS: u64 = 300_000;
+
+/// How long an SMTP dialogue waits for the other side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmtpTimeouts {
+    /// For the server's greeting.
+    pub greeting: Duration,
+    /// For each command (from a client) or reply (from a server) before the relay.
+    pub command: Duration,
+}
+
+/// An `[[outbound]]` listener with `protocol = "smtp"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundSmtp {
+    pub timeouts: SmtpTimeouts,
+    /// The name osgate EHLOs with.
+    pub helo: String,
+    /// `peer = "mx:domain"`: the next hops are the domain's MX hosts (RFC 5321 §5.1).
+    pub by_mx: bool,
+}
+
+/// An `[[inbound]]` listener with `protocol = "smtp"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboundSmtp {
+    pub starttls: osgate_core::smtp::InboundStarttls,
+    pub timeouts: SmtpTimeouts,
+}
+
+/// `[smtp]`: what every SMTP listener shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmtpConfig {
+    pub helo_name: String,
+    /// MTA-STS (RFC 8461) for `mx:` destinations.
+    pub mta_sts: bool,
 }
 
 /// `[dns]`: the validating resolver DANE uses.
@@ -206,6 +247,8 @@ pub struct Inbound {
     /// The key that replaces `identity` next: published in DNS before it is used.
     pub next_identity: Option<Identity>,
     pub cleartext_allowed: bool,
+    /// `protocol = "smtp"`.
+    pub smtp: Option<InboundSmtp>,
 }
 
 #[derive(Clone, Debug)]
@@ -222,6 +265,7 @@ pub struct Config {
     pub controlplane: Option<ControlPlaneConfig>,
     /// The certificate, key and anchor files read: a change to one reloads the node.
     pub files: Vec<PathBuf>,
+    pub smtp: SmtpConfig,
 }
 
 /// `[controlplane]`: where the fleet's policy and capability caches come from.
@@ -302,6 +346,36 @@ struct Validator<'a> {
 }
 
 /// `$STATE_DIRECTORY` (the first, when systemd lists several), else the installed default.
+/// `domain[:port]` of an `mx:` peer: port 25 unless given (RFC 5321 §4.5.4.2 "the SMTP
+/// server port"); a port other than 25 also names the TLSA records looked up
+/// (`_PORT._tcp.<mx>`), which is what lets a test run on a port it picks.
+fn mx_destination(text: &str) -> Result<HostPort, String> {
+    let (domain, port) = match text.rsplit_once(':') {
+        Some((domain, port)) => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("`{port}` is not a port number"))?;
+            (domain, port)
+        }
+        None => (text, 25),
+    };
+    let name = rustls_pki_types::DnsName::try_from(domain)
+        .map_err(|_| format!("`mx:{domain}` needs a mail domain name"))?;
+    Ok(HostPort {
+        host: Host::Name(name.as_ref().trim_end_matches('.').to_ascii_lowercase()),
+        port,
+    })
+}
+
+/// The EHLO name when `[smtp] helo_name` is not set: the kernel's host name.
+fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 fn default_state_dir() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
         .and_then(|dirs| {
@@ -325,11 +399,12 @@ impl Validator<'_> {
             return Err(self.error("-", "no [[outbound]] or [[inbound]] listener is configured"));
         }
         let node = self.node(file.node)?;
+        let smtp = self.smtp(file.smtp)?;
         let outbound = file
             .outbound
             .into_iter()
             .enumerate()
-            .map(|(i, o)| self.outbound(i, o))
+            .map(|(i, o)| self.outbound(i, o, &smtp))
             .collect::<Result<Vec<_>, _>>()?;
         let inbound = file
             .inbound
@@ -383,6 +458,15 @@ impl Validator<'_> {
             .controlplane
             .map(|c| self.controlplane(c, &inbound, &node.state_dir))
             .transpose()?;
+        let by_mx = outbound
+            .iter()
+            .position(|o| o.smtp.as_ref().is_some_and(|s| s.by_mx));
+        if let (Some(i), None) = (by_mx, &dns) {
+            return Err(self.error(
+                format!("outbound[{i}].peer"),
+                "`mx:` peers need [dns]'s resolver, which `dane = false` turns off",
+            ));
+        }
         if controlplane.is_none() {
             let fleet = policy
                 .iter()
@@ -403,6 +487,7 @@ impl Validator<'_> {
             dns,
             controlplane,
             files: Vec::new(),
+            smtp,
         };
         self.distinct_listeners(&config)?;
         Ok(config)
@@ -506,7 +591,101 @@ impl Validator<'_> {
         Ok(osgate_core::caps::Limits { total, per_source })
     }
 
-    fn outbound(&self, i: usize, o: raw::Outbound) -> Result<Outbound, ConfigError> {
+    fn smtp(&self, smtp: Option<raw::Smtp>) -> Result<SmtpConfig, ConfigError> {
+        let smtp = smtp.unwrap_or(raw::Smtp {
+            helo_name: None,
+            mta_sts: true,
+        });
+        let helo_name = match smtp.helo_name {
+            Some(name) => name,
+            None => machine_hostname(),
+        };
+        if rustls_pki_types::DnsName::try_from(helo_name.as_str()).is_err() {
+            return Err(self.error(
+                "smtp.helo_name",
+                format!("`{helo_name}` is not a domain name (RFC 5321 §4.1.1.1: EHLO takes the client's domain)"),
+            ));
+        }
+        Ok(SmtpConfig {
+            helo_name,
+            mta_sts: smtp.mta_sts,
+        })
+    }
+
+    fn smtp_timeouts(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        greeting: Option<u64>,
+        command: Option<u64>,
+    ) -> Result<SmtpTimeouts, ConfigError> {
+        Ok(SmtpTimeouts {
+            greeting: self.duration(
+                &key("greeting_timeout_ms"),
+                greeting.unwrap_or(SMTP_TIMEOUT_MS),
+            )?,
+            command: self.duration(
+                &key("command_timeout_ms"),
+                command.unwrap_or(SMTP_TIMEOUT_MS),
+            )?,
+        })
+    }
+
+    /// Keys that only an SMTP listener has, given to a TCP one.
+    fn smtp_only(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        given: &[(&str, bool)],
+    ) -> Result<(), ConfigError> {
+        match given.iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(self.error(key(name), "only with protocol = \"smtp\"")),
+            None => Ok(()),
+        }
+    }
+
+    fn outbound_smtp(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        o: &raw::Outbound,
+        smtp: &SmtpConfig,
+    ) -> Result<(Option<OutboundSmtp>, HostPort), ConfigError> {
+        let by_mx = o.peer.strip_prefix("mx:");
+        if o.protocol == raw::Protocol::Tcp {
+            let given = [
+                ("helo_name", o.helo_name.is_some()),
+                ("greeting_timeout_ms", o.greeting_timeout_ms.is_some()),
+                ("command_timeout_ms", o.command_timeout_ms.is_some()),
+                ("peer", by_mx.is_some()),
+            ];
+            self.smtp_only(key, &given)?;
+            let peer = HostPort::parse(&o.peer).map_err(|r| self.error(key("peer"), r))?;
+            return Ok((None, peer));
+        }
+        let peer = match by_mx {
+            Some(domain) => mx_destination(domain),
+            None => HostPort::parse(&o.peer),
+        }
+        .map_err(|r| self.error(key("peer"), r))?;
+        let helo = o
+            .helo_name
+            .clone()
+            .unwrap_or_else(|| smtp.helo_name.clone());
+        if rustls_pki_types::DnsName::try_from(helo.as_str()).is_err() {
+            return Err(self.error(key("helo_name"), format!("`{helo}` is not a domain name")));
+        }
+        let outbound = OutboundSmtp {
+            timeouts: self.smtp_timeouts(key, o.greeting_timeout_ms, o.command_timeout_ms)?,
+            helo,
+            by_mx: by_mx.is_some(),
+        };
+        Ok((Some(outbound), peer))
+    }
+
+    fn outbound(
+        &self,
+        i: usize,
+        o: raw::Outbound,
+        smtp: &SmtpConfig,
+    ) -> Result<Outbound, ConfigError> {
         let key = |field: &str| format!("outbound[{i}].{field}");
         let level = match Level::from_name(&o.policy) {
             Some(level @ (Level::Opportunistic | Level::Encrypt | Level::Cleartext)) => level,
@@ -526,11 +705,13 @@ impl Validator<'_> {
                 "only meaningful with policy = \"opportunistic\"",
             ));
         }
+        let (smtp, peer) = self.outbound_smtp(&key, &o, smtp)?;
         Ok(Outbound {
             listen: self.socket_addr(&key("listen"), &o.listen)?,
-            peer: HostPort::parse(&o.peer).map_err(|r| self.error(key("peer"), r))?,
+            peer,
             level,
             allow_cleartext_fallback: o.allow_cleartext_fallback.unwrap_or(true),
+            smtp,
         })
     }
 
@@ -555,6 +736,7 @@ impl Validator<'_> {
 
     fn inbound(&self, i: usize, o: raw::Inbound) -> Result<Inbound, ConfigError> {
         let key = |field: &str| format!("inbound[{i}].{field}");
+        let smtp = self.inbound_smtp(&key, &o)?;
         let identity = Identity {
             chain: self.certificates(&key("certificate"), &o.certificate)?,
             key: self.private_key(&key("private_key"), &o.private_key)?,
@@ -575,13 +757,47 @@ impl Validator<'_> {
                 ));
             }
         };
+        let cleartext_allowed = match smtp {
+            Some(smtp) => smtp.starttls == osgate_core::smtp::InboundStarttls::Offer,
+            None => matches!(o.cleartext, Some(raw::Cleartext::Allow)),
+        };
         Ok(Inbound {
             listen: self.socket_addr(&key("listen"), &o.listen)?,
             backend: HostPort::parse(&o.backend).map_err(|r| self.error(key("backend"), r))?,
             identity,
             next_identity,
-            cleartext_allowed: matches!(o.cleartext, raw::Cleartext::Allow),
+            cleartext_allowed,
+            smtp,
         })
+    }
+
+    fn inbound_smtp(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        o: &raw::Inbound,
+    ) -> Result<Option<InboundSmtp>, ConfigError> {
+        if o.protocol == raw::Protocol::Tcp {
+            let given = [
+                ("starttls", o.starttls.is_some()),
+                ("greeting_timeout_ms", o.greeting_timeout_ms.is_some()),
+                ("command_timeout_ms", o.command_timeout_ms.is_some()),
+            ];
+            self.smtp_only(key, &given)?;
+            return Ok(None);
+        }
+        if o.cleartext.is_some() {
+            return Err(self.error(
+                key("cleartext"),
+                "an SMTP listener always starts in cleartext; say starttls = \"offer\" or \"require\"",
+            ));
+        }
+        Ok(Some(InboundSmtp {
+            starttls: match o.starttls {
+                Some(raw::Starttls::Require) => osgate_core::smtp::InboundStarttls::Require,
+                Some(raw::Starttls::Offer) | None => osgate_core::smtp::InboundStarttls::Offer,
+            },
+            timeouts: self.smtp_timeouts(key, o.greeting_timeout_ms, o.command_timeout_ms)?,
+        }))
     }
 
     fn dns(&self, d: raw::Dns) -> Result<DnsConfig, ConfigError> {

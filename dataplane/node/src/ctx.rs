@@ -66,15 +66,47 @@ impl ClientConfigs {
 #[derive(Debug)]
 pub(crate) struct OutboundListener {
     pub listen: String,
+    /// The fixed next hop; for SMTP by MX, the mail domain (each MX host is a [`Target`] of
+    /// its own).
+    pub target: Target,
+    /// The listener's default level and fallback, when no `[[policy]]` rule matches.
+    pub level: Level,
+    pub allow_cleartext_fallback: bool,
+    /// `protocol = "smtp"`.
+    pub smtp: Option<crate::config::OutboundSmtp>,
+}
+
+/// One next hop: what policy, the capability store and the TLS checks call it.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
     pub peer: HostPort,
     /// `host:port`, lower case: the key of the capability store.
     pub peer_key: String,
     /// The host as policy selectors match it: lower case, no brackets around IPv6.
     pub policy_host: String,
     pub server_name: ServerName<'static>,
-    /// The listener's default level and fallback, when no `[[policy]]` rule matches.
-    pub level: Level,
-    pub allow_cleartext_fallback: bool,
+    /// DANE may apply. Not for an MX host named by an insecure MX RRset: "the TLSA records
+    /// of MX hosts found via an insecure MX RRset MUST NOT be used" (RFC 7672 §2.2.1).
+    pub dane: bool,
+}
+
+impl Target {
+    pub fn new(peer: HostPort) -> Option<Self> {
+        let server_name = match &peer.host {
+            Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+            Host::Name(name) => ServerName::try_from(name.clone()).ok()?,
+        };
+        Some(Self {
+            peer_key: peer.to_string().to_ascii_lowercase(),
+            policy_host: match &peer.host {
+                Host::Ip(ip) => ip.to_string(),
+                Host::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
+            },
+            server_name,
+            dane: true,
+            peer,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -83,6 +115,8 @@ pub(crate) struct InboundListener {
     pub backend: HostPort,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub cleartext_allowed: bool,
+    /// `protocol = "smtp"`.
+    pub smtp: Option<crate::config::InboundSmtp>,
 }
 
 impl InboundListener {

@@ -193,6 +193,44 @@ impl Dns {
         last
     }
 
+    /// The MX hosts of `domain`. `validating`: the resolver passed its self-test, so data that
+    /// did not validate is a failure (else it is read as insecure, as any resolver would).
+    pub async fn mx(&self, domain: &str, validating: bool) -> Result<MxHosts, Lookup> {
+        let lookup = self.resolver.lookup(fqdn(domain), RecordType::MX);
+        let lookup = match tokio::time::timeout(self.budget, lookup).await {
+            Err(_) => return Err(out_of_time(domain)),
+            Ok(Err(e)) => return implicit_mx(domain, &e, validating),
+            Ok(Ok(lookup)) => lookup,
+        };
+        let answers = lookup.answers();
+        let secure = match rrset_proof(kinds(answers), &[RecordType::MX]) {
+            Verdict::Secure => true,
+            Verdict::Bogus if validating => return Err(Lookup::Failed { bogus: true }),
+            Verdict::Insecure => false,
+            _ if !validating => false,
+            verdict => {
+                tracing::debug!(target: "osgate::dns", domain, ?verdict, "MX data not validated");
+                return Err(Lookup::Failed { bogus: false });
+            }
+        };
+        let mut mx: Vec<(u16, String)> = answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                _ => None,
+            })
+            .map(|(preference, host)| (preference, host.trim_end_matches('.').to_ascii_lowercase()))
+            .collect();
+        mx.sort_by_key(|(preference, _)| *preference);
+        // RFC 7505: a single MX of "." (the null MX) says the domain takes no mail.
+        let hosts = mx
+            .into_iter()
+            .map(|(_, host)| host)
+            .filter(|h| !h.is_empty())
+            .collect();
+        Ok(MxHosts { hosts, secure })
+    }
+
     async fn tlsa(&self, base: &str, port: u16) -> Lookup {
         let name = fqdn(&format!("_{port}._tcp.{base}"));
         let lookup = match self.resolver.lookup(name, RecordType::TLSA).await {
@@ -229,6 +267,16 @@ impl Dns {
             base: base.to_owned(),
         }
     }
+}
+
+/// A mail domain's next hops (RFC 5321 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHosts {
+    /// Most preferred first; equal preferences in the order the answer gave them.
+    pub hosts: Vec<String>,
+    /// The MX RRset (or its denial, for the implicit MX) validated as secure: only then are
+    /// the hosts' TLSA records to be believed (RFC 7672 §2.2.1).
+    pub secure: bool,
 }
 
 /// The addresses of a peer.
@@ -310,6 +358,34 @@ fn fqdn(name: &str) -> String {
     } else {
         format!("{name}.")
     }
+}
+
+/// RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated as if it was
+/// associated with an implicit MX RR, with a preference of 0, pointing to that host." The
+/// implicit MX is as secure as the denial of the MX records.
+fn implicit_mx(domain: &str, error: &NetError, validating: bool) -> Result<MxHosts, Lookup> {
+    let secure = match error {
+        NetError::Dns(DnsError::NoRecordsFound(none)) => match none.soa.as_ref().map(|s| s.proof) {
+            Some(Proof::Secure) => true,
+            Some(Proof::Bogus) if validating => return Err(Lookup::Failed { bogus: true }),
+            Some(Proof::Insecure) => false,
+            _ if !validating => false,
+            None => false,
+            Some(_) => return Err(Lookup::Failed { bogus: false }),
+        },
+        NetError::Dns(DnsError::Nsec { proof, .. }) => match proof {
+            Proof::Secure => true,
+            Proof::Insecure => false,
+            _ if !validating => false,
+            _ => return Err(Lookup::Failed { bogus: true }),
+        },
+        other => return Err(failed(other)),
+    };
+    let host = domain.trim_end_matches('.').to_ascii_lowercase();
+    Ok(MxHosts {
+        hosts: vec![host],
+        secure,
+    })
 }
 
 /// An error from an address lookup.

@@ -3,12 +3,11 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::counter;
 use osgate_core::crypto::tls_params;
 use osgate_core::detect::{Detection, MAX_PEEK, Malformed, classify_client_hello};
-use osgate_core::outcome::{Close, Commitment, Direction, Level, Outcome, Protocol, Reason};
+use osgate_core::outcome::{Commitment, Direction, Level, Outcome, Reason};
 use rustls::ServerConnection;
 use tokio::time::{Instant, timeout_at};
 
@@ -38,35 +37,13 @@ pub(crate) async fn serve<D: Driver>(
     listener: Arc<InboundListener>,
     node: Arc<Node>,
 ) {
+    if let Some(smtp) = listener.smtp {
+        return crate::smtp::inbound::serve::<D>(client, peer, listener, node, smtp).await;
+    }
     let started = Instant::now();
     let _active = Active::new(Direction::Inbound);
     let client = Rc::new(client);
-    let mut outcome = Outcome {
-        direction: Direction::Inbound,
-        listener: listener.listen.clone(),
-        peer,
-        desired: listener.desired(),
-        commitment: match listener.cleartext_allowed {
-            true => Commitment::None,
-            false => Commitment::Tls,
-        },
-        achieved: Level::Refused,
-        reason: Reason::None,
-        tls: None,
-        close: Close::NotRelayed,
-        bytes_up: 0,
-        bytes_down: 0,
-        handshake: None,
-        duration: Duration::ZERO,
-        policy: "listener".into(),
-        peer_key: None,
-        downgrade_suspected: false,
-        dane: None,
-        tlsa: None,
-        report_only: None,
-        protocol: Protocol::Tcp,
-        smtp: None,
-    };
+    let mut outcome = new_outcome(&listener, peer);
     let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);
     dog.guard(&client);
     match peek(&*client, started + node.timeouts.peek).await {
@@ -92,6 +69,16 @@ pub(crate) async fn serve<D: Driver>(
     drop(dog);
     outcome.duration = started.elapsed();
     report::emit(&outcome);
+}
+
+/// The record of an inbound connection, before anything happened.
+pub(crate) fn new_outcome(listener: &InboundListener, peer: String) -> Outcome {
+    let mut outcome = Outcome::begin(Direction::Inbound, listener.listen.clone(), peer);
+    outcome.desired = listener.desired();
+    if !listener.cleartext_allowed {
+        outcome.commitment = Commitment::Tls;
+    }
+    outcome
 }
 
 /// Reads the first bytes until the classifier decides or the deadline passes. Waits are
@@ -200,7 +187,7 @@ async fn cleartext<D: Driver>(
     outcome.bytes_down = moved.backward;
 }
 
-async fn connect_backend<D: Driver>(
+pub(crate) async fn connect_backend<D: Driver>(
     listener: &InboundListener,
     node: &Node,
 ) -> Option<Rc<D::Conn>> {

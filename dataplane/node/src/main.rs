@@ -23,6 +23,7 @@ mod ownkeys;
 mod pins;
 mod relay;
 mod report;
+mod smtp;
 mod store;
 mod supervisor;
 mod sys;

@@ -10,10 +10,9 @@ use metrics::gauge;
 use osgate_core::crypto::{ChainVerifier, CryptoError, CryptoPolicy, SessionCache, TlsFloor};
 use osgate_core::fleet::Fleet;
 use rustls::RootCertStore;
-use rustls_pki_types::ServerName;
 
-use crate::config::{Config, Host, IoChoice};
-use crate::ctx::{ClientConfigs, InboundListener, Node, OutboundListener};
+use crate::config::{Config, IoChoice};
+use crate::ctx::{ClientConfigs, InboundListener, Node, OutboundListener, Target};
 use crate::health::Health;
 use crate::listener::BindError;
 use crate::metrics as m;
@@ -213,6 +212,7 @@ pub(crate) fn services(
             backend: inbound.backend.clone(),
             server_tls,
             cleartext_allowed: inbound.cleartext_allowed,
+            smtp: inbound.smtp,
         }));
         out.push((key(false, inbound.listen), service, format!("inbound[{i}]")));
     }
@@ -220,24 +220,16 @@ pub(crate) fn services(
 }
 
 fn outbound_listener(outbound: &crate::config::Outbound) -> Result<OutboundListener, StartError> {
-    let server_name = match &outbound.peer.host {
-        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-        Host::Name(name) => ServerName::try_from(name.clone()).map_err(|_| StartError::Tls {
-            what: format!("peer name {name}"),
-            source: CryptoError::Rustls(rustls::Error::General("invalid DNS name".into())),
-        })?,
-    };
+    let target = Target::new(outbound.peer.clone()).ok_or_else(|| StartError::Tls {
+        what: format!("peer name {}", outbound.peer),
+        source: CryptoError::Rustls(rustls::Error::General("invalid DNS name".into())),
+    })?;
     Ok(OutboundListener {
         listen: outbound.listen.to_string(),
-        peer: outbound.peer.clone(),
-        peer_key: outbound.peer.to_string().to_ascii_lowercase(),
-        policy_host: match &outbound.peer.host {
-            Host::Ip(ip) => ip.to_string(),
-            Host::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
-        },
-        server_name,
+        target,
         level: outbound.level,
         allow_cleartext_fallback: outbound.allow_cleartext_fallback,
+        smtp: outbound.smtp.clone(),
     })
 }
 

@@ -14,9 +14,7 @@ use osgate_core::crypto::{check_dane_ta, tls_params};
 use osgate_core::dane::{Lookup, Match, match_chain};
 use osgate_core::fleet::Fleet;
 use osgate_core::ladder::{Ladder, Step, TlsResult};
-use osgate_core::outcome::{
-    Close, Direction, Level as Achieved, Method, Outcome, Protocol, Reason, TlsParams,
-};
+use osgate_core::outcome::{Direction, Level as Achieved, Method, Outcome, Reason, TlsParams};
 use osgate_core::pin::SpkiPin;
 use osgate_core::plan::{self, Decision, Defaults, Facts, Local, PinUpdate};
 use osgate_core::policy::{Peer, Rule};
@@ -25,7 +23,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::time::Instant;
 
 use crate::config::Host;
-use crate::ctx::{self, Active, Node, OutboundListener, WorkerDns};
+use crate::ctx::{self, Active, Node, OutboundListener, Target, WorkerDns};
 use crate::io::{Conn, Driver};
 use crate::metrics as m;
 use crate::store::Known;
@@ -34,9 +32,9 @@ use crate::watchdog::Watchdog;
 use crate::{relay, report};
 
 /// A TLS connection to the peer, handshake done.
-struct Established<C> {
-    conn: Rc<C>,
-    session: Session,
+pub(crate) struct Established<C> {
+    pub conn: Rc<C>,
+    pub session: Session,
     params: TlsParams,
     handshake: Duration,
     presented: Option<SpkiPin>,
@@ -56,6 +54,7 @@ struct Looked {
 /// answers mean is the core's ([`plan::decide`]).
 async fn lookup(
     listener: &OutboundListener,
+    target: &Target,
     rule: Option<&Rule>,
     node: &Node,
     dns: Option<&WorkerDns>,
@@ -64,7 +63,7 @@ async fn lookup(
         addrs: Vec::new(),
         lookup: Lookup::NotConsulted,
     };
-    let (Some(dns), Host::Name(host)) = (dns, &listener.peer.host) else {
+    let (Some(dns), Host::Name(host)) = (dns, &target.peer.host) else {
         return out;
     };
     if !plan::consults_dns(rule, defaults(listener, node)) {
@@ -88,13 +87,13 @@ async fn lookup(
     out.addrs = addresses
         .ips
         .iter()
-        .map(|ip| SocketAddr::new(*ip, listener.peer.port))
+        .map(|ip| SocketAddr::new(*ip, target.peer.port))
         .collect();
-    if !validating {
+    if !validating || !target.dane {
         out.lookup = Lookup::NotValidating;
         return out;
     }
-    out.lookup = dns.dns.dane(host, listener.peer.port, &addresses).await;
+    out.lookup = dns.dns.dane(host, target.peer.port, &addresses).await;
     if let Some(label) = out.lookup.label() {
         counter!(m::DANE_LOOKUPS_TOTAL, "result" => label).increment(1);
     }
@@ -116,12 +115,18 @@ pub(crate) async fn serve<D: Driver>(
     node: Arc<Node>,
     dns: Option<Rc<WorkerDns>>,
 ) {
+    if let Some(smtp) = &listener.smtp {
+        let smtp = smtp.clone();
+        return crate::smtp::outbound::serve::<D>(client, listener, node, dns, &smtp).await;
+    }
     let started = Instant::now();
     let _active = Active::new(Direction::Outbound);
     let client = Rc::new(client);
     // Setup state (policy, evidence, DNS answers) ends here: an idle tunnel keeps only what
     // the relay needs.
-    let (mut outcome, connected) = establish::<D>(&listener, &node, dns.as_deref()).await;
+    let target = &listener.target;
+    let (mut outcome, connected) =
+        establish::<D, _>(&listener, target, &node, dns.as_deref(), &Tcp).await;
     if let Some((tls, clear)) = connected {
         relay_to::<D>(&client, tls, clear, &node, started, &mut outcome).await;
     }
@@ -130,22 +135,52 @@ pub(crate) async fn serve<D: Driver>(
 }
 
 /// The connection to the peer the ladder settled on: TLS, or cleartext.
-type Connected<C> = (Option<Established<C>>, Option<Rc<C>>);
+pub(crate) type Connected<C> = (Option<Established<C>>, Option<Rc<C>>);
+
+/// What a protocol does on the TCP connection around the TLS handshake. Plain TCP does
+/// nothing; SMTP speaks its dialogue up to STARTTLS, and EHLOs again after it.
+pub(crate) trait Starter<D: Driver> {
+    /// Before the ClientHello; `Err` ends this attempt.
+    async fn before_tls(&self, conn: &Rc<D::Conn>) -> Result<(), TlsResult>;
+    /// After the handshake and the key's check, before the connection is taken.
+    async fn after_tls(&self, conn: &D::Conn, session: &Session) -> Result<(), TlsResult>;
+    /// A cleartext connection to `addr`, ready to relay.
+    async fn cleartext(&self, addr: Option<SocketAddr>, node: &Node) -> Option<Rc<D::Conn>>;
+}
+
+/// Any TCP stream.
+pub(crate) struct Tcp;
+
+impl<D: Driver> Starter<D> for Tcp {
+    async fn before_tls(&self, _: &Rc<D::Conn>) -> Result<(), TlsResult> {
+        Ok(())
+    }
+
+    async fn after_tls(&self, _: &D::Conn, _: &Session) -> Result<(), TlsResult> {
+        Ok(())
+    }
+
+    async fn cleartext(&self, addr: Option<SocketAddr>, node: &Node) -> Option<Rc<D::Conn>> {
+        connect::<D>(addr, node).await.map(Rc::new)
+    }
+}
 
 /// Runs policy, evidence and the ladder; returns the outcome so far and, unless refused, the
 /// connection to relay over.
-async fn establish<D: Driver>(
+pub(crate) async fn establish<D: Driver, S: Starter<D>>(
     listener: &OutboundListener,
+    target: &Target,
     node: &Node,
     dns: Option<&WorkerDns>,
+    starter: &S,
 ) -> (Outcome, Option<Connected<D::Conn>>) {
     let now = UnixTime::now().as_secs();
-    let peer = policy_peer(listener);
+    let peer = policy_peer(target);
     let fleet = node.fleet.load_full();
     let selected = fleet.policy.select(&peer);
-    let found = lookup(listener, selected.enforced, node, dns).await;
+    let found = lookup(listener, target, selected.enforced, node, dns).await;
     let known = match &node.store {
-        Some(store) => store.lookup(&listener.peer_key, now),
+        Some(store) => store.lookup(&target.peer_key, now),
         None => Known {
             operator: Vec::new(),
             tofu: Tofu::Off,
@@ -162,51 +197,33 @@ async fn establish<D: Driver>(
             ratchet: known.ratchet,
         },
         fleet: &fleet,
-        peer: &listener.peer_key,
+        peer: &target.peer_key,
         tofu_enforce: node.tofu_enforce,
     };
     let decision = plan::decide(&facts);
-    let server_name = server_name(&decision, listener);
+    let server_name = server_name(&decision, target);
     if !decision.tlsa.is_empty() {
         let sessions = &node.client_tls.authenticated_sessions;
         sessions.note_tlsa(&server_name, decision.tlsa);
     }
-    let mut outcome = Outcome {
-        direction: Direction::Outbound,
-        listener: listener.listen.clone(),
-        peer: listener.peer.to_string(),
-        desired: decision.plan.level.as_str(),
-        commitment: decision.plan.commitment(),
-        achieved: Achieved::Refused,
-        reason: Reason::None,
-        tls: None,
-        close: Close::NotRelayed,
-        bytes_up: 0,
-        bytes_down: 0,
-        handshake: None,
-        duration: Duration::ZERO,
-        policy: policy_id(decision.rule, &fleet),
-        peer_key: None,
-        downgrade_suspected: false,
-        dane: found.lookup.label(),
-        tlsa: None,
-        report_only: None,
-        protocol: Protocol::Tcp,
-        smtp: None,
-    };
+    let mut outcome = Outcome::begin(
+        Direction::Outbound,
+        listener.listen.clone(),
+        target.peer.to_string(),
+    );
+    outcome.desired = decision.plan.level.as_str();
+    outcome.commitment = decision.plan.commitment();
+    outcome.policy = policy_id(decision.rule, &fleet);
+    outcome.dane = found.lookup.label();
     count_policy(decision.rule, false);
     let addrs = match found.addrs.is_empty() {
         false => found.addrs,
-        true => ctx::resolve(&listener.peer)
-            .await
-            .ok()
-            .into_iter()
-            .collect(),
+        true => ctx::resolve(&target.peer).await.ok().into_iter().collect(),
     };
     let attempt = Attempt {
         decision: &decision,
         server_name,
-        listener,
+        target,
         node,
     };
     let (mut ladder, mut step) = Ladder::start(decision.plan);
@@ -216,15 +233,13 @@ async fn establish<D: Driver>(
     let connected = loop {
         match step {
             Step::TryTls => {
-                let (result, est) = try_addresses::<D>(&addrs, &attempt).await;
+                let (result, est) = try_addresses::<D, S>(&addrs, &attempt, starter).await;
                 tls_result = Some(result);
                 (ladder, step) = ladder.on_tls(result);
                 tls = est;
             }
             Step::TryCleartext => {
-                clear = connect::<D>(addrs.first().copied(), node)
-                    .await
-                    .map(Rc::new);
+                clear = starter.cleartext(addrs.first().copied(), node).await;
                 (ladder, step) = ladder.on_cleartext(clear.is_some());
             }
             Step::Refuse {
@@ -239,7 +254,7 @@ async fn establish<D: Driver>(
                 let presented = tls.as_ref().and_then(|e| e.presented);
                 outcome.peer_key = presented.map(|p| p.to_string());
                 if let (Reason::KeyChanged, Some(key)) = (reason, presented) {
-                    remember_refused(node, listener, key, now);
+                    remember_refused(node, target, key, now);
                 }
                 break None;
             }
@@ -248,7 +263,7 @@ async fn establish<D: Driver>(
                 outcome.reason = reason;
                 outcome.tlsa = tls.as_ref().and_then(|e| e.tlsa_match.clone());
                 if let Some(est) = &tls {
-                    remember(node, listener, &decision, achieved, est.presented, now);
+                    remember(node, target, &decision, achieved, est.presented, now);
                 }
                 break Some((tls.take(), clear.take()));
             }
@@ -264,14 +279,14 @@ async fn establish<D: Driver>(
 }
 
 /// SNI and the name checked: the TLSA base domain when DANE applies (RFC 7672 §3.2.2).
-fn server_name(decision: &Decision<'_>, listener: &OutboundListener) -> ServerName<'static> {
+fn server_name(decision: &Decision<'_>, target: &Target) -> ServerName<'static> {
     decision
         .tlsa_base
         .and_then(|b| ServerName::try_from(b.to_owned()).ok())
-        .unwrap_or_else(|| listener.server_name.clone())
+        .unwrap_or_else(|| target.server_name.clone())
 }
 
-async fn relay_to<D: Driver>(
+pub(crate) async fn relay_to<D: Driver>(
     client: &Rc<D::Conn>,
     tls: Option<Established<D::Conn>>,
     clear: Option<Rc<D::Conn>>,
@@ -305,7 +320,7 @@ async fn relay_to<D: Driver>(
 /// core says ([`plan::pin_update`]).
 fn remember(
     node: &Node,
-    listener: &OutboundListener,
+    target: &Target,
     decision: &Decision<'_>,
     achieved: Achieved,
     presented: Option<SpkiPin>,
@@ -316,15 +331,15 @@ fn remember(
     if update == PinUpdate::Learn {
         counter!(m::TOFU_CHECKS_TOTAL, "decision" => "learned").increment(1);
     }
-    if let Err(e) = store.record_tls(&listener.peer_key, presented, update, now) {
+    if let Err(e) = store.record_tls(&target.peer_key, presented, update, now) {
         tracing::error!(target: "osgate::store", error = %e, "cannot persist the capability store");
     }
 }
 
 /// Keeps the key a pinned peer was refused for, so `osgate pins show` names old and new.
-fn remember_refused(node: &Node, listener: &OutboundListener, key: SpkiPin, now: u64) {
+fn remember_refused(node: &Node, target: &Target, key: SpkiPin, now: u64) {
     let Some(store) = &node.store else { return };
-    if let Err(e) = store.record_refused(&listener.peer_key, key, now) {
+    if let Err(e) = store.record_refused(&target.peer_key, key, now) {
         tracing::error!(target: "osgate::store", error = %e, "cannot persist the capability store");
     }
 }
@@ -338,11 +353,11 @@ fn policy_id(rule: Option<&Rule>, fleet: &Fleet) -> String {
     }
 }
 
-fn policy_peer(listener: &OutboundListener) -> Peer<'_> {
+fn policy_peer(target: &Target) -> Peer<'_> {
     Peer {
-        host: &listener.policy_host,
-        port: listener.peer.port,
-        ip: match &listener.peer.host {
+        host: &target.policy_host,
+        port: target.peer.port,
+        ip: match &target.peer.host {
             Host::Ip(ip) => Some(*ip),
             Host::Name(_) => None,
         },
@@ -366,21 +381,22 @@ struct Attempt<'a> {
     decision: &'a Decision<'a>,
     /// SNI and the name PKIX and DANE-TA check.
     server_name: ServerName<'static>,
-    listener: &'a OutboundListener,
+    target: &'a Target,
     node: &'a Node,
 }
 
 /// TLS to each address in turn while secure TLSA records do not match the key presented
 /// (RFC 7672 §2.2: another address of the peer may hold the right key); any other result
 /// ends the search. Never more than one attempt per address.
-async fn try_addresses<D: Driver>(
+async fn try_addresses<D: Driver, S: Starter<D>>(
     addrs: &[SocketAddr],
     attempt: &Attempt<'_>,
+    starter: &S,
 ) -> (TlsResult, Option<Established<D::Conn>>) {
     let mut tried = 0;
     loop {
         let addr = addrs.get(tried).copied();
-        let (result, est) = try_tls::<D>(addr, attempt).await;
+        let (result, est) = try_tls::<D, S>(addr, attempt, starter).await;
         tried += 1;
         let mismatch = matches!(
             result,
@@ -391,14 +407,15 @@ async fn try_addresses<D: Driver>(
         if !mismatch || tried >= addrs.len() {
             return (result, est);
         }
-        tracing::info!(target: "osgate::dane", peer = %attempt.listener.peer, addr = ?addr, "TLSA records do not match this address's key; trying the next address");
+        tracing::info!(target: "osgate::dane", peer = %attempt.target.peer, addr = ?addr, "TLSA records do not match this address's key; trying the next address");
     }
 }
 
 /// One TLS attempt: connect, handshake under a deadline, authenticate the key.
-async fn try_tls<D: Driver>(
+async fn try_tls<D: Driver, S: Starter<D>>(
     addr: Option<SocketAddr>,
     attempt: &Attempt<'_>,
+    starter: &S,
 ) -> (TlsResult, Option<Established<D::Conn>>) {
     let (decision, node) = (attempt.decision, attempt.node);
     let started = Instant::now();
@@ -406,6 +423,9 @@ async fn try_tls<D: Driver>(
         return (TlsResult::Unreachable, None);
     };
     let conn = Rc::new(conn);
+    if let Err(result) = starter.before_tls(&conn).await {
+        return (result, None);
+    }
     let config = node
         .client_tls
         .get(decision.floor, decision.plan.requires_authentication());
@@ -419,7 +439,7 @@ async fn try_tls<D: Driver>(
     let fired = dog.fired();
     drop(dog);
     if let Err(e) = &handshake {
-        tracing::debug!(target: "osgate::tls", peer = %attempt.listener.peer, error = %e, "TLS handshake failed");
+        tracing::debug!(target: "osgate::tls", peer = %attempt.target.peer, error = %e, "TLS handshake failed");
     }
     let result = match handshake {
         Ok(()) => None,
@@ -448,6 +468,11 @@ async fn try_tls<D: Driver>(
         _ => None,
     };
     count_tofu(&evidence, auth);
+    let taken = auth.is_ok() || !decision.plan.requires_authentication();
+    if taken && let Err(result) = starter.after_tls(&conn, &session).await {
+        conn.shutdown(std::net::Shutdown::Both);
+        return (result, None);
+    }
     let params = tls_params(&session.conn());
     let established = Established {
         conn,
@@ -507,7 +532,7 @@ impl Checks<'_> {
         let crypto = &attempt.node.crypto;
         let now = UnixTime::now();
         let base = check_dane_ta(crypto, chain, anchor, &attempt.server_name, now);
-        let original = &attempt.listener.server_name;
+        let original = &attempt.target.server_name;
         match base {
             Err(Reason::CertificateHostMismatch) if *original != attempt.server_name => {
                 check_dane_ta(crypto, chain, anchor, original, now)

@@ -10,9 +10,10 @@ const LEVELS: [Level; 5] = [
     Level::Deny,
 ];
 
-const TLS_RESULTS: [TlsResult; 10] = [
+const TLS_RESULTS: [TlsResult; 11] = [
     TlsResult::Unreachable,
     TlsResult::PeerNoTls,
+    TlsResult::NoStarttls,
     TlsResult::HandshakeFailed,
     TlsResult::HandshakeTimeout,
     TlsResult::Established {
@@ -119,6 +120,7 @@ fn expected(plan: Plan, tls: TlsResult, connects: bool) -> Step {
             };
         }
         TlsResult::PeerNoTls => Reason::PeerNoTls,
+        TlsResult::NoStarttls => Reason::StarttlsNotSupported,
         TlsResult::HandshakeFailed => Reason::TlsHandshakeFailed,
         TlsResult::HandshakeTimeout => Reason::HandshakeTimeout,
     };
@@ -150,7 +152,7 @@ fn every_plan_and_event_has_the_designed_outcome() {
             }
         }
     }
-    assert_eq!(cases, 5 * 2 * 2 * 2 * 2 * 2 * 4 * 10 * 2);
+    assert_eq!(cases, 5 * 2 * 2 * 2 * 2 * 2 * 4 * TLS_RESULTS.len() * 2);
 }
 
 #[test]
@@ -219,7 +221,7 @@ proptest! {
     /// A ratchet failure is always flagged as a suspected downgrade.
     #[test]
     fn ratchet_failures_are_suspected_downgrades(plan in any_plan(), tls in any_tls()) {
-        let failed = matches!(tls, TlsResult::PeerNoTls | TlsResult::HandshakeFailed | TlsResult::HandshakeTimeout);
+        let failed = matches!(tls, TlsResult::PeerNoTls | TlsResult::NoStarttls | TlsResult::HandshakeFailed | TlsResult::HandshakeTimeout);
         let step = simulate(plan, tls, true);
         if plan.ratchet && failed && plan.refused.is_none() && matches!(plan.level, Level::Opportunistic | Level::Encrypt | Level::Authenticate) {
             prop_assert!(matches!(step, Step::Refuse { downgrade_suspected: true, .. }), "{:?}", step);

@@ -20,6 +20,30 @@ pub(super) struct File {
     pub tofu: Option<Tofu>,
     pub dns: Option<Dns>,
     pub controlplane: Option<ControlPlane>,
+    pub smtp: Option<Smtp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Smtp {
+    pub helo_name: Option<String>,
+    #[serde(default = "yes")]
+    pub mta_sts: bool,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Protocol {
+    #[default]
+    Tcp,
+    Smtp,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Starttls {
+    Offer,
+    Require,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +195,11 @@ pub(super) struct Outbound {
     #[serde(default = "opportunistic")]
     pub policy: String,
     pub allow_cleartext_fallback: Option<bool>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub helo_name: Option<String>,
+    pub greeting_timeout_ms: Option<u64>,
+    pub command_timeout_ms: Option<u64>,
 }
 
 fn opportunistic() -> String {
@@ -187,8 +216,12 @@ pub(super) struct Inbound {
     /// The next key, published (`osgate tlsa`) before it replaces the current one.
     pub next_certificate: Option<String>,
     pub next_private_key: Option<String>,
+    pub cleartext: Option<Cleartext>,
     #[serde(default)]
-    pub cleartext: Cleartext,
+    pub protocol: Protocol,
+    pub starttls: Option<Starttls>,
+    pub greeting_timeout_ms: Option<u64>,
+    pub command_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

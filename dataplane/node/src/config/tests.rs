@@ -233,3 +233,70 @@ fn a_next_key_comes_with_both_files_and_is_watched() {
     let err = parse(&format!("[node]\ndrain_timeout_ms = 0\n{}", inbound(""))).unwrap_err();
     assert_eq!(err.key, "node.drain_timeout_ms", "{err}");
 }
+
+const SMTP_IN: &str = "[[inbound]]\nlisten = \"127.0.0.1:2525\"\nbackend = \"127.0.0.1:10026\"\n\
+    certificate = \"c.pem\"\nprivate_key = \"k.pem\"\nprotocol = \"smtp\"\n";
+
+#[test]
+fn smtp_outbound_by_mx_defaults_to_port_25_and_rfc_timeouts() {
+    let config = parse(&format!(
+        "[smtp]\nhelo_name = \"relay.example.org\"\n[[outbound]]\nlisten = \"127.0.0.1:10025\"\n\
+         peer = \"mx:Example.NET\"\nprotocol = \"smtp\"\n"
+    ))
+    .unwrap();
+    let out = &config.outbound[0];
+    let smtp = out.smtp.as_ref().unwrap();
+    assert!(smtp.by_mx);
+    assert_eq!(smtp.helo, "relay.example.org");
+    assert_eq!(smtp.timeouts.greeting, Duration::from_secs(300));
+    assert_eq!(out.peer.to_string(), "example.net:25");
+    let config = parse(
+        "[[outbound]]\nlisten = \"127.0.0.1:10025\"\npeer = \"mx:example.net:2526\"\n\
+         protocol = \"smtp\"\nhelo_name = \"gw.example.org\"\ncommand_timeout_ms = 1500\n",
+    )
+    .unwrap();
+    let smtp = config.outbound[0].smtp.as_ref().unwrap();
+    assert_eq!(config.outbound[0].peer.port, 2526);
+    assert_eq!(
+        (smtp.helo.as_str(), smtp.timeouts.command),
+        ("gw.example.org", Duration::from_millis(1500))
+    );
+}
+
+#[test]
+fn smtp_keys_are_refused_on_tcp_listeners_and_cleartext_on_smtp_ones() {
+    let cases = [
+        (
+            format!("{OUT}starttls = \"offer\"\n"),
+            "outbound[0].starttls: unknown field `starttls`",
+        ),
+        (
+            OUT.replace("gw.example.net:7443", "mx:example.net"),
+            "outbound[0].peer: only with protocol = \"smtp\"",
+        ),
+        (
+            format!("{OUT}helo_name = \"a.example\"\n"),
+            "outbound[0].helo_name: only with protocol = \"smtp\"",
+        ),
+        (
+            format!("{SMTP_IN}cleartext = \"allow\"\n"),
+            "inbound[0].cleartext: an SMTP listener always starts in cleartext",
+        ),
+        (
+            format!("{SMTP_IN}starttls = \"maybe\"\n"),
+            "inbound[0].starttls: unknown variant `maybe`",
+        ),
+        (
+            "[smtp]\nhelo_name = \"not a name\"\n".to_owned() + OUT,
+            "smtp.helo_name: `not a name` is not a domain name",
+        ),
+        (
+            "[dns]\ndane = false\n[[outbound]]\nlisten = \"127.0.0.1:1\"\npeer = \"mx:a.example\"\nprotocol = \"smtp\"\n".to_owned(),
+            "outbound[0].peer: `mx:` peers need [dns]'s resolver",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}\n  expected: {expected}");
+    }
+}
