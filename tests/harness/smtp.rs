@@ -211,6 +211,12 @@ impl Client {
         self.reply()
     }
 
+    /// QUIT, expecting 221, and close (a real client closes then: the relay ends).
+    pub fn quit(mut self) {
+        let bye = self.command("QUIT");
+        assert_eq!(bye.code, 221, "{}", bye.text());
+    }
+
     /// Whether the server closes (EOF or reset) within the harness deadline.
     pub fn closed(&mut self) -> bool {
         let mut buf = [0u8; 512];
@@ -241,7 +247,7 @@ pub fn submit(addr: SocketAddr, from: &str, to: &str, body: &str) -> Reply {
     assert_eq!(client.reply().code, 220);
     assert_eq!(client.command("EHLO client.test").code, 250);
     let done = client.mail(from, to, body);
-    let _ = client.command("QUIT");
+    client.quit();
     done
 }
 
