@@ -36,6 +36,9 @@ per_driver!(
     postfix_through_osgate_outbound_to_postfix_without_tls_under_encrypt_is_deferred,
     done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_dane,
     an_mx_in_an_unsigned_zone_is_not_dane,
+    mx_hosts_are_tried_in_preference_order,
+    inbound_offers_its_own_starttls_and_never_the_backends,
+    offer_mode_carries_a_cleartext_client_and_says_cleartext,
 );
 
 /// A message as a local MTA submits it: a header, and a body with a line that needs
@@ -347,6 +350,58 @@ fn bdat_chunks_pass_through_the_inbound_after_tls(io: Io) {
         &node.outcome("inbound"),
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
+}
+
+fn inbound_offers_its_own_starttls_and_never_the_backends(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    // A backend that offers STARTTLS itself: osgate answers it, the backend never sees it.
+    let backend = Scripted::start(Script::Tls, &key(dir.path()));
+    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
+    let mut client = Client::connect(node.addr("inbound[0]"));
+    assert_eq!(client.reply().code, 220);
+    let ehlo = client.command("EHLO client.test");
+    let offers = ehlo
+        .lines
+        .iter()
+        .filter(|l| l.ends_with("STARTTLS"))
+        .count();
+    assert_eq!(offers, 1, "{}", ehlo.text());
+    let ready = client.command("STARTTLS");
+    assert_eq!(ready.text(), "220 2.0.0 Ready to start TLS");
+    client.handshake("mx.test").unwrap();
+    let ehlo = client.command("EHLO client.test");
+    assert!(
+        !ehlo.has("STARTTLS"),
+        "the backend's STARTTLS is removed: {}",
+        ehlo.text()
+    );
+    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
+    client.quit();
+    let seen = backend.session();
+    assert!(!seen.iter().any(|l| l.contains("STARTTLS")), "{seen:#?}");
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("EHLO")).count(),
+        2,
+        "{seen:#?}"
+    );
+    expect(
+        &node.outcome("inbound"),
+        &[("starttls", "used"), ("achieved", "encrypted")],
+    );
+}
+
+fn offer_mode_carries_a_cleartext_client_and_says_cleartext(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let mta = Postfix::start(&Role::Destination { tls: None });
+    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "starttls = \"offer\"");
+    let (ok, transcript) = smtp::swaks(
+        node.addr("inbound[0]"),
+        &["--to", MAILBOX, "--from", FROM, "--body", "cleartext body"],
+    );
+    assert!(ok, "{transcript}");
+    assert!(String::from_utf8_lossy(&mta.wait_messages(1)).contains("cleartext body"));
+    let rec = node.outcome("inbound");
+    expect(&rec, &[("achieved", "cleartext"), ("starttls", "offered")]);
 }
 
 // ---- outbound: a local MTA relays to osgate, osgate carries it to the destination ----
@@ -701,6 +756,37 @@ fn an_mx_in_an_unsigned_zone_is_not_dane(io: Io) {
     assert_ne!(out["method"], "dane", "{out}");
     assert!(
         !out["dane"].as_str().unwrap_or("").starts_with("secure"),
+        "{out}"
+    );
+}
+
+fn mx_hosts_are_tried_in_preference_order(io: Io) {
+    // The most preferred MX has no listener (127.0.0.2): the next one is tried.
+    let mut chain = chain(io, "dst.test", |port, pem| Zones {
+        secure: vec![
+            "dst IN MX 10 dead.test.".into(),
+            "dst IN MX 20 mx.test.".into(),
+            "dst IN MX 30 dead.test.".into(),
+            "dead IN A 127.0.0.2".into(),
+            "mx IN A 127.0.0.1".into(),
+            format!("_{port}._tcp.dead IN TLSA 3 1 1 {}", spki_sha256_hex(pem)),
+            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", spki_sha256_hex(pem)),
+        ],
+        ..Zones::default()
+    });
+    assert_eq!(
+        smtp::submit(chain.sender.smtpd, FROM, MAILBOX, BODY).code,
+        250
+    );
+    assert_eq!(
+        postfix::split_message(&chain.dest.wait_messages(1)).1,
+        BODY_ONLY
+    );
+    let out = chain.node.outcome("outbound");
+    expect(&out, &[("achieved", "authenticated"), ("method", "dane")]);
+    assert_eq!(
+        out["mx"].as_str().map(|m| m.trim_end_matches('.')),
+        Some("mx.test"),
         "{out}"
     );
 }
