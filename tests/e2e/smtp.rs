@@ -37,6 +37,7 @@ per_driver!(
     done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_dane,
     an_mx_in_an_unsigned_zone_is_not_dane,
     mx_hosts_are_tried_in_preference_order,
+    a_secure_mx_whose_tlsa_does_not_match_is_deferred_never_cleartext,
     inbound_offers_its_own_starttls_and_never_the_backends,
     offer_mode_carries_a_cleartext_client_and_says_cleartext,
 );
@@ -788,6 +789,32 @@ fn mx_hosts_are_tried_in_preference_order(io: Io) {
         out["mx"].as_str().map(|m| m.trim_end_matches('.')),
         Some("mx.test"),
         "{out}"
+    );
+}
+
+fn a_secure_mx_whose_tlsa_does_not_match_is_deferred_never_cleartext(io: Io) {
+    let mut chain = chain(io, "dst.test", |port, _| Zones {
+        secure: vec![
+            "dst IN MX 10 mx.test.".into(),
+            "mx IN A 127.0.0.1".into(),
+            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", "ab".repeat(32)),
+        ],
+        ..Zones::default()
+    });
+    assert_eq!(
+        smtp::submit(chain.sender.smtpd, FROM, MAILBOX, BODY).code,
+        250
+    );
+    let deferred = chain.sender.wait_log(&["status=deferred"]);
+    assert!(deferred.contains("4.7.5"), "{deferred}");
+    let out = chain.node.outcome("outbound");
+    expect(&out, &[("achieved", "refused"), ("reason", "tlsa-invalid")]);
+    assert!(chain.dest.messages().is_empty());
+    assert_eq!(
+        chain
+            .node
+            .metric("osgate_cleartext_despite_policy_total", &[]),
+        0.0
     );
 }
 
