@@ -40,6 +40,8 @@ per_driver!(
     a_secure_mx_whose_tlsa_does_not_match_is_deferred_never_cleartext,
     inbound_offers_its_own_starttls_and_never_the_backends,
     offer_mode_carries_a_cleartext_client_and_says_cleartext,
+    a_backend_greeting_split_byte_by_byte_reaches_the_client_whole,
+    a_backend_refusing_service_is_relayed_and_the_session_closed,
 );
 
 /// A message as a local MTA submits it: a header, and a body with a line that needs
@@ -403,6 +405,36 @@ fn offer_mode_carries_a_cleartext_client_and_says_cleartext(io: Io) {
     assert!(String::from_utf8_lossy(&mta.wait_messages(1)).contains("cleartext body"));
     let rec = node.outcome("inbound");
     expect(&rec, &[("achieved", "cleartext"), ("starttls", "offered")]);
+}
+
+fn a_backend_greeting_split_byte_by_byte_reaches_the_client_whole(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::start(Script::ByteByByte, &key(dir.path()));
+    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
+    let mut client = Client::connect(node.addr("inbound[0]"));
+    assert_eq!(client.reply().text(), "220 scripted.test ESMTP");
+    assert_eq!(client.starttls("mx.test").code, 250);
+    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
+    client.quit();
+    expect(
+        &node.outcome("inbound"),
+        &[("starttls", "used"), ("achieved", "encrypted")],
+    );
+}
+
+fn a_backend_refusing_service_is_relayed_and_the_session_closed(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::start(Script::Refuses554, &key(dir.path()));
+    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
+    let mut client = Client::connect(node.addr("inbound[0]"));
+    let greeting = client.reply();
+    assert_eq!(greeting.text(), "554 5.3.2 scripted.test no service");
+    assert!(
+        client.closed(),
+        "the session is closed after a refusing greeting"
+    );
+    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    assert!(!saw_transaction(&backend.session()));
 }
 
 // ---- outbound: a local MTA relays to osgate, osgate carries it to the destination ----

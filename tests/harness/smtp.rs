@@ -270,6 +270,8 @@ pub enum Script {
     Silent,
     /// The greeting one byte per write, then as [`Script::Tls`].
     ByteByByte,
+    /// Greets with `554` (RFC 5321 §3.1: no service here), then as [`Script::NoStarttls`].
+    Refuses554,
 }
 
 /// The forged reply [`Script::InjectAfter220`] sends before the handshake.
@@ -322,7 +324,10 @@ fn serve(script: Script, config: &Arc<rustls::ServerConfig>, tcp: TcpStream) -> 
         }
         return seen;
     }
-    let greeting = b"220 scripted.test ESMTP\r\n";
+    let greeting: &[u8] = match script {
+        Script::Refuses554 => b"554 5.3.2 scripted.test no service\r\n",
+        _ => b"220 scripted.test ESMTP\r\n",
+    };
     if script == Script::ByteByByte {
         for byte in greeting {
             if wire.write_all(&[*byte]).is_err() {
@@ -377,7 +382,7 @@ fn answer(script: Script, wire: &mut Wire, line: &str) -> Step {
         "EHLO" if script == Script::LongLine => {
             format!("250-{}\r\n250 8BITMIME\r\n", "x".repeat(10_000))
         }
-        "EHLO" if script == Script::NoStarttls => {
+        "EHLO" if matches!(script, Script::NoStarttls | Script::Refuses554) => {
             "250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
         }
         "EHLO" => "250-scripted.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n".into(),
