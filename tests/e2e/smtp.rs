@@ -42,6 +42,8 @@ per_driver!(
     offer_mode_carries_a_cleartext_client_and_says_cleartext,
     a_backend_greeting_split_byte_by_byte_reaches_the_client_whole,
     a_backend_refusing_service_is_relayed_and_the_session_closed,
+    e34_a_client_silent_mid_session_is_closed_at_the_command_timeout,
+    e34_a_silent_backend_is_closed_at_the_greeting_timeout,
 );
 
 /// A message as a local MTA submits it: a header, and a body with a line that needs
@@ -435,6 +437,44 @@ fn a_backend_refusing_service_is_relayed_and_the_session_closed(io: Io) {
     );
     expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
     assert!(!saw_transaction(&backend.session()));
+}
+
+/// Reads until the server closes: not before the 500 ms timeout (a close for another reason),
+/// and well before `within` (a timeout that does not fire).
+fn closed_within(client: &mut Client, within: Duration) {
+    let started = Instant::now();
+    assert!(client.closed(), "closed by the server");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "closed after only {took:?}"
+    );
+    assert!(took < within, "closed only after {took:?}");
+}
+
+fn e34_a_client_silent_mid_session_is_closed_at_the_command_timeout(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::start(Script::NoStarttls, &key(dir.path()));
+    let (mut node, _) = inbound(dir.path(), io, backend.addr, "command_timeout_ms = 500");
+    let mut client = Client::connect(node.addr("inbound[0]"));
+    assert_eq!(client.reply().code, 220);
+    assert_eq!(client.command("EHLO client.test").code, 250);
+    closed_within(&mut client, Duration::from_secs(10));
+    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    assert!(!saw_transaction(&backend.session()));
+}
+
+fn e34_a_silent_backend_is_closed_at_the_greeting_timeout(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::start(Script::Silent, &key(dir.path()));
+    let (mut node, _) = inbound(dir.path(), io, backend.addr, "greeting_timeout_ms = 500");
+    let mut client = Client::connect(node.addr("inbound[0]"));
+    closed_within(&mut client, Duration::from_secs(10));
+    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    assert!(
+        backend.session().is_empty(),
+        "no client byte reached the backend"
+    );
 }
 
 // ---- outbound: a local MTA relays to osgate, osgate carries it to the destination ----
