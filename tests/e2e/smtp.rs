@@ -34,6 +34,7 @@ per_driver!(
     bdat_chunks_pass_through_the_inbound_after_tls,
     postfix_through_osgate_outbound_to_postfix_with_starttls_shows_tls_received,
     postfix_through_osgate_outbound_to_postfix_without_tls_under_encrypt_is_deferred,
+    postfix_through_osgate_outbound_to_postfix_without_tls_is_cleartext_when_opportunistic,
     done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_dane,
     an_mx_in_an_unsigned_zone_is_not_dane,
     mx_hosts_are_tried_in_preference_order,
@@ -701,6 +702,30 @@ fn postfix_through_osgate_outbound_to_postfix_without_tls_under_encrypt_is_defer
         !dest.log().contains("mail=1"),
         "no MAIL FROM reached Postfix:\n{}",
         dest.log()
+    );
+}
+
+fn postfix_through_osgate_outbound_to_postfix_without_tls_is_cleartext_when_opportunistic(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Postfix::start(&Role::Destination { tls: None });
+    let mut node = outbound(dir.path(), io, dest.smtpd, "opportunistic", "");
+    let sender = Postfix::start(&Role::Sender {
+        relayhost: node.addr("outbound[0]"),
+        tls_level: "none",
+    });
+    assert_eq!(smtp::submit(sender.smtpd, FROM, MAILBOX, BODY).code, 250);
+    let message = dest.wait_messages(1);
+    let received = postfix::received(&message);
+    assert!(!received[0].contains("(using TLS"), "{received:#?}");
+    assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
+    let out = node.outcome("outbound");
+    expect(
+        &out,
+        &[
+            ("achieved", "cleartext"),
+            ("reason", "starttls-not-supported"),
+            ("starttls", "not-offered"),
+        ],
     );
 }
 
