@@ -17,6 +17,7 @@ use osgate_tests::{Io, Node, per_driver};
 
 per_driver!(
     e30_commands_after_starttls_in_the_same_write_are_never_acted_on,
+    e30_an_injected_transaction_never_changes_what_postfix_delivers,
     e31_a_reply_injected_after_220_is_discarded_and_the_ehlo_reply_comes_over_tls,
     e32_encrypt_destination_without_starttls_gets_4xx_and_never_mail_from,
     e32_encrypt_destination_answering_454_gets_4xx_and_never_mail_from,
@@ -185,6 +186,35 @@ fn e30_commands_after_starttls_in_the_same_write_are_never_acted_on(io: Io) {
             ("achieved", "encrypted"),
         ],
     );
+    assert_eq!(rec["injected_bytes"], injected.len(), "{rec}");
+}
+
+fn e30_an_injected_transaction_never_changes_what_postfix_delivers(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let mta = Postfix::start(&Role::Destination { tls: None });
+    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "");
+    let mut client = Client::connect(node.addr("inbound[0]"));
+    assert_eq!(client.reply().code, 220);
+    assert_eq!(client.command("EHLO client.test").code, 250);
+    let injected = format!(
+        "MAIL FROM:<evil@evil.test>\r\nRCPT TO:<{MAILBOX}>\r\nDATA\r\nSubject: injected\r\n\r\nevil\r\n.\r\n"
+    );
+    client.write(format!("STARTTLS\r\n{injected}").as_bytes());
+    assert_eq!(client.reply().code, 220);
+    client.handshake("mx.test").unwrap();
+    assert_eq!(client.command("EHLO client.test").code, 250);
+    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
+    client.quit();
+    let disconnect = mta.wait_log(&["disconnect from", "quit=1"]);
+    assert!(
+        disconnect.contains(" mail=1 "),
+        "one transaction reached Postfix: {disconnect}"
+    );
+    let message = mta.wait_messages(1);
+    assert_eq!(mta.messages().len(), 1);
+    assert!(String::from_utf8_lossy(&message).contains(&format!("Return-Path: <{FROM}>")));
+    assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
+    let rec = node.outcome("inbound");
     assert_eq!(rec["injected_bytes"], injected.len(), "{rec}");
 }
 
