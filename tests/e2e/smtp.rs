@@ -111,6 +111,20 @@ fn key(dir: &Path) -> Pem {
     certs::self_signed(dir, "peer", "scripted.test")
 }
 
+/// The next `direction` record of `node`, asserted to have these (field, value) pairs; and, as
+/// for every security case (CONFORMANCE), neither despite-counter moved.
+fn check(node: &mut Node, direction: &str, fields: &[(&str, &str)]) -> serde_json::Value {
+    let record = node.outcome(direction);
+    expect(&record, fields);
+    for counter in [
+        "osgate_cleartext_despite_policy_total",
+        "osgate_encrypted_despite_authentication_expected_total",
+    ] {
+        assert_eq!(node.metric(counter, &[]), 0.0, "{counter}");
+    }
+    record
+}
+
 /// Asserts `record` has these (field, value) pairs.
 fn expect(record: &serde_json::Value, fields: &[(&str, &str)]) {
     for (field, value) in fields {
@@ -177,9 +191,9 @@ fn e30_commands_after_starttls_in_the_same_write_are_never_acted_on(io: Io) {
         seen.iter().any(|l| l == &format!("MAIL FROM:<{FROM}>")),
         "{seen:#?}"
     );
-    let rec = node.outcome("inbound");
-    expect(
-        &rec,
+    let rec = check(
+        &mut node,
+        "inbound",
         &[
             ("protocol", "smtp"),
             ("starttls", "used"),
@@ -214,7 +228,7 @@ fn e30_an_injected_transaction_never_changes_what_postfix_delivers(io: Io) {
     assert_eq!(mta.messages().len(), 1);
     assert!(String::from_utf8_lossy(&message).contains(&format!("Return-Path: <{FROM}>")));
     assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
-    let rec = node.outcome("inbound");
+    let rec = check(&mut node, "inbound", &[("starttls", "used")]);
     assert_eq!(rec["injected_bytes"], injected.len(), "{rec}");
 }
 
@@ -243,8 +257,9 @@ fn e33_inbound_client_must_ehlo_again_after_tls(io: Io) {
     let ehlo_after_tls = seen.iter().rposition(|l| l.starts_with("EHLO")).unwrap();
     let mail = seen.iter().position(|l| l.starts_with("MAIL")).unwrap();
     assert!(ehlo_after_tls < mail, "{seen:#?}");
-    expect(
-        &node.outcome("inbound"),
+    check(
+        &mut node,
+        "inbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -267,7 +282,7 @@ fn e34_an_over_long_command_line_is_refused_and_never_relayed(io: Io) {
     );
     let seen = backend.session();
     assert!(!saw_transaction(&seen), "{seen:#?}");
-    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    check(&mut node, "inbound", &[("protocol", "smtp")]);
 }
 
 fn a3_the_backend_banner_goes_out_at_once_without_a_client_byte(io: Io) {
@@ -294,7 +309,7 @@ fn a3_the_backend_banner_goes_out_at_once_without_a_client_byte(io: Io) {
     );
     assert!(took < Duration::from_secs(3), "banner after {took:?}");
     client.quit();
-    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    check(&mut node, "inbound", &[("protocol", "smtp")]);
 }
 
 fn require_mode_answers_530_before_starttls(io: Io) {
@@ -328,8 +343,9 @@ fn require_mode_answers_530_before_starttls(io: Io) {
         1,
         "{seen:#?}"
     );
-    expect(
-        &node.outcome("inbound"),
+    check(
+        &mut node,
+        "inbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -355,8 +371,9 @@ fn swaks_pipelines_through_the_inbound_starttls_to_postfix(io: Io) {
     assert!(transcript.contains("TLS started"), "{transcript}");
     let message = mta.wait_messages(1);
     assert!(String::from_utf8_lossy(&message).contains("pipelined body"));
-    expect(
-        &node.outcome("inbound"),
+    check(
+        &mut node,
+        "inbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -382,8 +399,9 @@ fn bdat_chunks_pass_through_the_inbound_after_tls(io: Io) {
     client.quit();
     let (_, body) = postfix::split_message(&mta.wait_messages(1));
     assert_eq!(body, BODY_ONLY);
-    expect(
-        &node.outcome("inbound"),
+    check(
+        &mut node,
+        "inbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -420,8 +438,9 @@ fn inbound_offers_its_own_starttls_and_never_the_backends(io: Io) {
         2,
         "{seen:#?}"
     );
-    expect(
-        &node.outcome("inbound"),
+    check(
+        &mut node,
+        "inbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -436,8 +455,11 @@ fn offer_mode_carries_a_cleartext_client_and_says_cleartext(io: Io) {
     );
     assert!(ok, "{transcript}");
     assert!(String::from_utf8_lossy(&mta.wait_messages(1)).contains("cleartext body"));
-    let rec = node.outcome("inbound");
-    expect(&rec, &[("achieved", "cleartext"), ("starttls", "offered")]);
+    check(
+        &mut node,
+        "inbound",
+        &[("achieved", "cleartext"), ("starttls", "offered")],
+    );
 }
 
 fn a_backend_greeting_split_byte_by_byte_reaches_the_client_whole(io: Io) {
@@ -449,8 +471,9 @@ fn a_backend_greeting_split_byte_by_byte_reaches_the_client_whole(io: Io) {
     assert_eq!(client.starttls("mx.test").code, 250);
     assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
     client.quit();
-    expect(
-        &node.outcome("inbound"),
+    check(
+        &mut node,
+        "inbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -466,7 +489,7 @@ fn a_backend_refusing_service_is_relayed_and_the_session_closed(io: Io) {
         client.closed(),
         "the session is closed after a refusing greeting"
     );
-    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    check(&mut node, "inbound", &[("protocol", "smtp")]);
     assert!(!saw_transaction(&backend.session()));
 }
 
@@ -491,7 +514,7 @@ fn e34_a_client_silent_mid_session_is_closed_at_the_command_timeout(io: Io) {
     assert_eq!(client.reply().code, 220);
     assert_eq!(client.command("EHLO client.test").code, 250);
     closed_within(&mut client, Duration::from_secs(10));
-    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    check(&mut node, "inbound", &[("protocol", "smtp")]);
     assert!(!saw_transaction(&backend.session()));
 }
 
@@ -501,7 +524,7 @@ fn e34_a_silent_backend_is_closed_at_the_greeting_timeout(io: Io) {
     let (mut node, _) = inbound(dir.path(), io, backend.addr, "greeting_timeout_ms = 500");
     let mut client = Client::connect(node.addr("inbound[0]"));
     closed_within(&mut client, Duration::from_secs(10));
-    expect(&node.outcome("inbound"), &[("protocol", "smtp")]);
+    check(&mut node, "inbound", &[("protocol", "smtp")]);
     assert!(
         backend.session().is_empty(),
         "no client byte reached the backend"
@@ -528,9 +551,9 @@ fn e31_a_reply_injected_after_220_is_discarded_and_the_ehlo_reply_comes_over_tls
         &cleartext.iter().map(|s| (*s).clone()).collect::<Vec<_>>()
     ));
     assert!(saw_transaction(&seen), "{seen:#?}");
-    let rec = node.outcome("outbound");
-    expect(
-        &rec,
+    let rec = check(
+        &mut node,
+        "outbound",
         &[
             ("protocol", "smtp"),
             ("starttls", "used"),
@@ -569,8 +592,9 @@ fn e33_outbound_ehlos_again_over_tls_before_the_client_is_joined(io: Io) {
         seen.iter().any(|l| l == "tls: EHLO client.test"),
         "{seen:#?}"
     );
-    expect(
-        &node.outcome("outbound"),
+    check(
+        &mut node,
+        "outbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -586,18 +610,14 @@ fn e32_must_encrypt(io: Io, script: Script, starttls: &str) {
         !saw_transaction(&seen),
         "no MAIL FROM in cleartext: {seen:#?}"
     );
-    let rec = node.outcome("outbound");
-    expect(
-        &rec,
+    check(
+        &mut node,
+        "outbound",
         &[
             ("protocol", "smtp"),
             ("achieved", "refused"),
             ("starttls", starttls),
         ],
-    );
-    assert_eq!(
-        node.metric("osgate_cleartext_despite_policy_total", &[]),
-        0.0
     );
 }
 
@@ -623,9 +643,9 @@ fn e32_opportunistic_destination_without_starttls_is_cleartext_starttls_not_supp
     assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
     client.quit();
     assert!(saw_transaction(&dest.session()));
-    let rec = node.outcome("outbound");
-    expect(
-        &rec,
+    check(
+        &mut node,
+        "outbound",
         &[
             ("achieved", "cleartext"),
             ("reason", "starttls-not-supported"),
@@ -640,9 +660,9 @@ fn e34_an_over_long_reply_line_from_the_destination_is_a_protocol_error(io: Io) 
     let mut node = outbound(dir.path(), io, dest.addr, "opportunistic", "");
     expect_no_delivery(node.addr("outbound[0]"));
     assert!(!saw_transaction(&dest.session()));
-    let rec = node.outcome("outbound");
-    expect(
-        &rec,
+    check(
+        &mut node,
+        "outbound",
         &[("achieved", "refused"), ("reason", "smtp-protocol-error")],
     );
 }
@@ -654,13 +674,13 @@ fn e34_a_silent_destination_times_out_at_the_greeting(io: Io) {
     let mut node = outbound(dir.path(), io, dest.addr, "opportunistic", extra);
     let started = Instant::now();
     expect_no_delivery(node.addr("outbound[0]"));
-    let rec = node.outcome("outbound");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
+    check(
+        &mut node,
+        "outbound",
+        &[("protocol", "smtp"), ("achieved", "refused")],
     );
-    expect(&rec, &[("protocol", "smtp"), ("achieved", "refused")]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
     // The destination got no byte of the client's.
     assert!(dest.session().is_empty());
 }
@@ -675,8 +695,9 @@ fn a_greeting_split_byte_by_byte_is_read_whole(io: Io) {
     assert_eq!(client.command("EHLO client.test").code, 250);
     assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
     client.quit();
-    expect(
-        &node.outcome("outbound"),
+    check(
+        &mut node,
+        "outbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -703,8 +724,9 @@ fn postfix_through_osgate_outbound_to_postfix_with_starttls_shows_tls_received(i
     assert!(received[0].contains("from sender.test"), "{received:#?}");
     assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
     sender.wait_log(&["status=sent"]);
-    expect(
-        &node.outcome("outbound"),
+    check(
+        &mut node,
+        "outbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
     );
 }
@@ -723,8 +745,9 @@ fn postfix_through_osgate_outbound_to_postfix_without_tls_under_encrypt_is_defer
         deferred.contains("4.7.5") || deferred.contains(" 45"),
         "{deferred}"
     );
-    expect(
-        &node.outcome("outbound"),
+    check(
+        &mut node,
+        "outbound",
         &[("achieved", "refused"), ("starttls", "not-offered")],
     );
     assert!(dest.messages().is_empty());
@@ -748,9 +771,9 @@ fn postfix_through_osgate_outbound_to_postfix_without_tls_is_cleartext_when_oppo
     let received = postfix::received(&message);
     assert!(!received[0].contains("(using TLS"), "{received:#?}");
     assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
-    let out = node.outcome("outbound");
-    expect(
-        &out,
+    check(
+        &mut node,
+        "outbound",
         &[
             ("achieved", "cleartext"),
             ("reason", "starttls-not-supported"),
@@ -821,9 +844,9 @@ fn done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_da
         "the body arrives intact"
     );
     chain.sender.wait_log(&["status=sent"]);
-    let out = chain.node.outcome("outbound");
-    expect(
-        &out,
+    let out = check(
+        &mut chain.node,
+        "outbound",
         &[
             ("protocol", "smtp"),
             ("achieved", "authenticated"),
@@ -837,9 +860,9 @@ fn done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_da
         Some("mx.test"),
         "{out}"
     );
-    let inbound = chain.node.outcome("inbound");
-    expect(
-        &inbound,
+    check(
+        &mut chain.node,
+        "inbound",
         &[
             ("protocol", "smtp"),
             ("achieved", "encrypted"),
@@ -872,9 +895,9 @@ fn an_mx_in_an_unsigned_zone_is_not_dane(io: Io) {
     );
     let message = chain.dest.wait_messages(1);
     assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
-    let out = chain.node.outcome("outbound");
-    expect(
-        &out,
+    let out = check(
+        &mut chain.node,
+        "outbound",
         &[
             ("protocol", "smtp"),
             ("achieved", "encrypted"),
@@ -910,8 +933,11 @@ fn mx_hosts_are_tried_in_preference_order(io: Io) {
         postfix::split_message(&chain.dest.wait_messages(1)).1,
         BODY_ONLY
     );
-    let out = chain.node.outcome("outbound");
-    expect(&out, &[("achieved", "authenticated"), ("method", "dane")]);
+    let out = check(
+        &mut chain.node,
+        "outbound",
+        &[("achieved", "authenticated"), ("method", "dane")],
+    );
     assert_eq!(
         out["mx"].as_str().map(|m| m.trim_end_matches('.')),
         Some("mx.test"),
@@ -934,15 +960,12 @@ fn a_secure_mx_whose_tlsa_does_not_match_is_deferred_never_cleartext(io: Io) {
     );
     let deferred = chain.sender.wait_log(&["status=deferred"]);
     assert!(deferred.contains("4.7.5"), "{deferred}");
-    let out = chain.node.outcome("outbound");
-    expect(&out, &[("achieved", "refused"), ("reason", "tlsa-invalid")]);
-    assert!(chain.dest.messages().is_empty());
-    assert_eq!(
-        chain
-            .node
-            .metric("osgate_cleartext_despite_policy_total", &[]),
-        0.0
+    check(
+        &mut chain.node,
+        "outbound",
+        &[("achieved", "refused"), ("reason", "tlsa-invalid")],
     );
+    assert!(chain.dest.messages().is_empty());
 }
 
 // ---- the harness itself (no osgate) ----
