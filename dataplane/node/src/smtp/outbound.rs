@@ -13,6 +13,8 @@ use osgate_core::dane::Lookup;
 use osgate_core::ladder::TlsResult;
 use osgate_core::outcome::{Direction, Level, Outcome, Protocol, Reason, SmtpFacts, Starttls};
 use osgate_core::smtp::{Deferral, Dialogue, Failure, Join, Progress, Then};
+use osgate_core::sts::{self, Requirement, StsLookup};
+use rustls_pki_types::UnixTime;
 use tokio::time::Instant;
 
 use super::{Ended, Leg, Sides};
@@ -42,11 +44,21 @@ pub(crate) async fn serve<D: Driver>(
         true => mx_targets(&listener, &node, dns.as_deref()).await,
         false => Ok(vec![listener.target.clone()]),
     };
+    let domain = listener.target.policy_host.as_str();
+    let sts = match (smtp.mta_sts, dns.as_deref()) {
+        (true, Some(dns)) => {
+            node.sts
+                .policy(&dns.dns, domain, UnixTime::now().as_secs())
+                .await
+        }
+        _ => StsLookup::NoPolicy,
+    };
+    let policy = Policy { domain, sts: &sts };
     let mut refused = match targets {
         Ok(targets) => {
             let mut last = None;
             for target in targets {
-                let starter = SmtpStarter::<D>::new(smtp);
+                let starter = SmtpStarter::<D>::new(smtp, policy);
                 let (outcome, connected) =
                     establish::<D, _>(&listener, &target, &node, dns.as_deref(), &starter).await;
                 let mut outcome = starter.describe(outcome, &target, smtp.by_mx);
@@ -122,6 +134,7 @@ async fn mx_targets(
                 port,
             })?;
             target.dane = mx.secure;
+            target.policy_domain = Some(domain.clone());
             Some(target)
         })
         .collect();
@@ -132,9 +145,28 @@ async fn mx_targets(
     }
 }
 
+/// The destination domain's MTA-STS policy (RFC 8461), for each of its MX hosts.
+#[derive(Clone, Copy)]
+struct Policy<'a> {
+    domain: &'a str,
+    sts: &'a StsLookup,
+}
+
+impl Policy<'_> {
+    /// How outcome records name it.
+    fn evidence(&self) -> Option<String> {
+        match self.sts {
+            StsLookup::NoPolicy => None,
+            StsLookup::Policy(policy, _) => Some(sts::evidence(self.domain, policy)),
+            StsLookup::Failed(reason) => Some(format!("sts:{}:{}", self.domain, reason.as_str())),
+        }
+    }
+}
+
 /// The SMTP dialogue around each TLS attempt of one next hop.
 struct SmtpStarter<'a, D: Driver> {
     smtp: &'a OutboundSmtp,
+    policy: Policy<'a>,
     state: RefCell<Attempt<D::Conn>>,
 }
 
@@ -150,9 +182,10 @@ struct Attempt<C> {
 }
 
 impl<'a, D: Driver> SmtpStarter<'a, D> {
-    fn new(smtp: &'a OutboundSmtp) -> Self {
+    fn new(smtp: &'a OutboundSmtp, policy: Policy<'a>) -> Self {
         Self {
             smtp,
+            policy,
             state: RefCell::new(Attempt {
                 dialogue: None,
                 greeting: Vec::new(),
@@ -178,7 +211,7 @@ impl<'a, D: Driver> SmtpStarter<'a, D> {
         outcome.smtp = Some(Box::new(SmtpFacts {
             starttls: state.starttls,
             mx: by_mx.then(|| target.policy_host.clone()),
-            sts: None,
+            sts: self.policy.evidence(),
             injected_bytes: state.injected,
         }));
         outcome
@@ -219,6 +252,11 @@ impl<'a, D: Driver> SmtpStarter<'a, D> {
 }
 
 impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
+    fn requirement(&self, target: &Target, dane: bool) -> Requirement {
+        let host = &target.policy_host;
+        sts::requirement(self.policy.sts, self.policy.domain, host, dane)
+    }
+
     async fn before_tls(&self, conn: &Rc<D::Conn>) -> Result<(), TlsResult> {
         let (mut dialogue, progress) = Dialogue::new(&self.smtp.helo, true);
         let progress = self
