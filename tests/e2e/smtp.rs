@@ -31,6 +31,7 @@ per_driver!(
     a_greeting_split_byte_by_byte_is_read_whole,
     a3_the_backend_banner_goes_out_at_once_without_a_client_byte,
     require_mode_answers_530_before_starttls,
+    swaks_without_tls_gets_530_in_require_mode_and_nothing_is_delivered,
     swaks_pipelines_through_the_inbound_starttls_to_postfix,
     bdat_chunks_pass_through_the_inbound_after_tls,
     postfix_through_osgate_outbound_to_postfix_with_starttls_shows_tls_received,
@@ -352,6 +353,26 @@ fn require_mode_answers_530_before_starttls(io: Io) {
         &mut node,
         "inbound",
         &[("starttls", "used"), ("achieved", "encrypted")],
+    );
+}
+
+fn swaks_without_tls_gets_530_in_require_mode_and_nothing_is_delivered(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let mta = Postfix::start(&Role::Destination { tls: None });
+    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "starttls = \"require\"");
+    let (ok, transcript) = smtp::swaks(
+        node.addr("inbound[0]"),
+        &["--to", MAILBOX, "--from", FROM, "--body", "must not arrive"],
+    );
+    assert!(!ok, "{transcript}");
+    assert!(transcript.contains("530 5.7.0"), "{transcript}");
+    let disconnect = mta.wait_log(&["disconnect from"]);
+    assert!(!disconnect.contains("mail="), "{disconnect}");
+    assert!(mta.messages().is_empty());
+    check(
+        &mut node,
+        "inbound",
+        &[("protocol", "smtp"), ("achieved", "refused")],
     );
 }
 
