@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod features;
 pub mod ops;
+pub mod tlsrpt;
 pub mod validate;
 pub mod watch;
 pub mod wire;

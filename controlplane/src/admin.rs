@@ -667,4 +667,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::AuditList>, Status> {
         counted("ListAudit", self.audit(req.into_inner()).await)
     }
+
+    async fn get_tlsrpt_report(
+        &self,
+        req: Request<pb::TlsrptReportRequest>,
+    ) -> Result<Response<pb::TlsrptReportReply>, Status> {
+        counted(
+            "GetTlsrptReport",
+            crate::tlsrpt::report(&self.ctx, req.into_inner()).await,
+        )
+    }
 }

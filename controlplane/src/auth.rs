@@ -67,7 +67,9 @@ fn needs(path: &str) -> Option<Needs> {
         "grpc.health.v1.Health" => Needs::Anyone,
         "osgate.v1.Fleet" if method == "Enroll" => Needs::AnyKey,
         "osgate.v1.Fleet" => Needs::Node,
-        "osgate.v1.Admin" if method.starts_with("List") => Needs::Viewer,
+        "osgate.v1.Admin" if method.starts_with("List") || method == "GetTlsrptReport" => {
+            Needs::Viewer
+        }
         "osgate.v1.Admin" => Needs::Admin,
         s if s.starts_with("grpc.reflection.") => Needs::Viewer,
         _ => return None,

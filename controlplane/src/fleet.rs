@@ -247,6 +247,7 @@ impl Fleet for FleetService {
         let node = node_name(&caller)?;
         let batch = req.into_inner();
         self.ctx.nodes.add_outcomes(&node, &batch.outcomes);
+        crate::tlsrpt::store(&self.ctx, &node, &batch.tlsrpt).await?;
         if batch.pins.len() > MAX_REPORTED_PINS {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_REPORTED_PINS} pins per report"

@@ -28,6 +28,7 @@ mod server;
 mod state;
 mod store;
 mod tlsa;
+mod tlsrpt;
 
 use config::Config;
 use ctx::Ctx;

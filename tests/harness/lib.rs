@@ -26,6 +26,7 @@ pub mod records;
 pub mod resolver;
 pub mod smtp;
 pub mod sockets;
+pub mod tlsrpt;
 
 pub use node::{Io, Node};
 

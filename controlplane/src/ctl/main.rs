@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 mod output;
 mod policy_file;
 mod policy_toml;
+mod reports;
 
 #[derive(Parser)]
 #[command(
@@ -120,6 +121,11 @@ enum Command {
     Nodes {
         #[command(subcommand)]
         action: NodeAction,
+    },
+    /// Reports over the fleet's sessions.
+    Reports {
+        #[command(subcommand)]
+        action: reports::ReportsAction,
     },
 }
 
@@ -485,6 +491,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     out.apply(&reply.map_err(status)?.into_inner(), false);
                 }
             }
+        }
+        Command::Reports { action } => {
+            // The report is JSON whatever -o says: RFC 8460 defines no other form.
+            let json = reports::run(&cli.conn, action).await?;
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), json.as_bytes());
         }
     }
     Ok(())

@@ -33,6 +33,13 @@ const MIGRATIONS: &[&str] = &[
     // What an enrolment token's key will cover and serve: the admin's choice, not the node's.
     "ALTER TABLE enroll_tokens ADD COLUMN addresses TEXT NOT NULL DEFAULT '';
      ALTER TABLE enroll_tokens ADD COLUMN peers TEXT NOT NULL DEFAULT ''",
+    // TLS-RPT: each node's aggregate of one policy domain and UTC day (days since 1970),
+    // replaced whole when the node resends it.
+    "CREATE TABLE tlsrpt_days (
+         node TEXT NOT NULL, domain TEXT NOT NULL, day BIGINT NOT NULL, body TEXT NOT NULL,
+         updated BIGINT NOT NULL, PRIMARY KEY (node, domain, day));
+     CREATE INDEX tlsrpt_days_by_domain ON tlsrpt_days (domain, day);
+     CREATE INDEX tlsrpt_days_by_day ON tlsrpt_days (day)",
 ];
 
 /// The newest schema version this build knows.

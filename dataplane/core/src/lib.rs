@@ -19,6 +19,7 @@ pub mod plan;
 pub mod policy;
 pub mod smtp;
 pub mod sts;
+pub mod tlsrpt;
 
 #[cfg(test)]
 mod test_pki;

@@ -255,7 +255,7 @@ pub fn requirement(lookup: &StsLookup, domain: &str, mx_host: &str, dane: bool) 
         Mode::Enforce => false,
         Mode::Testing => true,
     };
-    let id = evidence(domain, policy);
+    let id = format!("sts:{}", evidence(domain, policy));
     if !policy.matches_mx(mx_host) {
         return match report_only {
             false => Requirement::MxMismatch,
@@ -274,7 +274,21 @@ pub fn requirement(lookup: &StsLookup, domain: &str, mx_host: &str, dane: bool) 
     })
 }
 
-/// How outcome records name a policy: `sts:<domain>:<id>:<mode>`.
+impl Policy {
+    /// The policy in the RFC's own lines (§3.2), for TLS-RPT's `policy-string` (RFC 8460 §4.4).
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            "version: STSv1".to_owned(),
+            format!("mode: {}", self.mode.as_str()),
+        ];
+        lines.extend(self.mx.iter().map(|mx| format!("mx: {mx}")));
+        lines.push(format!("max_age: {}", self.max_age));
+        lines
+    }
+}
+
+/// How outcome records name a policy: `<domain>:<id>:<mode>` (the rule it makes is
+/// `sts:<domain>:<id>:<mode>`).
 pub fn evidence(domain: &str, policy: &Policy) -> String {
-    format!("sts:{domain}:{}:{}", policy.id, policy.mode.as_str())
+    format!("{domain}:{}:{}", policy.id, policy.mode.as_str())
 }

@@ -38,6 +38,8 @@ pub(crate) struct Node {
     pub sts: Arc<crate::sts::Sts>,
     /// Open connections against `[node]`'s caps.
     pub caps: Arc<osgate_core::caps::Caps>,
+    /// TLS-RPT: outbound SMTP sessions are counted here (`record`), across reloads.
+    pub tlsrpt: Arc<crate::tlsrpt::Recorder>,
 }
 
 /// A worker's validating resolver.

@@ -30,6 +30,7 @@ mod supervisor;
 mod sys;
 mod tally;
 mod tls;
+mod tlsrpt;
 mod watchdog;
 mod worker;
 
@@ -87,6 +88,11 @@ enum Command {
         /// The policy hosts' HTTPS port (default 443; for test beds).
         #[arg(long)]
         port: Option<u16>,
+    },
+    /// Print reports from this node's state folder.
+    Reports {
+        #[command(subcommand)]
+        command: tlsrpt::cli::ReportsCommand,
     },
     /// Create a private key and a self-signed certificate for an inbound listener.
     Keygen {
@@ -180,6 +186,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reports { command } => match tlsrpt::cli::run(command) {
+            Ok(out) => {
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("reports: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Keygen { cert, key, names } => match keygen::generate(&names, &cert, &key) {
             Ok(pin) => {
                 #[allow(clippy::print_stdout)]

@@ -44,6 +44,7 @@ pub enum StartError {
 pub(crate) struct Carried {
     pub fleet: Arc<ArcSwap<Fleet>>,
     pub caps: Arc<osgate_core::caps::Caps>,
+    pub tlsrpt: Arc<crate::tlsrpt::Recorder>,
 }
 
 /// Runs the node until it is stopped (SIGTERM or SIGINT: drained).
@@ -73,7 +74,14 @@ pub fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
             &[],
         ))),
         caps: osgate_core::caps::Caps::new(config.node.caps),
+        tlsrpt: crate::tlsrpt::Recorder::open(
+            crate::tlsrpt::Recorder::folder(&config.node.state_dir),
+            crate::tlsrpt::KEEP_DAYS,
+            crate::tlsrpt::unix_now(),
+        ),
     };
+    carried.tlsrpt.start_flusher(crate::tlsrpt::FLUSH_EVERY)?;
+    let tlsrpt = carried.tlsrpt.clone();
     let node = build_node(&config, &carried, None)?;
     let listeners = services(&config, &node)?;
     let bound = crate::supervisor::bind_all(listeners, workers)?;
@@ -90,7 +98,10 @@ pub fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
         health,
         signals,
     });
-    supervisor_runtime.block_on(supervisor.run(bound, failures))
+    let result = supervisor_runtime.block_on(supervisor.run(bound, failures));
+    // The counts of the last seconds, before the process ends.
+    tlsrpt.flush(crate::tlsrpt::unix_now());
+    result
 }
 
 /// Starts the control-plane client, if configured.
@@ -167,6 +178,7 @@ pub(crate) fn build_node(
         dns: config.dns.clone(),
         dnssec_validating,
         caps: carried.caps.clone(),
+        tlsrpt: carried.tlsrpt.clone(),
     }))
 }
 

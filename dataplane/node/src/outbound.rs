@@ -11,7 +11,7 @@ use std::time::Duration;
 use metrics::counter;
 use osgate_core::auth::{ChainChecks, Evidence, Tofu, authenticate};
 use osgate_core::crypto::{check_dane_ta, tls_params};
-use osgate_core::dane::{Lookup, Match, TlsaSet, match_chain};
+use osgate_core::dane::{Lookup, Match, match_chain};
 use osgate_core::fleet::Fleet;
 use osgate_core::ladder::{Ladder, Step, TlsResult};
 use osgate_core::outcome::{Direction, Level as Achieved, Method, Outcome, Reason, TlsParams};
@@ -148,9 +148,9 @@ pub(crate) trait Starter<D: Driver> {
     /// A cleartext connection to `addr`, ready to relay.
     async fn cleartext(&self, addr: Option<SocketAddr>, node: &Node) -> Option<Rc<D::Conn>>;
 
-    /// What the protocol's own evidence asks of `target` once DNS answered (`dane`: a secure,
-    /// usable TLSA set was found): SMTP's MTA-STS policy, below DANE.
-    fn requirement(&self, _target: &Target, _dane: bool) -> Requirement {
+    /// What the protocol's own evidence asks of `target` once DNS answered: SMTP's MTA-STS
+    /// policy, below DANE.
+    fn requirement(&self, _target: &Target, _lookup: &Lookup) -> Requirement {
         Requirement::None
     }
 }
@@ -196,14 +196,7 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
         });
     }
     let found = lookup(listener, target, selected.enforced, node, dns).await;
-    let dane = matches!(
-        found.lookup,
-        Lookup::Records {
-            set: TlsaSet::Usable(_),
-            ..
-        }
-    );
-    let requirement = starter.requirement(target, dane);
+    let requirement = starter.requirement(target, &found.lookup);
     // Explicit policy preempts the protocol's evidence (RFC 7435 §3).
     let (enforced, reported) = match &requirement {
         Requirement::Pkix(rule) if !rule.report_only && selected.enforced.is_none() => {

@@ -33,6 +33,9 @@ use backoff::Backoff;
 /// Pins per report.
 const REPORT_BATCH: usize = 1_000;
 const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// TLS-RPT domain days per report (the control plane takes up to
+/// `osgate_api::tlsrpt::MAX_DAYS_PER_BATCH`).
+const TLSRPT_BATCH: usize = 128;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -372,7 +375,9 @@ impl Client {
             .take(REPORT_BATCH)
             .collect();
         let counts = crate::tally::take();
-        if pins.is_empty() && counts.is_empty() {
+        let node = self.shared.node.load();
+        let days = node.tlsrpt.pending(TLSRPT_BATCH);
+        if pins.is_empty() && counts.is_empty() && days.is_empty() {
             return;
         }
         let sent: Vec<(String, String)> = pins
@@ -391,12 +396,27 @@ impl Client {
                 },
             )
             .collect();
-        match fleet.report(pb::ReportBatch { pins, outcomes }).await {
-            Ok(_) => self
-                .reported
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(sent),
+        let tlsrpt = days
+            .iter()
+            .map(|p| osgate_api::tlsrpt::to_pb(&p.domain, p.day, &p.aggregate))
+            .collect();
+        let batch = pb::ReportBatch {
+            pins,
+            outcomes,
+            tlsrpt,
+        };
+        match fleet.report(batch).await {
+            Ok(_) => {
+                self.reported
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(sent);
+                let versions: Vec<_> = days
+                    .into_iter()
+                    .map(|p| (p.day, p.domain, p.version))
+                    .collect();
+                node.tlsrpt.accepted(&versions);
+            }
             Err(s) => {
                 crate::tally::restore(counts);
                 tracing::warn!(target: "osgate::controlplane", error = s.message(), "report failed; will retry");
