@@ -149,7 +149,11 @@ smtpd_tls_security_level = none
 
 def osgate_outbound(procs, work, osgate, dest_port, resumption):
     port = free_port()
+    # Its own state folder: TOFU pins and TLS-RPT counts of a bench stay in the bench.
+    state = os.path.join(work, f"osgate-{port}.state")
+    os.makedirs(state)
     cfg = write(os.path.join(work, f"osgate-{port}.toml"), f"""[node]
+state_dir = "{state}"
 workers = {os.environ.get("OSGATE_BENCH_WORKERS", "2")}
 tls_resumption = {"true" if resumption else "false"}
 
@@ -163,7 +167,7 @@ protocol = "smtp"
 policy = "encrypt"
 """)
     procs.spawn(f"osgate-{port}", [osgate, "run", "-c", cfg], port,
-                dict(os.environ, OSGATE_LOG="warn"))
+                dict(os.environ, OSGATE_LOG=os.environ.get("OSGATE_LOG", "warn")))
     return port
 
 
@@ -290,7 +294,8 @@ def median(values):
 
 def print_table(args, names, samples):
     print(f"\nloopback, {args.messages} messages of {args.size} B, {args.sessions} smtp-source sessions, "
-          f"median of {args.rounds} round(s); destination: Postfix smtpd, STARTTLS, discard\n")
+          f"median of {args.rounds} round(s), queues in {args.dir}; destination: Postfix smtpd, "
+          "STARTTLS, discard\n")
     print("| path | messages/s | s to last accepted | s to inject | sessions / TLS at the destination |")
     print("|---|---:|---:|---:|---:|")
     rates = {}
@@ -316,6 +321,8 @@ def main():
     parser.add_argument("--reuse", action="store_true",
                         help="direct rows too: many messages per smtp-source session (-d)")
     parser.add_argument("--osgate", default=OSGATE)
+    parser.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                        help="where the queues live (default tmpfs: disk syncs are not what is measured)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: each Postfix instance is started with `postfix -c DIR`")
@@ -325,7 +332,7 @@ def main():
     if not os.path.exists(args.osgate):
         sys.exit(f"missing {args.osgate}: cargo build --release -p osgate-node --bin osgate")
 
-    work = tempfile.mkdtemp(prefix="osgate-smtp-")
+    work = tempfile.mkdtemp(prefix="osgate-smtp-", dir=args.dir)
     os.chmod(work, 0o755)
     subprocess.run([args.osgate, "keygen", "--cert", f"{work}/dest.crt", "--key", f"{work}/dest.key",
                     "--name", f"dest.{DOMAIN}"], check=True)
