@@ -142,7 +142,7 @@ def sender(work, name, relay_port, tls_level, extra=""):
 mydestination =
 relayhost = [127.0.0.1]:{relay_port}
 smtp_tls_security_level = {tls_level}
-smtp_tls_loglevel = 1
+smtp_tls_loglevel = {os.environ.get("POSTFIX_TLS_LOGLEVEL", "1")}
 smtpd_tls_security_level = none
 """ + extra, "smtp unix - - n - - smtp\nrelay unix - - n - - smtp\ntlsproxy unix - - n - 0 tlsproxy\n")
 
