@@ -58,7 +58,11 @@ class Postfix:
         for cf in ("main.cf", "master.cf"):
             os.utime(os.path.join(self.root, "etc", cf), (past, past))
         self.control("start")
-        wait_port(self.port)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def control(self, command):
         out = subprocess.run(["postfix", "-c", os.path.join(self.root, "etc"), command],
