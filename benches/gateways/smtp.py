@@ -241,6 +241,16 @@ class Run:
     def osgate(self, resumption):
         return osgate_outbound(self.procs, self.work, self.osgate_bin, self.dest.port, resumption)
 
+    def osgate_cpu(self):
+        """CPU seconds (user + system) the osgate processes have used so far, start-up included."""
+        ticks = 0
+        for proc in self.procs.procs:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                # Fields after the parenthesised command name; utime and stime are 14 and 15.
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         for pf in self.postfixes:
             pf.stop()
@@ -281,10 +291,12 @@ def measure(name, contender, run, args):
         injected = time.monotonic()
         done = wait_count(accepted, args.messages, f"{name}: accepted by the destination")
         wait_count(removed, args.messages, f"{name}: discarded by the destination")
+        cpu = run.osgate_cpu()
     finally:
         run.stop()
     row = {"name": name, "rate": args.messages / (done - began), "inject": injected - began,
-           "total": done - began, "sessions": sessions.poll(), "tls": tls.poll()}
+           "total": done - began, "sessions": sessions.poll(), "tls": tls.poll(),
+           "osgate_ms": cpu * 1000 / args.messages if run.procs.procs else None}
     # A TLS row whose every destination session did not start TLS measured something else.
     if "cleartext" not in name and row["tls"] != row["sessions"]:
         raise RuntimeError(f"{name}: {row['tls']} TLS sessions of {row['sessions']} at the destination")
@@ -296,19 +308,26 @@ def median(values):
     return values[len(values) // 2]
 
 
+def osgate_cell(rows):
+    values = [r["osgate_ms"] for r in rows if r["osgate_ms"] is not None]
+    return f"{median(values):.2f}" if values else "-"
+
+
 def print_table(args, names, samples):
     print(f"\nloopback, {args.messages} messages of {args.size} B, {args.sessions} smtp-source sessions, "
           f"median of {args.rounds} round(s), queues in {args.dir}; destination: Postfix smtpd, "
           "STARTTLS, discard\n")
-    print("| path | messages/s | s to last accepted | s to inject | sessions / TLS at the destination |")
-    print("|---|---:|---:|---:|---:|")
+    print("| path | messages/s | s to last accepted | s to inject | sessions / TLS at the destination "
+          "| osgate CPU ms per message |")
+    print("|---|---:|---:|---:|---:|---:|")
     rates = {}
     for name in names:
         rows = samples[name]
         rates[name] = median(r["rate"] for r in rows)
         print(f"| {name} | {rates[name]:.0f} | {median(r['total'] for r in rows):.2f} | "
               f"{median(r['inject'] for r in rows):.2f} | "
-              f"{median(r['sessions'] for r in rows)} / {median(r['tls'] for r in rows)} |")
+              f"{median(r['sessions'] for r in rows)} / {median(r['tls'] for r in rows)} | "
+              f"{osgate_cell(rows)} |")
     lines = [f"  {a} / {b}: {rates[a] / rates[b]:.2f}x" for a, b in RATIOS if a in rates and b in rates]
     if lines:
         print("\nratios (messages/s):\n" + "\n".join(lines))
