@@ -242,7 +242,10 @@ class Run:
         return osgate_outbound(self.procs, self.work, self.osgate_bin, self.dest.port, resumption)
 
     def osgate_cpu(self):
-        """CPU seconds (user + system) the osgate processes have used so far, start-up included."""
+        """CPU seconds (user + system) the osgate processes have used so far, start-up included;
+        None without osgate."""
+        if not self.procs.procs:
+            return None
         ticks = 0
         for proc in self.procs.procs:
             with open(f"/proc/{proc.pid}/stat") as f:
@@ -296,7 +299,7 @@ def measure(name, contender, run, args):
         run.stop()
     row = {"name": name, "rate": args.messages / (done - began), "inject": injected - began,
            "total": done - began, "sessions": sessions.poll(), "tls": tls.poll(),
-           "osgate_ms": cpu * 1000 / args.messages if run.procs.procs else None}
+           "osgate_ms": None if cpu is None else cpu * 1000 / args.messages}
     # A TLS row whose every destination session did not start TLS measured something else.
     if "cleartext" not in name and row["tls"] != row["sessions"]:
         raise RuntimeError(f"{name}: {row['tls']} TLS sessions of {row['sessions']} at the destination")
