@@ -32,7 +32,8 @@ import sys
 import tempfile
 import time
 
-from compare import OSGATE, Procs, free_port, wait_port, write
+sys.dont_write_bytecode = True  # importing compare.py leaves no __pycache__ in the tree
+from compare import OSGATE, Procs, free_port, wait_port, write  # noqa: E402
 
 DOMAIN = "example.test"
 RCPT = f"user@{DOMAIN}"
