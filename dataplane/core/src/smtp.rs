@@ -60,6 +60,14 @@ impl Step {
             then,
         }
     }
+
+    /// A greeting for the client, then wait for its first command.
+    fn greeting(greeting: Vec<u8>) -> Self {
+        Self {
+            to_client: greeting,
+            ..Self::new(Then::ReadClient)
+        }
+    }
 }
 
 #[cfg(test)]

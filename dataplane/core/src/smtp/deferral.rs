@@ -19,25 +19,37 @@ pub struct Deferral {
     commands: usize,
 }
 
+/// The 4xx, with the RFC 3463 code of the failure: the queue retries whatever it is, and the
+/// text says honestly which it was.
+fn deferred(destination: &str, why: Reason) -> String {
+    let label = why.as_str();
+    match why {
+        Reason::Unreachable | Reason::SmtpProtocolError => {
+            format!("451 4.4.1 {destination} cannot be reached now ({label}); try again later\r\n")
+        }
+        Reason::DnsLookupFailed => {
+            format!("451 4.4.3 the MX lookup for {destination} failed ({label}); try again later\r\n")
+        }
+        Reason::PolicyDeny => {
+            format!("451 4.7.1 local policy does not allow mail to {destination} ({label})\r\n")
+        }
+        _ => format!(
+            "451 4.7.5 TLS to {destination} is required and failed ({label}); try again later\r\n"
+        ),
+    }
+}
+
 impl Deferral {
     /// `why` is the reason label of the refusal (no CR or LF in it).
     pub fn new(helo: &str, destination: &str, why: Reason) -> (Self, Step) {
         let deferral = Self {
             helo: helo.to_owned(),
-            deferred: format!(
-                "451 4.7.5 TLS to {destination} is required and failed ({}); try again later\r\n",
-                why.as_str()
-            )
-            .into_bytes(),
+            deferred: deferred(destination, why).into_bytes(),
             client: Vec::new(),
             commands: 0,
         };
         let greeting = format!("220 {helo} ESMTP osgate\r\n").into_bytes();
-        let step = Step {
-            to_client: greeting,
-            to_server: Vec::new(),
-            then: Then::ReadClient,
-        };
+        let step = Step::greeting(greeting);
         (deferral, step)
     }
 

@@ -32,11 +32,7 @@ impl Join {
             client: Vec::new(),
             server: Vec::new(),
         };
-        let step = Step {
-            to_client: greeting,
-            to_server: Vec::new(),
-            then: Then::ReadClient,
-        };
+        let step = Step::greeting(greeting);
         (join, step)
     }
 
