@@ -99,6 +99,27 @@ fn every_reason_maps_and_every_result_type_is_reached() {
 }
 
 #[test]
+fn only_tls_without_a_shortfall_is_a_success_and_transient_ends_are_not_counted() {
+    assert_eq!(verdict(Reason::None, true), Verdict::Success);
+    assert_eq!(verdict(Reason::None, false), Verdict::NotCounted);
+    assert_eq!(verdict(Reason::Unreachable, false), Verdict::NotCounted);
+    assert_eq!(verdict(Reason::PolicyCleartext, false), Verdict::NotCounted);
+    assert_eq!(
+        verdict(Reason::StarttlsNotSupported, false),
+        Verdict::Failure(ResultType::StarttlsNotSupported)
+    );
+    for reason in REASONS {
+        for tls in [false, true] {
+            match verdict(reason, tls) {
+                Verdict::Failure(t) => assert_eq!(result_type(reason), Some(t)),
+                Verdict::Success => assert!(reason == Reason::None && tls),
+                Verdict::NotCounted => assert_eq!(result_type(reason), None),
+            }
+        }
+    }
+}
+
+#[test]
 fn result_types_round_trip_their_iana_names() {
     let names: Vec<&str> = ResultType::ALL.iter().map(|t| t.as_str()).collect();
     for t in ResultType::ALL {
