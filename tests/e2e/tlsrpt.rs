@@ -231,3 +231,79 @@ fn a_node_reporting_its_day_again_replaces_its_counts(store: Store) {
     });
     assert_valid(&fleet_report(&cp, Some(VIEWER_TOKEN)).1);
 }
+
+/// A destination without STARTTLS: greets, answers EHLO without it, then QUIT.
+fn plain_smtp_server() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.write_all(b"220 mx.test ESMTP\r\n");
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let reply: &[u8] = match line.to_ascii_uppercase() {
+                    l if l.starts_with("EHLO") => b"250-mx.test\r\n250 8BITMIME\r\n",
+                    l if l.starts_with("QUIT") => b"221 2.0.0 bye\r\n",
+                    _ => b"250 2.0.0 ok\r\n",
+                };
+                let _ = conn.write_all(reply);
+                if reply.starts_with(b"221") {
+                    break;
+                }
+                line.clear();
+            }
+        }
+    });
+    addr
+}
+
+/// The local MTA's side: greeting, EHLO, QUIT, each reply read whole.
+fn smtp_client_session(addr: std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(osgate_tests::WAIT)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut reply = |reader: &mut BufReader<std::net::TcpStream>| loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "closed");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line;
+        }
+    };
+    assert!(reply(&mut reader).starts_with("220"));
+    conn.write_all(b"EHLO client.test\r\n").unwrap();
+    assert!(reply(&mut reader).starts_with("250"));
+    conn.write_all(b"QUIT\r\n").unwrap();
+    assert!(reply(&mut reader).starts_with("221"));
+}
+
+#[test]
+#[ignore = "needs the outbound SMTP session's Recorder::record call (helpers/tlsrpt-api.md)"]
+fn a_session_through_a_real_node_without_starttls_is_reported_starttls_not_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = plain_smtp_server();
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{server}\"\nprotocol = \"smtp\"\npolicy = \"opportunistic\"\n"
+    );
+    let mut node = Node::start(dir.path(), Io::Epoll, "", &body);
+    smtp_client_session(node.addr("outbound[0]"));
+    let record = node.outcome("outbound");
+    assert_eq!(record["reason"], "starttls-not-supported", "{record}");
+
+    let date = today();
+    let args = ["--domain", "127.0.0.1", "--date", &date];
+    let mut report = String::new();
+    eventually("the node wrote the session to its day file", || {
+        report = reports(&node.config, &args).1;
+        report.contains("starttls-not-supported")
+    });
+    assert_valid(&report);
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(summary(&v), (0, 1));
+    assert_eq!(v["policies"][0]["policy"]["policy-type"], "no-policy-found");
+    let detail = &v["policies"][0]["failure-details"][0];
+    assert_eq!(detail["receiving-ip"], "127.0.0.1");
+}
