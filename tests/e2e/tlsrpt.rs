@@ -266,7 +266,7 @@ fn smtp_client_session(addr: std::net::SocketAddr) {
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(osgate_tests::WAIT)).unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut reply = |reader: &mut BufReader<std::net::TcpStream>| loop {
+    let reply = |reader: &mut BufReader<std::net::TcpStream>| loop {
         let mut line = String::new();
         assert!(reader.read_line(&mut line).unwrap() > 0, "closed");
         if line.as_bytes().get(3) != Some(&b'-') {
