@@ -175,3 +175,21 @@ fn an_outcome_becomes_a_session_only_when_it_counts() {
     outcome.achieved = Level::Authenticated(Method::Dane);
     assert_eq!(of(&outcome).unwrap().failure, None, "success");
 }
+
+#[test]
+fn a_day_counts_a_bounded_number_of_domains() {
+    let state = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(Recorder::folder(state.path()), KEEP_DAYS, DAY);
+    for i in 0..=MAX_DOMAINS_PER_DAY {
+        recorder.record(session(&format!("d{i}.example"), None, DAY));
+    }
+    recorder.record(session("d0.example", None, DAY));
+    let pending = recorder.pending(usize::MAX);
+    assert_eq!(pending.len(), MAX_DOMAINS_PER_DAY);
+    let first = pending.iter().find(|p| p.domain == "d0.example").unwrap();
+    assert_eq!(
+        first.aggregate.policies.values().next().unwrap().successes,
+        2,
+        "a domain already counted still is"
+    );
+}
