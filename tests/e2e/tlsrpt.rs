@@ -280,17 +280,38 @@ fn smtp_client_session(addr: std::net::SocketAddr) {
     assert!(reply(&mut reader).starts_with("221"));
 }
 
-#[test]
-#[ignore = "needs the outbound SMTP session's Recorder::record call (helpers/tlsrpt-api.md)"]
-fn a_session_through_a_real_node_without_starttls_is_reported_starttls_not_supported() {
-    let dir = tempfile::tempdir().unwrap();
+/// A node relaying SMTP to a destination without STARTTLS, after one session through it.
+fn node_after_a_session_without_starttls(dir: &Path, io: Io) -> (Node, serde_json::Value) {
     let server = plain_smtp_server();
     let body = format!(
         "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{server}\"\nprotocol = \"smtp\"\npolicy = \"opportunistic\"\n"
     );
-    let mut node = Node::start(dir.path(), Io::Epoll, "", &body);
+    let mut node = Node::start(dir, io, "", &body);
     smtp_client_session(node.addr("outbound[0]"));
     let record = node.outcome("outbound");
+    (node, record)
+}
+
+#[test]
+fn an_smtp_outcome_record_carries_its_rfc_8460_result_type() {
+    for io in [Io::Epoll, Io::Uring] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_node, record) = node_after_a_session_without_starttls(dir.path(), io);
+        assert_eq!(record["protocol"], "smtp", "{record}");
+        assert_eq!(record["achieved"], "cleartext", "{record}");
+        assert_eq!(record["reason"], "starttls-not-supported", "{record}");
+        assert_eq!(
+            record["tlsrpt_result"], "starttls-not-supported",
+            "{record}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the outbound SMTP session's Recorder::record call (helpers/tlsrpt-api.md)"]
+fn a_session_through_a_real_node_without_starttls_is_reported_starttls_not_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, record) = node_after_a_session_without_starttls(dir.path(), Io::Epoll);
     assert_eq!(record["reason"], "starttls-not-supported", "{record}");
 
     let date = today();
