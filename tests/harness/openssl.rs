@@ -24,7 +24,13 @@ impl SServer {
 
     /// Starts on `addr` (e.g. to replace another server on the same port).
     pub fn start_on(addr: SocketAddr, pem: &Pem, extra: &[&str]) -> Self {
+        Self::start_in(std::path::Path::new("."), addr, pem, extra)
+    }
+
+    /// Starts in the folder `cwd` (what `-WWW` and `-HTTP` serve files from).
+    pub fn start_in(cwd: &std::path::Path, addr: SocketAddr, pem: &Pem, extra: &[&str]) -> Self {
         let mut child = Command::new("openssl")
+            .current_dir(cwd)
             .args(["s_server", "-quiet", "-accept"])
             .arg(addr.to_string())
             .arg("-cert")

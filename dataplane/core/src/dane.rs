@@ -28,11 +28,23 @@ const DANE_EE: u8 = 3;
 /// `_port._tcp.name. IN TLSA 3 1 1 <hex>` — DANE-EE(3), SPKI(1), SHA2-256(1), which survives
 /// a certificate renewal with the same key (RFC 7671 §5.1).
 pub fn ee_record(port: u16, name: &str, key: &crate::pin::SpkiPin) -> String {
-    let hex: String = key.digest().iter().map(|b| format!("{b:02x}")).collect();
     format!(
-        "_{port}._tcp.{}. IN TLSA {DANE_EE} 1 1 {hex}",
-        name.trim_end_matches('.')
+        "_{port}._tcp.{}. IN TLSA {DANE_EE} 1 1 {}",
+        name.trim_end_matches('.'),
+        hex(key.digest())
     )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Tlsa {
+    /// The record's RDATA in presentation format (RFC 6698 §2.2): `3 1 1 <hex>`, whole.
+    pub fn presentation(&self) -> String {
+        let data = hex(&self.data);
+        format!("{} {} {} {data}", self.usage, self.selector, self.matching)
+    }
 }
 
 /// `usage selector matching` and the first bytes of the data, for outcome records.

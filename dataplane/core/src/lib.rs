@@ -18,6 +18,7 @@ pub mod pin;
 pub mod plan;
 pub mod policy;
 pub mod smtp;
+pub mod sts;
 pub mod tlsrpt;
 
 #[cfg(test)]

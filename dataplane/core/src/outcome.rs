@@ -57,7 +57,9 @@ impl Method {
 /// The protection a connection achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Level {
-    /// No application byte crossed: the connection was closed.
+    /// No application byte crossed: the connection was closed. SMTP: no mail transaction
+    /// crossed; a listener that requires STARTTLS still speaks the dialogue before it
+    /// (greeting, EHLO, QUIT), which the byte counts include.
     Refused,
     /// No encryption.
     Cleartext,
@@ -306,7 +308,8 @@ pub enum Starttls {
     NotOffered,
     /// Outbound: the server listed STARTTLS and answered it with an error (e.g. 454).
     Refused,
-    /// Inbound: the client issued STARTTLS.
+    /// STARTTLS was done: inbound, the client issued it; outbound, the server answered 220
+    /// and the handshake completed.
     Used,
 }
 

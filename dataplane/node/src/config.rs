@@ -155,6 +155,8 @@ pub struct OutboundSmtp {
     pub helo: String,
     /// `peer = "mx:domain"`: the next hops are the domain's MX hosts (RFC 5321 §5.1).
     pub by_mx: bool,
+    /// `[smtp] mta_sts`, for `mx:` peers.
+    pub mta_sts: bool,
 }
 
 /// An `[[inbound]]` listener with `protocol = "smtp"`.
@@ -170,6 +172,8 @@ pub struct SmtpConfig {
     pub helo_name: String,
     /// MTA-STS (RFC 8461) for `mx:` destinations.
     pub mta_sts: bool,
+    /// The policy hosts' HTTPS port: 443 (RFC 8461 §3.3); another for tests.
+    pub mta_sts_port: u16,
 }
 
 /// `[dns]`: the validating resolver DANE uses.
@@ -595,6 +599,7 @@ impl Validator<'_> {
         let smtp = smtp.unwrap_or(raw::Smtp {
             helo_name: None,
             mta_sts: true,
+            mta_sts_port: None,
         });
         let helo_name = match smtp.helo_name {
             Some(name) => name,
@@ -609,6 +614,7 @@ impl Validator<'_> {
         Ok(SmtpConfig {
             helo_name,
             mta_sts: smtp.mta_sts,
+            mta_sts_port: smtp.mta_sts_port.unwrap_or(443),
         })
     }
 
@@ -676,6 +682,7 @@ impl Validator<'_> {
             timeouts: self.smtp_timeouts(key, o.greeting_timeout_ms, o.command_timeout_ms)?,
             helo,
             by_mx: by_mx.is_some(),
+            mta_sts: smtp.mta_sts && by_mx.is_some(),
         };
         Ok((Some(outbound), peer))
     }

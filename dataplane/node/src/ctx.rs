@@ -34,6 +34,8 @@ pub(crate) struct Node {
     pub dns: Option<crate::config::DnsConfig>,
     /// The start-up self-test validated the trust anchor's zone.
     pub dnssec_validating: Arc<std::sync::atomic::AtomicBool>,
+    /// MTA-STS (RFC 8461) policies for `mx:` peers: fetched, cached, shared by the workers.
+    pub sts: Arc<crate::sts::Sts>,
     /// Open connections against `[node]`'s caps.
     pub caps: Arc<osgate_core::caps::Caps>,
     /// TLS-RPT: outbound SMTP sessions are counted here (`record`), across reloads.
@@ -90,6 +92,9 @@ pub(crate) struct Target {
     /// DANE may apply. Not for an MX host named by an insecure MX RRset: "the TLSA records
     /// of MX hosts found via an insecure MX RRset MUST NOT be used" (RFC 7672 §2.2.1).
     pub dane: bool,
+    /// For an MX host: its mail domain, whose `[[policy]]` rules apply when none names the
+    /// host itself (as Postfix's TLS policy table is keyed by the next-hop domain).
+    pub policy_domain: Option<String>,
 }
 
 impl Target {
@@ -106,6 +111,7 @@ impl Target {
             },
             server_name,
             dane: true,
+            policy_domain: None,
             peer,
         })
     }

@@ -231,6 +231,34 @@ impl Dns {
         Ok(MxHosts { hosts, secure })
     }
 
+    /// The TXT records at `name`, each one's strings joined; empty when there are none.
+    /// `None` when the lookup failed or an answer is bogus. MTA-STS (RFC 8461 §3.1) needs
+    /// no DNSSEC here: the HTTPS fetch of the policy is what is authenticated.
+    pub async fn txt(&self, name: &str) -> Option<Vec<String>> {
+        let lookup = self.resolver.lookup(fqdn(name), RecordType::TXT);
+        let lookup = match tokio::time::timeout(self.budget, lookup).await {
+            Ok(Ok(lookup)) => lookup,
+            Ok(Err(NetError::Dns(DnsError::NoRecordsFound(_)))) => return Some(Vec::new()),
+            Ok(Err(e)) => {
+                tracing::debug!(target: "osgate::dns", name, error = %e, "TXT lookup failed");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let mut records = Vec::new();
+        for record in lookup.answers() {
+            match &record.data {
+                _ if record.proof == Proof::Bogus => return None,
+                RData::TXT(txt) => {
+                    let joined: Vec<u8> = txt.txt_data.iter().flatten().copied().collect();
+                    records.push(String::from_utf8_lossy(&joined).into_owned());
+                }
+                _ => {}
+            }
+        }
+        Some(records)
+    }
+
     async fn tlsa(&self, base: &str, port: u16) -> Lookup {
         let name = fqdn(&format!("_{port}._tcp.{base}"));
         let lookup = match self.resolver.lookup(name, RecordType::TLSA).await {

@@ -25,6 +25,7 @@ mod relay;
 mod report;
 mod smtp;
 mod store;
+mod sts;
 mod supervisor;
 mod sys;
 mod tally;
@@ -75,6 +76,18 @@ enum Command {
         store: PathBuf,
         #[command(subcommand)]
         command: pins::PinsCommand,
+    },
+    /// Print the MTA-STS (RFC 8461) policy the node would apply to mail for each DOMAIN: mode,
+    /// mx patterns, id, max_age and whether it was fetched now or cached — or why none
+    /// applies. Exit 0 when a policy or its absence is established, 1 when a lookup failed.
+    MtaSts {
+        #[arg(required = true)]
+        domains: Vec<String>,
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// The policy hosts' HTTPS port (default 443; for test beds).
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Print reports from this node's state folder.
     Reports {
@@ -150,6 +163,26 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("pins: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MtaSts {
+            domains,
+            config,
+            port,
+        } => {
+            init_logging(LogFormat::Plain);
+            match sts::cli::run(&config, &domains, port) {
+                Ok((out, established)) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+                    match established {
+                        true => ExitCode::SUCCESS,
+                        false => ExitCode::FAILURE,
+                    }
+                }
+                Err(e) => {
+                    eprintln!("mta-sts: {e}");
+                    ExitCode::from(EXIT_CONFIG)
                 }
             }
         }

@@ -42,6 +42,12 @@ pub const DNSSEC_VALIDATION_AVAILABLE: &str = "osgate_dnssec_validation_availabl
 /// Accept errors by `kind` (e.g. descriptor exhaustion).
 pub const ACCEPT_ERRORS_TOTAL: &str = "osgate_accept_errors_total";
 
+/// SMTP sessions by `direction`, `starttls` (what the peer said of it) and `achieved`.
+pub const SMTP_SESSIONS_TOTAL: &str = "osgate_smtp_sessions_total";
+/// SMTP sessions in which a peer sent bytes across the TLS boundary (after STARTTLS or its
+/// 220, before the handshake), discarded: command or response injection, by `direction`.
+pub const SMTP_INJECTIONS_TOTAL: &str = "osgate_smtp_injections_total";
+
 /// Connections closed right after accept because a cap was reached, by `reason`
 /// (`global-cap`, `per-source-cap`).
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "osgate_connections_refused_total";
@@ -111,7 +117,22 @@ pub fn install(
     export_zeros();
     describe_caps();
     describe_lifecycle();
+    describe_smtp();
     Ok(())
+}
+
+fn describe_smtp() {
+    describe_counter!(
+        SMTP_SESSIONS_TOTAL,
+        "SMTP sessions by direction, what the peer said of STARTTLS, and the protection achieved."
+    );
+    describe_counter!(
+        SMTP_INJECTIONS_TOTAL,
+        "SMTP sessions whose peer sent bytes between STARTTLS and the TLS handshake (discarded), by direction."
+    );
+    for direction in ["inbound", "outbound"] {
+        metrics::counter!(SMTP_INJECTIONS_TOTAL, "direction" => direction).absolute(0);
+    }
 }
 
 fn describe_lifecycle() {

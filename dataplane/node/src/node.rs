@@ -35,6 +35,8 @@ pub enum StartError {
     Metrics(String),
     #[error("worker: {0}")]
     Worker(#[from] std::io::Error),
+    #[error("{0}")]
+    Sts(String),
 }
 
 /// What every node state shares, across reloads.
@@ -155,14 +157,7 @@ pub(crate) fn build_node(
             source,
         })?
         .with_resumption(config.node.tls_resumption);
-    let roots = match &config.node.ca_bundle {
-        Some(certs) => {
-            let mut roots = RootCertStore::empty();
-            roots.add_parsable_certificates(certs.iter().cloned());
-            roots
-        }
-        None => ChainVerifier::system_roots(),
-    };
+    let chain = ChainVerifier::new(roots(config), &crypto);
     let store = match previous {
         Some((old, node)) if old.tofu == config.tofu => node.store.clone(),
         _ => open_store(config),
@@ -175,7 +170,8 @@ pub(crate) fn build_node(
         crypto: crypto.clone(),
         timeouts: config.node.timeouts,
         client_tls: client_configs(config)?,
-        chain: ChainVerifier::new(roots, &crypto),
+        sts: sts(config, &crypto, &chain, previous)?,
+        chain,
         fleet: carried.fleet.clone(),
         store,
         tofu_enforce: config.tofu.as_ref().is_some_and(|t| t.enforce),
@@ -184,6 +180,40 @@ pub(crate) fn build_node(
         caps: carried.caps.clone(),
         tlsrpt: carried.tlsrpt.clone(),
     }))
+}
+
+/// The PKIX roots: `[node] ca_bundle`, or the system's.
+pub(crate) fn roots(config: &Config) -> RootCertStore {
+    match &config.node.ca_bundle {
+        Some(certs) => {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(certs.iter().cloned());
+            roots
+        }
+        None => ChainVerifier::system_roots(),
+    }
+}
+
+/// MTA-STS; its policy cache carries over a reload that keeps the roots and the state folder.
+fn sts(
+    config: &Config,
+    crypto: &CryptoPolicy,
+    chain: &ChainVerifier,
+    previous: Option<(&Config, &Node)>,
+) -> Result<Arc<crate::sts::Sts>, StartError> {
+    match previous {
+        Some((old, node))
+            if old.node.ca_bundle == config.node.ca_bundle
+                && old.node.tls_groups == config.node.tls_groups
+                && old.node.state_dir == config.node.state_dir
+                && old.smtp.mta_sts_port == config.smtp.mta_sts_port =>
+        {
+            Ok(node.sts.clone())
+        }
+        _ => crate::sts::Sts::new(crypto, chain.clone(), &config.node.state_dir)
+            .map(|sts| Arc::new(sts.with_port(config.smtp.mta_sts_port)))
+            .map_err(StartError::Sts),
+    }
 }
 
 /// Every listener of `config`, keyed across reloads, with the label its logs use.

@@ -18,6 +18,7 @@ use osgate_core::outcome::{Direction, Level as Achieved, Method, Outcome, Reason
 use osgate_core::pin::SpkiPin;
 use osgate_core::plan::{self, Decision, Defaults, Facts, Local, PinUpdate};
 use osgate_core::policy::{Peer, Rule};
+use osgate_core::sts::Requirement;
 use rustls::ClientConnection;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::time::Instant;
@@ -146,6 +147,12 @@ pub(crate) trait Starter<D: Driver> {
     async fn after_tls(&self, conn: &D::Conn, session: &Session) -> Result<(), TlsResult>;
     /// A cleartext connection to `addr`, ready to relay.
     async fn cleartext(&self, addr: Option<SocketAddr>, node: &Node) -> Option<Rc<D::Conn>>;
+
+    /// What the protocol's own evidence asks of `target` once DNS answered: SMTP's MTA-STS
+    /// policy, below DANE.
+    fn requirement(&self, _target: &Target, _lookup: &Lookup) -> Requirement {
+        Requirement::None
+    }
 }
 
 /// Any TCP stream.
@@ -177,8 +184,29 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
     let now = UnixTime::now().as_secs();
     let peer = policy_peer(target);
     let fleet = node.fleet.load_full();
-    let selected = fleet.policy.select(&peer);
+    let mut selected = fleet.policy.select(&peer);
+    if let (Some(domain), None, None) =
+        (&target.policy_domain, selected.enforced, selected.reported)
+    {
+        let port = target.peer.port;
+        selected = fleet.policy.select(&Peer {
+            host: domain,
+            port,
+            ip: None,
+        });
+    }
     let found = lookup(listener, target, selected.enforced, node, dns).await;
+    let requirement = starter.requirement(target, &found.lookup);
+    // Explicit policy preempts the protocol's evidence (RFC 7435 §3).
+    let (enforced, reported) = match &requirement {
+        Requirement::Pkix(rule) if !rule.report_only && selected.enforced.is_none() => {
+            (Some(rule), selected.reported)
+        }
+        Requirement::Pkix(rule) if rule.report_only && selected.reported.is_none() => {
+            (selected.enforced, Some(rule))
+        }
+        _ => (selected.enforced, selected.reported),
+    };
     let known = match &node.store {
         Some(store) => store.lookup(&target.peer_key, now),
         None => Known {
@@ -188,7 +216,7 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
         },
     };
     let facts = Facts {
-        rule: selected.enforced,
+        rule: enforced,
         defaults: defaults(listener, node),
         lookup: &found.lookup,
         local: Local {
@@ -200,7 +228,10 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
         peer: &target.peer_key,
         tofu_enforce: node.tofu_enforce,
     };
-    let decision = plan::decide(&facts);
+    let mut decision = plan::decide(&facts);
+    if requirement == Requirement::MxMismatch && selected.enforced.is_none() {
+        decision.plan.refused = Some(Reason::StsMxMismatch);
+    }
     let server_name = server_name(&decision, target);
     if !decision.tlsa.is_empty() {
         let sessions = &node.client_tls.authenticated_sessions;
@@ -269,7 +300,10 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
             }
         }
     };
-    if let Some(rule) = selected.reported {
+    if let Requirement::ReportMxMismatch(id) = &requirement {
+        outcome.report_only = Some((id.clone(), Achieved::Refused, Reason::StsMxMismatch));
+    }
+    if let Some(rule) = reported {
         count_policy(Some(rule), true);
         let cleartext_connects = outcome.achieved == Achieved::Cleartext;
         let (achieved, reason) = plan::report_only(&facts, rule, tls_result, cleartext_connects);

@@ -44,6 +44,13 @@ pub fn emit(outcome: &Outcome) {
         None => {}
     }
     let smtp = outcome.smtp.as_deref();
+    if let Some(smtp) = smtp {
+        counter!(m::SMTP_SESSIONS_TOTAL, "direction" => direction, "starttls" => smtp.starttls.as_str(), "achieved" => achieved)
+            .increment(1);
+        if smtp.injected_bytes > 0 {
+            counter!(m::SMTP_INJECTIONS_TOTAL, "direction" => direction).increment(1);
+        }
+    }
     // Last, so that whoever reads this record sees the counters already updated.
     tracing::info!(
         target: "osgate::outcome",

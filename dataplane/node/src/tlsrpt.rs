@@ -96,8 +96,6 @@ impl Recorder {
     }
 
     /// Counts one session: a map update under a short lock, no I/O.
-    // Called by the outbound SMTP session (not on this branch yet).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn record(&self, s: SessionResult) {
         let day = today(s.at);
         let domain = osgate_core::tlsrpt::domain_key(&s.policy_domain);

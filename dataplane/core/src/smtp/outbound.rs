@@ -123,6 +123,7 @@ impl Dialogue {
             return self.fail(Failure::Protocol);
         }
         self.buf.clear();
+        self.starttls = Starttls::Used;
         self.state = State::AwaitingTlsEhlo;
         Progress::Read(self.hello("EHLO"))
     }

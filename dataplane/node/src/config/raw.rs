@@ -29,6 +29,7 @@ pub(super) struct Smtp {
     pub helo_name: Option<String>,
     #[serde(default = "yes")]
     pub mta_sts: bool,
+    pub mta_sts_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

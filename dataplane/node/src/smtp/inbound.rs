@@ -211,9 +211,10 @@ impl<C: Conn> Dialogue<'_, C> {
         (outcome.achieved, outcome.reason) = match (&tls, machine.cleartext_transaction()) {
             (Some(_), _) => (Level::Encrypted, reason),
             (None, true) => (Level::Cleartext, Reason::ClientNoTls),
-            // QUIT before TLS: the client chose not to send mail (or could not, under require).
+            // QUIT before TLS: under `offer` the client chose a cleartext session (that sent
+            // no mail); under `require` the listener refused it any.
             (None, false) if reason == Reason::None => match self.smtp.starttls {
-                InboundStarttls::Offer => (Level::Refused, Reason::ClientNoTls),
+                InboundStarttls::Offer => (Level::Cleartext, Reason::ClientNoTls),
                 InboundStarttls::Require => (Level::Refused, Reason::CleartextDenied),
             },
             (None, false) => (Level::Refused, reason),

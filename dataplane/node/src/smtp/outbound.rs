@@ -3,16 +3,19 @@
 //! gives the local client a 4xx when the destination must be encrypted and cannot be.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use osgate_core::dane::Lookup;
+use osgate_core::dane::{Lookup, TlsaSet};
 use osgate_core::ladder::TlsResult;
 use osgate_core::outcome::{Direction, Level, Outcome, Protocol, Reason, SmtpFacts, Starttls};
 use osgate_core::smtp::{Deferral, Dialogue, Failure, Join, Progress, Then};
+use osgate_core::sts::{self, Requirement, StsLookup};
+use osgate_core::tlsrpt::{self, PolicyRef, PolicyType, SessionResult};
+use rustls_pki_types::UnixTime;
 use tokio::time::Instant;
 
 use super::{Ended, Leg, Sides};
@@ -22,6 +25,7 @@ use crate::io::{Conn, Driver};
 use crate::outbound::{Connected, Starter, establish, relay_to};
 use crate::report;
 use crate::tls::Session;
+use crate::tlsrpt::Recorder;
 use crate::watchdog::Watchdog;
 
 /// MX hosts tried per session, like Postfix's `smtp_mx_address_limit`.
@@ -42,14 +46,26 @@ pub(crate) async fn serve<D: Driver>(
         true => mx_targets(&listener, &node, dns.as_deref()).await,
         false => Ok(vec![listener.target.clone()]),
     };
+    let domain = listener.target.policy_host.as_str();
+    let sts = match (smtp.mta_sts, dns.as_deref()) {
+        (true, Some(dns)) => {
+            node.sts
+                .policy(&dns.dns, domain, UnixTime::now().as_secs())
+                .await
+        }
+        _ => StsLookup::NoPolicy,
+    };
+    let policy = Policy { domain, sts: &sts };
+    report_discovery(policy, &node.tlsrpt);
     let mut refused = match targets {
         Ok(targets) => {
             let mut last = None;
             for target in targets {
-                let starter = SmtpStarter::<D>::new(smtp);
+                let starter = SmtpStarter::<D>::new(smtp, policy);
                 let (outcome, connected) =
                     establish::<D, _>(&listener, &target, &node, dns.as_deref(), &starter).await;
                 let mut outcome = starter.describe(outcome, &target, smtp.by_mx);
+                starter.report(&outcome, &target, &node.tlsrpt);
                 let Some(connected) = connected else {
                     tracing::info!(target: "osgate::smtp", peer = %target.peer, reason = outcome.reason.as_str(), "next hop refused for this session");
                     let deny = outcome.reason == Reason::PolicyDeny;
@@ -122,6 +138,7 @@ async fn mx_targets(
                 port,
             })?;
             target.dane = mx.secure;
+            target.policy_domain = Some(domain.clone());
             Some(target)
         })
         .collect();
@@ -132,9 +149,28 @@ async fn mx_targets(
     }
 }
 
+/// The destination domain's MTA-STS policy (RFC 8461), for each of its MX hosts.
+#[derive(Clone, Copy)]
+struct Policy<'a> {
+    domain: &'a str,
+    sts: &'a StsLookup,
+}
+
+impl Policy<'_> {
+    /// How outcome records name it.
+    fn evidence(&self) -> Option<String> {
+        match self.sts {
+            StsLookup::NoPolicy => None,
+            StsLookup::Policy(policy, _) => Some(sts::evidence(self.domain, policy)),
+            StsLookup::Failed(reason) => Some(format!("{}:{}", self.domain, reason.as_str())),
+        }
+    }
+}
+
 /// The SMTP dialogue around each TLS attempt of one next hop.
 struct SmtpStarter<'a, D: Driver> {
     smtp: &'a OutboundSmtp,
+    policy: Policy<'a>,
     state: RefCell<Attempt<D::Conn>>,
 }
 
@@ -147,12 +183,17 @@ struct Attempt<C> {
     spare: Option<Rc<C>>,
     /// What the dialogue broke on, more precise than the ladder's `unreachable`.
     failure: Option<Reason>,
+    /// The usable TLSA records of the host (presentation format, sorted): DANE applied.
+    tlsa: Vec<String>,
+    /// (sending, receiving) addresses of the last connection made.
+    addrs: Option<(IpAddr, IpAddr)>,
 }
 
 impl<'a, D: Driver> SmtpStarter<'a, D> {
-    fn new(smtp: &'a OutboundSmtp) -> Self {
+    fn new(smtp: &'a OutboundSmtp, policy: Policy<'a>) -> Self {
         Self {
             smtp,
+            policy,
             state: RefCell::new(Attempt {
                 dialogue: None,
                 greeting: Vec::new(),
@@ -160,8 +201,43 @@ impl<'a, D: Driver> SmtpStarter<'a, D> {
                 injected: 0,
                 spare: None,
                 failure: None,
+                tlsa: Vec::new(),
+                addrs: None,
             }),
         }
+    }
+
+    /// Counts this attempt for TLS-RPT (RFC 8460 §4.2): a policy-compliant TLS session, or a
+    /// failure the report names; neither for ends that say nothing of TLS (unreachable, …).
+    fn report(&self, outcome: &Outcome, target: &Target, tlsrpt: &Recorder) {
+        let failure = tlsrpt::result_type(outcome.reason);
+        let compliant = outcome.reason == Reason::None && outcome.tls.is_some();
+        if failure.is_none() && !compliant {
+            return;
+        }
+        let state = self.state.borrow();
+        let policy = match (self.policy.sts, state.tlsa.is_empty()) {
+            (_, false) => PolicyRef {
+                policy_type: PolicyType::Tlsa,
+                strings: state.tlsa.clone(),
+                mx_hosts: Vec::new(),
+            },
+            (StsLookup::Policy(policy, _), true) if policy.mode != sts::Mode::None => PolicyRef {
+                policy_type: PolicyType::Sts,
+                strings: policy.lines(),
+                mx_hosts: policy.mx.clone(),
+            },
+            _ => PolicyRef::none_found(),
+        };
+        tlsrpt.record(SessionResult {
+            policy_domain: self.policy.domain.to_owned(),
+            policy,
+            mx_host: Some(target.policy_host.clone()),
+            receiving_ip: state.addrs.map(|(_, receiving)| receiving),
+            sending_ip: state.addrs.map(|(sending, _)| sending),
+            failure,
+            at: UnixTime::now().as_secs(),
+        });
     }
 
     fn take_greeting(&self) -> Vec<u8> {
@@ -178,7 +254,7 @@ impl<'a, D: Driver> SmtpStarter<'a, D> {
         outcome.smtp = Some(Box::new(SmtpFacts {
             starttls: state.starttls,
             mx: by_mx.then(|| target.policy_host.clone()),
-            sts: None,
+            sts: self.policy.evidence(),
             injected_bytes: state.injected,
         }));
         outcome
@@ -219,7 +295,26 @@ impl<'a, D: Driver> SmtpStarter<'a, D> {
 }
 
 impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
+    fn requirement(&self, target: &Target, lookup: &Lookup) -> Requirement {
+        let tlsa = match lookup {
+            Lookup::Records {
+                set: TlsaSet::Usable(records),
+                ..
+            } => {
+                let mut tlsa: Vec<String> = records.iter().map(|r| r.presentation()).collect();
+                tlsa.sort();
+                tlsa
+            }
+            _ => Vec::new(),
+        };
+        let dane = !tlsa.is_empty();
+        self.state.borrow_mut().tlsa = tlsa;
+        let host = &target.policy_host;
+        sts::requirement(self.policy.sts, self.policy.domain, host, dane)
+    }
+
     async fn before_tls(&self, conn: &Rc<D::Conn>) -> Result<(), TlsResult> {
+        self.state.borrow_mut().addrs = addresses(&**conn);
         let (mut dialogue, progress) = Dialogue::new(&self.smtp.helo, true);
         let progress = self
             .converse(&mut dialogue, progress, Leg::Plain(&**conn))
@@ -274,6 +369,7 @@ impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
             return Some(spare);
         }
         let conn = super::connect::<D>(addr?, node).await?;
+        self.state.borrow_mut().addrs = addresses(&*conn);
         let (mut dialogue, progress) = Dialogue::new(&self.smtp.helo, false);
         let progress = self
             .converse(&mut dialogue, progress, Leg::Plain(&*conn))
@@ -287,6 +383,35 @@ impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
             _ => None,
         }
     }
+}
+
+/// (local, peer) addresses of a connected socket.
+fn addresses<C: Conn>(conn: &C) -> Option<(IpAddr, IpAddr)> {
+    crate::sys::sock_ref(conn.raw_fd(), |s| {
+        let local = s.local_addr().ok()?.as_socket()?.ip();
+        let peer = s.peer_addr().ok()?.as_socket()?.ip();
+        Some((local, peer))
+    })
+}
+
+/// A domain whose policy could not be had: RFC 8460 §4.3.2 reports the discovery failure.
+fn report_discovery(policy: Policy<'_>, tlsrpt: &Recorder) {
+    let StsLookup::Failed(reason) = policy.sts else {
+        return;
+    };
+    tlsrpt.record(SessionResult {
+        policy_domain: policy.domain.to_owned(),
+        policy: PolicyRef {
+            policy_type: PolicyType::Sts,
+            strings: Vec::new(),
+            mx_hosts: Vec::new(),
+        },
+        mx_host: None,
+        receiving_ip: None,
+        sending_ip: None,
+        failure: tlsrpt::result_type(*reason),
+        at: UnixTime::now().as_secs(),
+    });
 }
 
 /// Hands the destination session to the local client, then relays.
