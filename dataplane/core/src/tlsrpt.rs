@@ -216,6 +216,28 @@ impl PolicyRef {
             mx_hosts: Vec::new(),
         }
     }
+
+    /// An MTA-STS policy: its lines (RFC 8461 §3.2) and its `mx` patterns.
+    pub fn sts(policy: &crate::sts::Policy) -> Self {
+        Self {
+            policy_type: PolicyType::Sts,
+            strings: policy.lines(),
+            mx_hosts: policy.mx.clone(),
+        }
+    }
+
+    /// A DANE TLSA RRset, each record in presentation form (`3 1 1 <hex>`): sorted, so the
+    /// same RRset is the same policy whatever order DNS gave it in.
+    pub fn tlsa(records: impl IntoIterator<Item = String>) -> Self {
+        let mut strings: Vec<String> = records.into_iter().collect();
+        strings.sort_unstable();
+        strings.dedup();
+        Self {
+            policy_type: PolicyType::Tlsa,
+            strings,
+            mx_hosts: Vec::new(),
+        }
+    }
 }
 
 /// One SMTP session to report, filled by the outbound SMTP code when the session ends.

@@ -276,3 +276,23 @@ proptest! {
         prop_assert_eq!(Day::parse(&day.to_string()), Some(day));
     }
 }
+
+#[test]
+fn policies_are_built_from_sts_and_tlsa() {
+    let sts = crate::sts::Policy {
+        id: "20261201".into(),
+        mode: crate::sts::Mode::Enforce,
+        mx: vec!["*.example.net".into()],
+        max_age: 86_400,
+        fetched_at: 0,
+    };
+    let p = PolicyRef::sts(&sts);
+    assert_eq!(p.policy_type, PolicyType::Sts);
+    assert_eq!(p.strings[0], "version: STSv1");
+    assert!(p.strings.contains(&"mx: *.example.net".to_owned()));
+    assert_eq!(p.mx_hosts, ["*.example.net"]);
+    let a = PolicyRef::tlsa(["3 1 1 BB".to_owned(), "3 1 1 AA".to_owned()]);
+    let b = PolicyRef::tlsa(["3 1 1 AA".to_owned(), "3 1 1 BB".to_owned()]);
+    assert_eq!(a, b, "one RRset, one policy");
+    assert_eq!(a.policy_type.as_str(), "tlsa");
+}
