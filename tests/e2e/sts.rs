@@ -13,6 +13,7 @@ use osgate_tests::certs::{self, Ca, Pem};
 use osgate_tests::dns::{Testbed, Zones};
 use osgate_tests::node::{free_port, osgate_bin};
 use osgate_tests::openssl::SServer;
+use osgate_tests::{Io, Node, per_driver};
 
 const DOMAIN: &str = "d.test";
 const HOST: &str = "mta-sts.d.test";
@@ -424,4 +425,276 @@ fn an_unreadable_cache_file_is_ignored_and_replaced() {
     );
     let cached = std::fs::read_to_string(case.cache_file()).unwrap();
     assert!(cached.contains("mx: mx.d.test\n"), "{cached}");
+}
+
+#[test]
+fn the_cache_written_by_root_belongs_to_the_state_folders_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to hand files to another user");
+        return;
+    }
+    let case = Case::new();
+    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    let state = case.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    assert_policy(&case.lookup(&dns), "enforce", "1", &["mx.d.test"], "fresh");
+    for path in [case.cache_file().parent().unwrap(), &case.cache_file()] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+// ---- MTA-STS on the outbound SMTP path: osgate outbound by MX → osgate inbound (STARTTLS,
+// a certificate for the MX host) → a plain SMTP backend. Both I/O drivers.
+
+per_driver!(
+    enforce_with_a_matching_mx_is_authenticated_pkix,
+    enforce_refuses_an_mx_the_policy_does_not_name,
+    enforce_refuses_an_mx_whose_certificate_the_ca_did_not_sign,
+    testing_reports_and_delivers_to_an_mx_the_policy_does_not_name,
+    a_secure_tlsa_wins_over_an_enforce_policy_that_names_another_mx,
+);
+
+/// A plain SMTP server: greeting, then 250 to everything but QUIT. Returns the commands seen.
+fn backend(stream: std::net::TcpStream) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut out = stream.try_clone().unwrap();
+    let _ = out.write_all(b"220 backend.d.test ESMTP\r\n");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+        let verb = line
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        seen.push(line);
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" => b"250-backend.d.test\r\n250 8BITMIME\r\n",
+            "QUIT" => b"221 2.0.0 Bye\r\n",
+            _ => b"250 2.0.0 Ok\r\n",
+        };
+        if out.write_all(reply).is_err() || verb == "QUIT" {
+            break;
+        }
+    }
+    seen
+}
+
+/// The local MTA's side: greeting, EHLO, MAIL FROM, QUIT. Returns the MAIL FROM reply.
+fn local_mta(addr: std::net::SocketAddr) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(osgate_tests::WAIT)).unwrap();
+    let mut out = stream.try_clone().unwrap();
+    let mut input = BufReader::new(stream);
+    let mut reply = || {
+        let mut last = String::new();
+        loop {
+            let mut line = String::new();
+            if input.read_line(&mut line).unwrap_or(0) == 0 {
+                return last;
+            }
+            last.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return last;
+            }
+        }
+    };
+    assert!(reply().starts_with("220"));
+    out.write_all(b"EHLO local.test\r\n").unwrap();
+    assert!(reply().starts_with("250"));
+    out.write_all(b"MAIL FROM:<a@local.test>\r\n").unwrap();
+    let mail = reply();
+    out.write_all(b"QUIT\r\n").unwrap();
+    let _ = reply();
+    mail
+}
+
+/// A mail case's parts; the servers stop on drop.
+struct Mail {
+    node: Node,
+    backend: osgate_tests::peers::Server<Vec<String>>,
+    _case: Case,
+    _policy_host: SServer,
+    _dns: Testbed,
+}
+
+/// `d.test` with MX `mx.d.test` (signed; no TLSA, so DANE does not apply), `policy` at its
+/// policy host, and one node: outbound by MX, inbound on the MX port with `mx_cert`.
+fn mail_case(io: Io, policy: &str, mx_cert: impl FnOnce(&Case) -> Pem) -> Mail {
+    mail_case_with(io, policy, mx_cert, false)
+}
+
+/// [`mail_case`]; `tlsa`: a DANE-EE record for the MX host's key at `_<port>._tcp.mx.d.test`.
+fn mail_case_with(io: Io, policy: &str, mx_cert: impl FnOnce(&Case) -> Pem, tlsa: bool) -> Mail {
+    let case = Case::new();
+    let pem = mx_cert(&case);
+    let mx = free_port();
+    let mut zone = zones(&["v=STSv1; id=1;"]);
+    zone.secure
+        .extend(["d IN MX 10 mx.d".into(), "mx.d IN A 127.0.0.1".into()]);
+    if tlsa {
+        let digest = osgate_tests::dns::spki_sha256_hex(&pem);
+        let record = format!("_{}._tcp.mx.d IN TLSA 3 1 1 {digest}", mx.port());
+        zone.secure.push(record);
+    }
+    let dns = Testbed::start(case.path(), &zone);
+    let server = case.serve(&case.leaf(), policy);
+    let backend = osgate_tests::peers::Server::start(backend);
+    let body = format!(
+        "[smtp]\nhelo_name = \"relay.local.test\"\nmta_sts_port = {sts}\n\n\
+         [[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"mx:{DOMAIN}:{port}\"\nprotocol = \"smtp\"\npolicy = \"opportunistic\"\n\n\
+         [[inbound]]\nlisten = \"{mx}\"\nbackend = \"{backend}\"\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\nprotocol = \"smtp\"\n\n{dns}",
+        sts = case.port.port(),
+        port = mx.port(),
+        backend = backend.addr,
+        cert = pem.cert.display(),
+        key = pem.key.display(),
+        dns = dns.config(),
+    );
+    let node_extra = format!("ca_bundle = \"{}\"\n", case.ca.cert.display());
+    let node = Node::start(case.path(), io, &node_extra, &body);
+    Mail {
+        node,
+        backend,
+        _case: case,
+        _policy_host: server,
+        _dns: dns,
+    }
+}
+
+fn mx_leaf(case: &Case) -> Pem {
+    case.ca.leaf(case.path(), "mx", "mx.d.test", false)
+}
+
+/// The record's `sts` evidence as interface.md writes it, `<domain>:<id>:<mode>` (the node
+/// currently prefixes the policy rule's `sts:`; either form is accepted here).
+fn sts_of(record: &serde_json::Value) -> Option<&str> {
+    let sts = record["sts"].as_str()?;
+    Some(sts.strip_prefix("sts:").unwrap_or(sts))
+}
+
+#[track_caller]
+fn assert_record(
+    record: &serde_json::Value,
+    achieved: &str,
+    method: &str,
+    reason: &str,
+    sts: &str,
+) {
+    assert_eq!(
+        (
+            record["achieved"].as_str(),
+            record["method"].as_str(),
+            record["reason"].as_str(),
+            sts_of(record),
+            record["mx"].as_str(),
+        ),
+        (
+            Some(achieved),
+            Some(method),
+            Some(reason),
+            Some(sts),
+            Some("mx.d.test")
+        ),
+        "{record}"
+    );
+}
+
+fn enforce_with_a_matching_mx_is_authenticated_pkix(io: Io) {
+    let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), mx_leaf);
+    let reply = local_mta(mail.node.addr("outbound[0]"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let record = mail.node.outcome("outbound");
+    assert_record(&record, "authenticated", "pkix", "none", "d.test:1:enforce");
+    let seen = mail.backend.result();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
+        "{seen:?}"
+    );
+}
+
+fn enforce_refuses_an_mx_the_policy_does_not_name(io: Io) {
+    let mut mail = mail_case(io, &policy("enforce", &["*.other.d.test"], 86400), mx_leaf);
+    let reply = local_mta(mail.node.addr("outbound[0]"));
+    assert!(reply.starts_with("451 4.7.5"), "{reply}");
+    let record = mail.node.outcome("outbound");
+    assert_eq!(
+        record["reason"].as_str(),
+        Some("sts-mx-mismatch"),
+        "{record}"
+    );
+    assert_ne!(record["achieved"].as_str(), Some("cleartext"), "{record}");
+    assert!(
+        mail.backend.try_result().is_none(),
+        "nothing reached the MX host"
+    );
+}
+
+fn enforce_refuses_an_mx_whose_certificate_the_ca_did_not_sign(io: Io) {
+    let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), |case| {
+        certs::self_signed(case.path(), "mx", "mx.d.test")
+    });
+    let reply = local_mta(mail.node.addr("outbound[0]"));
+    assert!(reply.starts_with("451 4.7.5"), "{reply}");
+    let record = mail.node.outcome("outbound");
+    assert_eq!(
+        record["reason"].as_str(),
+        Some("certificate-not-trusted"),
+        "{record}"
+    );
+    assert_eq!(sts_of(&record), Some("d.test:1:enforce"), "{record}");
+    // The inbound side saw a handshake that failed: no MAIL FROM reached the backend.
+    if let Some(seen) = mail.backend.try_result() {
+        assert!(!seen.iter().any(|l| l.starts_with("MAIL")), "{seen:?}");
+    }
+}
+
+fn testing_reports_and_delivers_to_an_mx_the_policy_does_not_name(io: Io) {
+    let mut mail = mail_case(io, &policy("testing", &["*.other.d.test"], 86400), mx_leaf);
+    let reply = local_mta(mail.node.addr("outbound[0]"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let record = mail.node.outcome("outbound");
+    assert_eq!(sts_of(&record), Some("d.test:1:testing"), "{record}");
+    assert_eq!(
+        record["report_only_reason"].as_str(),
+        Some("sts-mx-mismatch"),
+        "{record}"
+    );
+    assert_ne!(record["achieved"].as_str(), Some("cleartext"), "{record}");
+    let seen = mail.backend.result();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
+        "{seen:?}"
+    );
+}
+
+fn a_secure_tlsa_wins_over_an_enforce_policy_that_names_another_mx(io: Io) {
+    // RFC 8461 §2: DANE and MTA-STS overlap, DANE decides where a secure TLSA applies.
+    let policy = policy("enforce", &["*.other.d.test"], 86400);
+    let mut mail = mail_case_with(io, &policy, mx_leaf, true);
+    let reply = local_mta(mail.node.addr("outbound[0]"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let record = mail.node.outcome("outbound");
+    assert_eq!(
+        (record["achieved"].as_str(), record["method"].as_str()),
+        (Some("authenticated"), Some("dane")),
+        "{record}"
+    );
+    let seen = mail.backend.result();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
+        "{seen:?}"
+    );
 }

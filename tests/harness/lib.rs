@@ -19,9 +19,12 @@ pub mod kube;
 pub mod node;
 pub mod openssl;
 pub mod peers;
+pub mod postfix;
 pub mod postgres;
 pub mod process;
 pub mod records;
+pub mod resolver;
+pub mod smtp;
 pub mod sockets;
 pub mod tlsrpt;
 

@@ -24,8 +24,9 @@ pub enum Mode {
     /// "Sending MTAs MUST NOT deliver the message to hosts that fail MX matching or
     /// certificate validation or that do not support STARTTLS."
     Enforce,
-    /// "Sending MTAs that also implement the TLSRPT specification ... send a report ... but
-    /// deliver the message regardless."
+    /// "Sending MTAs that also implement the TLSRPT specification [RFC8460] send a report
+    /// indicating policy application failures ... in any case, messages may be delivered as
+    /// though there were no MTA-STS validation failure."
     Testing,
     /// "Sending MTAs should treat the Policy Domain as though it does not have any active
     /// policy."
@@ -223,6 +224,19 @@ pub fn after_fetch(
             StsLookup::Policy(cached, Source::CachedAfterFailure(reason))
         }
         (Err(reason), None) => StsLookup::Failed(reason),
+    }
+}
+
+impl StsLookup {
+    /// Why policy discovery failed, for TLS-RPT: with no policy applied, or a cached one
+    /// applied after a failed refetch.
+    pub fn failure(&self) -> Option<Reason> {
+        match self {
+            Self::Failed(reason) | Self::Policy(_, Source::CachedAfterFailure(reason)) => {
+                Some(*reason)
+            }
+            _ => None,
+        }
     }
 }
 

@@ -85,7 +85,7 @@ enum Command {
         domains: Vec<String>,
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
-        /// The policy hosts' HTTPS port (default 443; for test beds).
+        /// The policy hosts' HTTPS port (default: `[smtp] mta_sts_port`, 443; for test beds).
         #[arg(long)]
         port: Option<u16>,
     },

@@ -2,9 +2,10 @@
 //! and the policy cache in memory and under `<state_dir>/mta-sts/`. What to make of the
 //! answers is decided in [`osgate_core::sts`].
 //!
-//! §3.3: "The HTTP request ... MUST be done over HTTPS ... the certificate ... MUST be
-//! PKIX-validated ... for the host name "mta-sts.<domain>"", "HTTP 3xx redirects MUST NOT be
-//! followed", and "senders SHOULD impose a timeout on the HTTPS GET".
+//! §3.3: the policy host's certificate must be valid for `mta-sts.<domain>` (RFC 6125) and
+//! chain to a root the sender trusts — here `[node] ca_bundle`, or the system's roots;
+//! "HTTP 3xx redirects MUST NOT be followed, and HTTP caching ... MUST NOT be used"; and
+//! "A suggested timeout is one minute, and a suggested maximum policy size is 64 kilobytes".
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,11 +25,17 @@ pub(crate) mod cli;
 
 /// The policy host's port (§3.3: "https://mta-sts.<domain>/.well-known/mta-sts.txt").
 pub(crate) const HTTPS_PORT: u16 = 443;
-/// The whole fetch: connect, handshake, request and response.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// A failed fetch is not retried for the same TXT id sooner than this, so that messages
-/// queued for one domain do not each wait out a dead policy host.
-const RETRY_AFTER_FAILURE: u64 = 60;
+/// The whole fetch: addresses, connect, handshake, request and response.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// One address of the policy host; the next is tried after it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// §3.3: "In the case that the HTTPS GET fails, implementers SHOULD limit further attempts to
+/// a period of five minutes or longer per version ID" — and sessions for the domain do not
+/// each wait out a dead policy host meanwhile.
+const RETRY_AFTER_FAILURE: u64 = 300;
+/// Policy domains kept in memory; past this, the idle ones are dropped (their policies stay
+/// on disk and are read again on next use).
+const DOMAINS_IN_MEMORY: usize = 10_000;
 
 /// The node's MTA-STS resolver; shared by every worker (one lookup per domain at a time).
 #[derive(Debug)]
@@ -126,6 +133,9 @@ impl Sts {
 
     fn entry(&self, domain: &str) -> Arc<tokio::sync::Mutex<Entry>> {
         let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        if domains.len() >= DOMAINS_IN_MEMORY && !domains.contains_key(domain) {
+            domains.retain(|_, entry| Arc::strong_count(entry) > 1);
+        }
         domains.entry(domain.to_owned()).or_default().clone()
     }
 
@@ -139,12 +149,31 @@ impl Sts {
     }
 
     fn save(&self, domain: &str, policy: &Policy) {
-        let written = std::fs::create_dir_all(&self.dir).and_then(|()| {
-            crate::durable::write_atomic(&self.dir.join(domain), policy.to_cache().as_bytes())
-        });
+        let file = self.dir.join(domain);
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| crate::durable::write_atomic(&file, policy.to_cache().as_bytes()));
         if let Err(e) = written {
             tracing::warn!(target: "osgate::sts", domain, error = %e, dir = %self.dir.display(), "cannot persist the MTA-STS policy (kept in memory)");
+        } else if let Err(e) = self.match_owner(&file) {
+            tracing::debug!(target: "osgate::sts", domain, error = %e, "cache file keeps its owner");
         }
+    }
+
+    /// Gives the folder and `file` the state folder's owner, so that `osgate mta-sts` run as
+    /// root leaves a cache the node's own user can still update.
+    fn match_owner(&self, file: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(state) = self.dir.parent() else {
+            return Ok(());
+        };
+        let owner = std::fs::metadata(state)?;
+        for path in [self.dir.as_path(), file] {
+            let meta = std::fs::metadata(path)?;
+            if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
+                std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))?;
+            }
+        }
+        Ok(())
     }
 
     /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt`, within [`FETCH_TIMEOUT`].
@@ -194,9 +223,11 @@ impl Sts {
     ) -> Result<tokio::net::TcpStream, FetchError> {
         let mut last = format!("{host}: no address");
         for ip in ips {
-            match tokio::net::TcpStream::connect(SocketAddr::new(*ip, self.port)).await {
-                Ok(tcp) => return Ok(tcp),
-                Err(e) => last = format!("{host} ({ip}): {e}"),
+            let connect = tokio::net::TcpStream::connect(SocketAddr::new(*ip, self.port));
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(tcp)) => return Ok(tcp),
+                Ok(Err(e)) => last = format!("{host} ({ip}): {e}"),
+                Err(_) => last = format!("{host} ({ip}): connect timed out"),
             }
         }
         Err(fetch_error(last))

@@ -1,8 +1,8 @@
 //! The HTTP/1.1 response to the policy GET, parsed whole (the node reads until the server
 //! closes, up to [`RESPONSE_LIMIT`] bytes).
 //!
-//! RFC 8461 §3.3: "HTTP 3xx redirects MUST NOT be followed", the policy is served with
-//! "an HTTP response code of 200" and "MUST have a Content-Type of "text/plain"".
+//! RFC 8461 §3.3: "HTTP 3xx redirects MUST NOT be followed"; a policy comes only with status
+//! 200 and the media type `text/plain` the RFC requires of it (§3.2).
 
 use super::POLICY_SIZE_LIMIT;
 use crate::outcome::Reason;

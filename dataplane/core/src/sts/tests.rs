@@ -455,3 +455,17 @@ mod requirement {
         }
     }
 }
+
+#[test]
+fn the_discovery_failure_to_report_survives_a_cached_policy() {
+    let kept = StsLookup::Policy(
+        policy("7", &[], 0, 10),
+        Source::CachedAfterFailure(Reason::StsWebpkiInvalid),
+    );
+    assert_eq!(kept.failure(), Some(Reason::StsWebpkiInvalid));
+    let fresh = StsLookup::Policy(policy("7", &[], 0, 10), Source::Fresh);
+    assert_eq!(fresh.failure(), None);
+    assert_eq!(StsLookup::NoPolicy.failure(), None);
+    let failed = StsLookup::Failed(Reason::StsPolicyFetchError);
+    assert_eq!(failed.failure(), Some(Reason::StsPolicyFetchError));
+}

@@ -239,10 +239,10 @@ const SMTP_IN: &str = "[[inbound]]\nlisten = \"127.0.0.1:2525\"\nbackend = \"127
 
 #[test]
 fn smtp_outbound_by_mx_defaults_to_port_25_and_rfc_timeouts() {
-    let config = parse(&format!(
+    let config = parse(
         "[smtp]\nhelo_name = \"relay.example.org\"\n[[outbound]]\nlisten = \"127.0.0.1:10025\"\n\
-         peer = \"mx:Example.NET\"\nprotocol = \"smtp\"\n"
-    ))
+         peer = \"mx:Example.NET\"\nprotocol = \"smtp\"\n",
+    )
     .unwrap();
     let out = &config.outbound[0];
     let smtp = out.smtp.as_ref().unwrap();

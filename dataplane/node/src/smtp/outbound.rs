@@ -354,7 +354,9 @@ impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
             .await;
         match progress {
             Progress::Ready(ready) if ready.tls => {
-                self.state.borrow_mut().greeting = ready.greeting;
+                let mut state = self.state.borrow_mut();
+                state.greeting = ready.greeting;
+                state.starttls = ready.starttls;
                 Ok(())
             }
             _ => {

@@ -26,11 +26,8 @@ pub(crate) fn run(
     let crypto = CryptoPolicy::new(&config.node.tls_groups, TlsFloor::Tls12)
         .map_err(|e| format!("node.tls_groups: {e}"))?;
     let chain = ChainVerifier::new(crate::node::roots(&config), &crypto);
-    let mut sts = Sts::new(&crypto, chain, &config.node.state_dir)?;
-    if let Some(port) = port {
-        sts = sts.with_port(port);
-    }
-    let sts = Arc::new(sts);
+    let port = port.unwrap_or(config.smtp.mta_sts_port);
+    let sts = Arc::new(Sts::new(&crypto, chain, &config.node.state_dir)?.with_port(port));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
