@@ -222,37 +222,6 @@ impl Recorder {
     }
 }
 
-/// The session `outcome` (an outbound SMTP record) reports, when it counts: for
-/// `policy_domain` under `policy`, with the connection's local (`sending`) and remote
-/// (`receiving`) addresses. `None` for sessions a report leaves out (RFC 8460 §4.3.4).
-// Called by the outbound SMTP session (not on this branch yet).
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn session_of(
-    outcome: &osgate_core::outcome::Outcome,
-    policy_domain: &str,
-    policy: osgate_core::tlsrpt::PolicyRef,
-    sending: Option<std::net::IpAddr>,
-    receiving: Option<std::net::IpAddr>,
-) -> Option<SessionResult> {
-    use osgate_core::outcome::Level;
-    use osgate_core::tlsrpt::{Verdict, verdict};
-    let tls = matches!(outcome.achieved, Level::Encrypted | Level::Authenticated(_));
-    let failure = match verdict(outcome.reason, tls) {
-        Verdict::Success => None,
-        Verdict::Failure(t) => Some(t),
-        Verdict::NotCounted => return None,
-    };
-    Some(SessionResult {
-        policy_domain: policy_domain.to_owned(),
-        policy,
-        mx_host: outcome.smtp.as_ref().and_then(|s| s.mx.clone()),
-        receiving_ip: receiving,
-        sending_ip: sending,
-        failure,
-        at: unix_now(),
-    })
-}
-
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

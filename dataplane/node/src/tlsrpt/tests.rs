@@ -156,27 +156,6 @@ fn an_unreadable_day_file_is_not_written_over() {
 }
 
 #[test]
-fn an_outcome_becomes_a_session_only_when_it_counts() {
-    use osgate_core::outcome::{Direction, Level, Method, Outcome, Reason, SmtpFacts};
-    let mut outcome = Outcome::begin(Direction::Outbound, "l".into(), "mx:example.net".into());
-    outcome.smtp = Some(Box::new(SmtpFacts {
-        mx: Some("mx1.example.net".into()),
-        ..SmtpFacts::default()
-    }));
-    let of = |o: &Outcome| session_of(o, "example.net", PolicyRef::none_found(), None, None);
-    outcome.reason = Reason::Unreachable;
-    assert_eq!(of(&outcome), None, "transient");
-    outcome.reason = Reason::StarttlsNotSupported;
-    outcome.achieved = Level::Cleartext;
-    let s = of(&outcome).unwrap();
-    assert_eq!(s.failure, Some(ResultType::StarttlsNotSupported));
-    assert_eq!(s.mx_host.as_deref(), Some("mx1.example.net"));
-    outcome.reason = Reason::None;
-    outcome.achieved = Level::Authenticated(Method::Dane);
-    assert_eq!(of(&outcome).unwrap().failure, None, "success");
-}
-
-#[test]
 fn a_day_counts_a_bounded_number_of_domains() {
     let state = tempfile::tempdir().unwrap();
     let recorder = Recorder::open(Recorder::folder(state.path()), KEEP_DAYS, DAY);
