@@ -1,8 +1,9 @@
 //! TLS-RPT (RFC 8460) reports: `osgate reports tlsrpt` from a node's state folder, and
 //! `osgatectl reports tlsrpt` merged over real nodes reporting to a real control plane
 //! (SQLite and PostgreSQL). Every report is checked against the RFC 8460 §4.4 schema with
-//! python3-jsonschema. Sessions are put in the nodes' day files as a node writes them (until
-//! outbound SMTP records them through a real session).
+//! python3-jsonschema. The fleet scenarios put sessions in the nodes' day files as a node
+//! writes them (any counts, any node); the last scenario records one through a real SMTP
+//! session.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -230,4 +231,100 @@ fn a_node_reporting_its_day_again_replaces_its_counts(store: Store) {
         counted(&cp) == (8, 3)
     });
     assert_valid(&fleet_report(&cp, Some(VIEWER_TOKEN)).1);
+}
+
+/// A destination without STARTTLS: greets, answers EHLO without it, then QUIT.
+fn plain_smtp_server() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.write_all(b"220 mx.test ESMTP\r\n");
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let reply: &[u8] = match line.to_ascii_uppercase() {
+                    l if l.starts_with("EHLO") => b"250-mx.test\r\n250 8BITMIME\r\n",
+                    l if l.starts_with("QUIT") => b"221 2.0.0 bye\r\n",
+                    _ => b"250 2.0.0 ok\r\n",
+                };
+                let _ = conn.write_all(reply);
+                if reply.starts_with(b"221") {
+                    break;
+                }
+                line.clear();
+            }
+        }
+    });
+    addr
+}
+
+/// The local MTA's side: greeting, EHLO, QUIT, each reply read whole.
+fn smtp_client_session(addr: std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(osgate_tests::WAIT)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let reply = |reader: &mut BufReader<std::net::TcpStream>| loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "closed");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line;
+        }
+    };
+    assert!(reply(&mut reader).starts_with("220"));
+    conn.write_all(b"EHLO client.test\r\n").unwrap();
+    assert!(reply(&mut reader).starts_with("250"));
+    conn.write_all(b"QUIT\r\n").unwrap();
+    assert!(reply(&mut reader).starts_with("221"));
+}
+
+/// A node relaying SMTP to a destination without STARTTLS, after one session through it.
+fn node_after_a_session_without_starttls(dir: &Path, io: Io) -> (Node, serde_json::Value) {
+    let server = plain_smtp_server();
+    let body = format!(
+        "[[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"{server}\"\nprotocol = \"smtp\"\npolicy = \"opportunistic\"\n"
+    );
+    let mut node = Node::start(dir, io, "", &body);
+    smtp_client_session(node.addr("outbound[0]"));
+    let record = node.outcome("outbound");
+    (node, record)
+}
+
+#[test]
+fn an_smtp_outcome_record_carries_its_rfc_8460_result_type() {
+    for io in [Io::Epoll, Io::Uring] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_node, record) = node_after_a_session_without_starttls(dir.path(), io);
+        assert_eq!(record["protocol"], "smtp", "{record}");
+        assert_eq!(record["achieved"], "cleartext", "{record}");
+        assert_eq!(record["reason"], "starttls-not-supported", "{record}");
+        assert_eq!(
+            record["tlsrpt_result"], "starttls-not-supported",
+            "{record}"
+        );
+    }
+}
+
+#[test]
+fn a_session_through_a_real_node_without_starttls_is_reported_starttls_not_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, record) = node_after_a_session_without_starttls(dir.path(), Io::Epoll);
+    assert_eq!(record["reason"], "starttls-not-supported", "{record}");
+
+    let date = today();
+    let args = ["--domain", "127.0.0.1", "--date", &date];
+    let mut report = String::new();
+    eventually("the node wrote the session to its day file", || {
+        report = reports(&node.config, &args).1;
+        report.contains("starttls-not-supported")
+    });
+    assert_valid(&report);
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(summary(&v), (0, 1));
+    assert_eq!(v["policies"][0]["policy"]["policy-type"], "no-policy-found");
+    let detail = &v["policies"][0]["failure-details"][0];
+    assert_eq!(detail["receiving-ip"], "127.0.0.1");
 }

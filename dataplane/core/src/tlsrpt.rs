@@ -147,6 +147,28 @@ pub fn result_type(reason: Reason) -> Option<ResultType> {
     }
 }
 
+/// What a session counts as in a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// §4.2.1: "successfully negotiate a policy-compliant TLS connection".
+    Success,
+    /// §4.2.2, with its §4.3 result type.
+    Failure(ResultType),
+    /// Not in a report: no TLS decision was made (transient, policy, inbound).
+    NotCounted,
+}
+
+/// How a session that ended with `reason` is counted; `tls` says whether it ended encrypted
+/// or authenticated. A TLS failure counts even when the session went on (an opportunistic
+/// session carried in cleartext without STARTTLS is a `starttls-not-supported` failure).
+pub fn verdict(reason: Reason, tls: bool) -> Verdict {
+    match (result_type(reason), reason, tls) {
+        (Some(t), _, _) => Verdict::Failure(t),
+        (None, Reason::None, true) => Verdict::Success,
+        _ => Verdict::NotCounted,
+    }
+}
+
 /// §4.4 `policy-type`: "Presently, the only three valid choices are "tlsa", "sts", and the
 /// literal string "no-policy-found"."
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -191,6 +213,28 @@ impl PolicyRef {
         Self {
             policy_type: PolicyType::NoPolicyFound,
             strings: Vec::new(),
+            mx_hosts: Vec::new(),
+        }
+    }
+
+    /// An MTA-STS policy: its lines (RFC 8461 §3.2) and its `mx` patterns.
+    pub fn sts(policy: &crate::sts::Policy) -> Self {
+        Self {
+            policy_type: PolicyType::Sts,
+            strings: policy.lines(),
+            mx_hosts: policy.mx.clone(),
+        }
+    }
+
+    /// A DANE TLSA RRset, each record in presentation form (`3 1 1 <hex>`): sorted, so the
+    /// same RRset is the same policy whatever order DNS gave it in.
+    pub fn tlsa(records: impl IntoIterator<Item = String>) -> Self {
+        let mut strings: Vec<String> = records.into_iter().collect();
+        strings.sort_unstable();
+        strings.dedup();
+        Self {
+            policy_type: PolicyType::Tlsa,
+            strings,
             mx_hosts: Vec::new(),
         }
     }

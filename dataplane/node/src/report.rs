@@ -84,6 +84,10 @@ pub fn emit(outcome: &Outcome) {
         mx = smtp.and_then(|s| s.mx.as_deref()),
         sts = smtp.and_then(|s| s.sts.as_deref()),
         injected_bytes = smtp.map(|s| s.injected_bytes),
+        // SMTP: the RFC 8460 §4.3 result type this session is reported with, if any.
+        tlsrpt_result = smtp
+            .and_then(|_| osgate_core::tlsrpt::result_type(outcome.reason))
+            .map(|t| t.as_str()),
         "connection {achieved}",
     );
 }

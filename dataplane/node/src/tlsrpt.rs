@@ -20,6 +20,8 @@ mod tests;
 pub(crate) const KEEP_DAYS: u32 = 30;
 /// How often changed days are written.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// Policy domains counted per day: a bound on memory, far above a busy relay's day.
+pub(crate) const MAX_DOMAINS_PER_DAY: usize = 100_000;
 /// The folder under the state folder.
 pub(crate) const FOLDER: &str = "tlsrpt";
 
@@ -98,13 +100,13 @@ impl Recorder {
         let day = today(s.at);
         let domain = osgate_core::tlsrpt::domain_key(&s.policy_domain);
         let mut inner = self.lock();
-        inner
-            .days
-            .entry(day)
-            .or_default()
-            .entry(domain.clone())
-            .or_default()
-            .add(&s);
+        let domains = inner.days.entry(day).or_default();
+        if domains.len() >= MAX_DOMAINS_PER_DAY && !domains.contains_key(&domain) {
+            drop(inner);
+            tracing::warn!(target: "osgate::tlsrpt", domain, "TLS-RPT: {MAX_DOMAINS_PER_DAY} policy domains today already; this session is not counted");
+            return;
+        }
+        domains.entry(domain.clone()).or_default().add(&s);
         inner.dirty.insert(day);
         *inner.unsent.entry((day, domain)).or_default() += 1;
     }

@@ -99,6 +99,27 @@ fn every_reason_maps_and_every_result_type_is_reached() {
 }
 
 #[test]
+fn only_tls_without_a_shortfall_is_a_success_and_transient_ends_are_not_counted() {
+    assert_eq!(verdict(Reason::None, true), Verdict::Success);
+    assert_eq!(verdict(Reason::None, false), Verdict::NotCounted);
+    assert_eq!(verdict(Reason::Unreachable, false), Verdict::NotCounted);
+    assert_eq!(verdict(Reason::PolicyCleartext, false), Verdict::NotCounted);
+    assert_eq!(
+        verdict(Reason::StarttlsNotSupported, false),
+        Verdict::Failure(ResultType::StarttlsNotSupported)
+    );
+    for reason in REASONS {
+        for tls in [false, true] {
+            match verdict(reason, tls) {
+                Verdict::Failure(t) => assert_eq!(result_type(reason), Some(t)),
+                Verdict::Success => assert!(reason == Reason::None && tls),
+                Verdict::NotCounted => assert_eq!(result_type(reason), None),
+            }
+        }
+    }
+}
+
+#[test]
 fn result_types_round_trip_their_iana_names() {
     let names: Vec<&str> = ResultType::ALL.iter().map(|t| t.as_str()).collect();
     for t in ResultType::ALL {
@@ -254,4 +275,24 @@ proptest! {
         let day = Day(n);
         prop_assert_eq!(Day::parse(&day.to_string()), Some(day));
     }
+}
+
+#[test]
+fn policies_are_built_from_sts_and_tlsa() {
+    let sts = crate::sts::Policy {
+        id: "20261201".into(),
+        mode: crate::sts::Mode::Enforce,
+        mx: vec!["*.example.net".into()],
+        max_age: 86_400,
+        fetched_at: 0,
+    };
+    let p = PolicyRef::sts(&sts);
+    assert_eq!(p.policy_type, PolicyType::Sts);
+    assert_eq!(p.strings[0], "version: STSv1");
+    assert!(p.strings.contains(&"mx: *.example.net".to_owned()));
+    assert_eq!(p.mx_hosts, ["*.example.net"]);
+    let a = PolicyRef::tlsa(["3 1 1 BB".to_owned(), "3 1 1 AA".to_owned()]);
+    let b = PolicyRef::tlsa(["3 1 1 AA".to_owned(), "3 1 1 BB".to_owned()]);
+    assert_eq!(a, b, "one RRset, one policy");
+    assert_eq!(a.policy_type.as_str(), "tlsa");
 }

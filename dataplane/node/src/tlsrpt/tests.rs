@@ -154,3 +154,21 @@ fn an_unreadable_day_file_is_not_written_over() {
     let e = cli::report(state.path(), "a.example", "2026-12-01", &meta()).unwrap_err();
     assert!(e.contains("2026-12-01.json"), "{e}");
 }
+
+#[test]
+fn a_day_counts_a_bounded_number_of_domains() {
+    let state = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(Recorder::folder(state.path()), KEEP_DAYS, DAY);
+    for i in 0..=MAX_DOMAINS_PER_DAY {
+        recorder.record(session(&format!("d{i}.example"), None, DAY));
+    }
+    recorder.record(session("d0.example", None, DAY));
+    let pending = recorder.pending(usize::MAX);
+    assert_eq!(pending.len(), MAX_DOMAINS_PER_DAY);
+    let first = pending.iter().find(|p| p.domain == "d0.example").unwrap();
+    assert_eq!(
+        first.aggregate.policies.values().next().unwrap().successes,
+        2,
+        "a domain already counted still is"
+    );
+}
