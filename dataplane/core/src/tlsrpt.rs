@@ -158,14 +158,17 @@ pub enum Verdict {
     NotCounted,
 }
 
-/// How a session that ended with `reason` is counted; `tls` says whether it ended encrypted
-/// or authenticated. A TLS failure counts even when the session went on (an opportunistic
-/// session carried in cleartext without STARTTLS is a `starttls-not-supported` failure).
+/// How a session that ended with `reason` is counted; `tls` says whether mail was carried
+/// over TLS (`encrypted` or `authenticated`). The ladder carries TLS only as the applied policy
+/// allows, so such a session is policy-compliant even where its reason names a check nothing
+/// asked for (an untrusted chain with no policy). A session that did not get TLS is a failure
+/// when its reason is a TLS failure, even when it went on (an opportunistic session carried in
+/// cleartext without STARTTLS is a `starttls-not-supported` failure).
 pub fn verdict(reason: Reason, tls: bool) -> Verdict {
-    match (result_type(reason), reason, tls) {
-        (Some(t), _, _) => Verdict::Failure(t),
-        (None, Reason::None, true) => Verdict::Success,
-        _ => Verdict::NotCounted,
+    match (tls, result_type(reason)) {
+        (true, _) => Verdict::Success,
+        (false, Some(t)) => Verdict::Failure(t),
+        (false, None) => Verdict::NotCounted,
     }
 }
 

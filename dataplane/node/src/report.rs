@@ -5,6 +5,15 @@ use osgate_core::outcome::{Betrayal, Close, Outcome};
 
 use crate::metrics as m;
 
+/// The RFC 8460 result type an SMTP session is reported with, if it is a failure.
+fn tlsrpt_result(outcome: &Outcome) -> Option<&'static str> {
+    let tls = crate::smtp::outbound::carried_tls(outcome);
+    match osgate_core::tlsrpt::verdict(outcome.reason, tls) {
+        osgate_core::tlsrpt::Verdict::Failure(result) => Some(result.as_str()),
+        _ => None,
+    }
+}
+
 /// Counts `outcome` and logs it as one event (target `osgate::outcome`).
 pub fn emit(outcome: &Outcome) {
     crate::tally::count(outcome);
@@ -85,9 +94,7 @@ pub fn emit(outcome: &Outcome) {
         sts = smtp.and_then(|s| s.sts.as_deref()),
         injected_bytes = smtp.map(|s| s.injected_bytes),
         // SMTP: the RFC 8460 §4.3 result type this session is reported with, if any.
-        tlsrpt_result = smtp
-            .and_then(|_| osgate_core::tlsrpt::result_type(outcome.reason))
-            .map(|t| t.as_str()),
+        tlsrpt_result = smtp.and_then(|_| tlsrpt_result(outcome)),
         "connection {achieved}",
     );
 }

@@ -28,7 +28,9 @@ fn deferred(destination: &str, why: Reason) -> String {
             format!("451 4.4.1 {destination} cannot be reached now ({label}); try again later\r\n")
         }
         Reason::DnsLookupFailed => {
-            format!("451 4.4.3 the MX lookup for {destination} failed ({label}); try again later\r\n")
+            format!(
+                "451 4.4.3 the MX lookup for {destination} failed ({label}); try again later\r\n"
+            )
         }
         Reason::PolicyDeny => {
             format!("451 4.7.1 local policy does not allow mail to {destination} ({label})\r\n")

@@ -461,7 +461,11 @@ fn a_deferral_answers_4xx_to_mail_and_sends_nothing_on() {
     assert_eq!(step.then, Then::Close(crate::outcome::Reason::None));
     let (mut d, _) = Deferral::new("gw", "mx.example.net", crate::outcome::Reason::Unreachable);
     let step = d.on_client(b"MAIL FROM:<a@b>\r\n");
-    assert!(step.to_client.starts_with(b"451 4.4.1 mx.example.net cannot be reached"), "not a TLS failure");
+    assert!(
+        step.to_client
+            .starts_with(b"451 4.4.1 mx.example.net cannot be reached"),
+        "not a TLS failure"
+    );
 }
 
 proptest! {

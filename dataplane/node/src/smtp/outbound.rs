@@ -14,7 +14,7 @@ use osgate_core::ladder::TlsResult;
 use osgate_core::outcome::{Direction, Level, Outcome, Protocol, Reason, SmtpFacts, Starttls};
 use osgate_core::smtp::{Deferral, Dialogue, Failure, Join, Progress, Then};
 use osgate_core::sts::{self, Requirement, StsLookup};
-use osgate_core::tlsrpt::{self, PolicyRef, PolicyType, SessionResult};
+use osgate_core::tlsrpt::{self, PolicyRef, PolicyType, SessionResult, Verdict};
 use rustls_pki_types::UnixTime;
 use tokio::time::Instant;
 
@@ -210,23 +210,17 @@ impl<'a, D: Driver> SmtpStarter<'a, D> {
     /// Counts this attempt for TLS-RPT (RFC 8460 §4.2): a policy-compliant TLS session, or a
     /// failure the report names; neither for ends that say nothing of TLS (unreachable, …).
     fn report(&self, outcome: &Outcome, target: &Target, tlsrpt: &Recorder) {
-        let failure = tlsrpt::result_type(outcome.reason);
-        let compliant = outcome.reason == Reason::None && outcome.tls.is_some();
-        if failure.is_none() && !compliant {
-            return;
-        }
+        let failure = match tlsrpt::verdict(outcome.reason, carried_tls(outcome)) {
+            Verdict::NotCounted => return,
+            Verdict::Success => None,
+            Verdict::Failure(result) => Some(result),
+        };
         let state = self.state.borrow();
         let policy = match (self.policy.sts, state.tlsa.is_empty()) {
-            (_, false) => PolicyRef {
-                policy_type: PolicyType::Tlsa,
-                strings: state.tlsa.clone(),
-                mx_hosts: Vec::new(),
-            },
-            (StsLookup::Policy(policy, _), true) if policy.mode != sts::Mode::None => PolicyRef {
-                policy_type: PolicyType::Sts,
-                strings: policy.lines(),
-                mx_hosts: policy.mx.clone(),
-            },
+            (_, false) => PolicyRef::tlsa(state.tlsa.iter().cloned()),
+            (StsLookup::Policy(policy, _), true) if policy.mode != sts::Mode::None => {
+                PolicyRef::sts(policy)
+            }
             _ => PolicyRef::none_found(),
         };
         tlsrpt.record(SessionResult {
@@ -300,11 +294,7 @@ impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
             Lookup::Records {
                 set: TlsaSet::Usable(records),
                 ..
-            } => {
-                let mut tlsa: Vec<String> = records.iter().map(|r| r.presentation()).collect();
-                tlsa.sort();
-                tlsa
-            }
+            } => records.iter().map(|r| r.presentation()).collect(),
             _ => Vec::new(),
         };
         let dane = !tlsa.is_empty();
@@ -385,6 +375,11 @@ impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
             _ => None,
         }
     }
+}
+
+/// Mail was carried over TLS (the ladder relays TLS only as the applied policy allows).
+pub(crate) fn carried_tls(outcome: &Outcome) -> bool {
+    outcome.tls.is_some() && matches!(outcome.achieved, Level::Encrypted | Level::Authenticated(_))
 }
 
 /// (local, peer) addresses of a connected socket.
