@@ -609,12 +609,16 @@ fn assert_record(
     );
 }
 
-fn enforce_with_a_matching_mx_is_authenticated_pkix(io: Io) {
-    let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), mx_leaf);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("250"), "{reply}");
-    let record = mail.node.outcome("outbound");
-    assert_record(&record, "authenticated", "pkix", "none", "d.test:1:enforce");
+/// The local MTA's message through `mail`'s outbound: its reply starts with `reply`; the
+/// outbound record.
+fn send(mail: &mut Mail, reply: &str) -> serde_json::Value {
+    let got = local_mta(mail.node.addr("outbound[0]"));
+    assert!(got.starts_with(reply), "{got}");
+    mail.node.outcome("outbound")
+}
+
+/// The local MTA's MAIL FROM reached the MX host.
+fn assert_mail_reached_the_mx(mail: &Mail) {
     let seen = mail.backend.result();
     assert!(
         seen.iter()
@@ -623,11 +627,16 @@ fn enforce_with_a_matching_mx_is_authenticated_pkix(io: Io) {
     );
 }
 
+fn enforce_with_a_matching_mx_is_authenticated_pkix(io: Io) {
+    let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), mx_leaf);
+    let record = send(&mut mail, "250");
+    assert_record(&record, "authenticated", "pkix", "none", "d.test:1:enforce");
+    assert_mail_reached_the_mx(&mail);
+}
+
 fn enforce_refuses_an_mx_the_policy_does_not_name(io: Io) {
     let mut mail = mail_case(io, &policy("enforce", &["*.other.d.test"], 86400), mx_leaf);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("451 4.7.5"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "451 4.7.5");
     assert_eq!(
         record["reason"].as_str(),
         Some("sts-mx-mismatch"),
@@ -644,9 +653,7 @@ fn enforce_refuses_an_mx_whose_certificate_the_ca_did_not_sign(io: Io) {
     let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), |case| {
         certs::self_signed(case.path(), "mx", "mx.d.test")
     });
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("451 4.7.5"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "451 4.7.5");
     assert_eq!(
         record["reason"].as_str(),
         Some("certificate-not-trusted"),
@@ -661,9 +668,7 @@ fn enforce_refuses_an_mx_whose_certificate_the_ca_did_not_sign(io: Io) {
 
 fn testing_reports_and_delivers_to_an_mx_the_policy_does_not_name(io: Io) {
     let mut mail = mail_case(io, &policy("testing", &["*.other.d.test"], 86400), mx_leaf);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("250"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "250");
     assert_eq!(sts_of(&record), Some("d.test:1:testing"), "{record}");
     assert_eq!(
         record["report_only_reason"].as_str(),
@@ -671,30 +676,18 @@ fn testing_reports_and_delivers_to_an_mx_the_policy_does_not_name(io: Io) {
         "{record}"
     );
     assert_ne!(record["achieved"].as_str(), Some("cleartext"), "{record}");
-    let seen = mail.backend.result();
-    assert!(
-        seen.iter()
-            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
-        "{seen:?}"
-    );
+    assert_mail_reached_the_mx(&mail);
 }
 
 fn a_secure_tlsa_wins_over_an_enforce_policy_that_names_another_mx(io: Io) {
     // RFC 8461 §2: DANE and MTA-STS overlap, DANE decides where a secure TLSA applies.
     let policy = policy("enforce", &["*.other.d.test"], 86400);
     let mut mail = mail_case_with(io, &policy, mx_leaf, true);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("250"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "250");
     assert_eq!(
         (record["achieved"].as_str(), record["method"].as_str()),
         (Some("authenticated"), Some("dane")),
         "{record}"
     );
-    let seen = mail.backend.result();
-    assert!(
-        seen.iter()
-            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
-        "{seen:?}"
-    );
+    assert_mail_reached_the_mx(&mail);
 }

@@ -18,10 +18,7 @@ fn postfix_through_osgate_outbound_to_postfix_with_starttls_shows_tls_received(i
     let pem = certs::self_signed(dir.path(), "dest", "dest.example.test");
     let dest = Postfix::start(&Role::Destination { tls: Some(&pem) });
     let mut node = outbound(dir.path(), io, dest.smtpd, "encrypt", "");
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     assert_eq!(smtp::submit(sender.smtpd, FROM, MAILBOX, BODY).code, 250);
     let message = dest.wait_messages(1);
     let received = postfix::received(&message);
@@ -33,21 +30,14 @@ fn postfix_through_osgate_outbound_to_postfix_with_starttls_shows_tls_received(i
     assert!(received[0].contains("from sender.test"), "{received:#?}");
     assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
     sender.wait_log(&["status=sent"]);
-    check(
-        &mut node,
-        "outbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    check_encrypted(&mut node, "outbound");
 }
 
 fn postfix_through_osgate_outbound_to_postfix_without_tls_under_encrypt_is_deferred(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let dest = Postfix::start(&Role::Destination { tls: None });
     let mut node = outbound(dir.path(), io, dest.smtpd, "encrypt", "");
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     assert_eq!(smtp::submit(sender.smtpd, FROM, MAILBOX, BODY).code, 250);
     let deferred = sender.wait_log(&["status=deferred"]);
     assert!(
@@ -71,10 +61,7 @@ fn postfix_through_osgate_outbound_to_postfix_without_tls_is_cleartext_when_oppo
     let dir = tempfile::tempdir().unwrap();
     let dest = Postfix::start(&Role::Destination { tls: None });
     let mut node = outbound(dir.path(), io, dest.smtpd, "opportunistic", "");
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     assert_eq!(smtp::submit(sender.smtpd, FROM, MAILBOX, BODY).code, 250);
     let message = dest.wait_messages(1);
     let received = postfix::received(&message);
@@ -119,10 +106,7 @@ fn chain(io: Io, domain: &str, zones: impl FnOnce(u16, &Pem) -> Zones) -> Chain 
         inbound_section(listen, dest.smtpd, &pem, "")
     );
     let node = Node::start(dir.path(), io, "", &body);
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     Chain {
         _dir: dir,
         node,
