@@ -189,12 +189,16 @@ fn mail_and_quit(mut client: Client) {
     client.quit();
 }
 
-/// [`check`] that the session used STARTTLS and achieved `encrypted`.
+/// [`check`] that the SMTP session used STARTTLS and achieved `encrypted`.
 fn check_encrypted(node: &mut Node, direction: &str) -> serde_json::Value {
     check(
         node,
         direction,
-        &[("starttls", "used"), ("achieved", "encrypted")],
+        &[
+            ("protocol", "smtp"),
+            ("starttls", "used"),
+            ("achieved", "encrypted"),
+        ],
     )
 }
 
@@ -204,4 +208,34 @@ fn postfix_inbound(io: Io, extra: &str) -> (tempfile::TempDir, Postfix, Node) {
     let mta = Postfix::start(&Role::Destination { tls: None });
     let (node, _) = inbound(dir.path(), io, mta.smtpd, extra);
     (dir, mta, node)
+}
+
+/// [`check`] of an outbound that went on in cleartext: the destination offered no STARTTLS.
+fn check_cleartext_not_offered(node: &mut Node) {
+    check(
+        node,
+        "outbound",
+        &[
+            ("achieved", "cleartext"),
+            ("reason", "starttls-not-supported"),
+            ("starttls", "not-offered"),
+        ],
+    );
+}
+
+/// swaks to `addr` over STARTTLS with PIPELINING, sending `body`: (success, transcript).
+fn swaks_tls_pipelined(addr: SocketAddr, body: &str) -> (bool, String) {
+    smtp::swaks(
+        addr,
+        &[
+            "--to",
+            MAILBOX,
+            "--from",
+            FROM,
+            "--tls",
+            "--pipeline",
+            "--body",
+            body,
+        ],
+    )
 }

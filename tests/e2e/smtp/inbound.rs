@@ -42,15 +42,7 @@ fn e30_commands_after_starttls_in_the_same_write_are_never_acted_on(io: Io) {
         seen.iter().any(|l| l == &format!("MAIL FROM:<{FROM}>")),
         "{seen:#?}"
     );
-    let rec = check(
-        &mut node,
-        "inbound",
-        &[
-            ("protocol", "smtp"),
-            ("starttls", "used"),
-            ("achieved", "encrypted"),
-        ],
-    );
+    let rec = check_encrypted(&mut node, "inbound");
     assert_eq!(rec["injected_bytes"], injected.len(), "{rec}");
 }
 
@@ -200,19 +192,7 @@ fn swaks_without_tls_gets_530_in_require_mode_and_nothing_is_delivered(io: Io) {
 
 fn swaks_pipelines_through_the_inbound_starttls_to_postfix(io: Io) {
     let (_dir, mta, mut node) = postfix_inbound(io, "");
-    let (ok, transcript) = smtp::swaks(
-        node.addr("inbound[0]"),
-        &[
-            "--to",
-            MAILBOX,
-            "--from",
-            FROM,
-            "--tls",
-            "--pipeline",
-            "--body",
-            "pipelined body",
-        ],
-    );
+    let (ok, transcript) = swaks_tls_pipelined(node.addr("inbound[0]"), "pipelined body");
     assert!(ok, "{transcript}");
     assert!(transcript.contains("TLS started"), "{transcript}");
     let message = mta.wait_messages(1);

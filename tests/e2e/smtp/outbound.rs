@@ -29,15 +29,7 @@ fn e31_a_reply_injected_after_220_is_discarded_and_the_ehlo_reply_comes_over_tls
         &cleartext.iter().map(|s| (*s).clone()).collect::<Vec<_>>()
     ));
     assert!(saw_transaction(&seen), "{seen:#?}");
-    let rec = check(
-        &mut node,
-        "outbound",
-        &[
-            ("protocol", "smtp"),
-            ("starttls", "used"),
-            ("achieved", "encrypted"),
-        ],
-    );
+    let rec = check_encrypted(&mut node, "outbound");
     assert_eq!(rec["injected_bytes"], INJECTED.len(), "{rec}");
 }
 
@@ -105,15 +97,7 @@ fn e32_opportunistic_destination_without_starttls_is_cleartext_starttls_not_supp
     let (_dir, dest, mut node) = scripted_outbound(io, Script::NoStarttls, "opportunistic", "");
     mail_and_quit(after_ehlo(node.addr("outbound[0]")));
     assert!(saw_transaction(&dest.session()));
-    check(
-        &mut node,
-        "outbound",
-        &[
-            ("achieved", "cleartext"),
-            ("reason", "starttls-not-supported"),
-            ("starttls", "not-offered"),
-        ],
-    );
+    check_cleartext_not_offered(&mut node);
 }
 
 fn e34_an_over_long_reply_line_from_the_destination_is_a_protocol_error(io: Io) {

@@ -103,19 +103,7 @@ fn harness_swaks_pipelines_to_postfix_over_starttls() {
     let dir = tempfile::tempdir().unwrap();
     let pem = certs::self_signed(dir.path(), "dest", "dest.example.test");
     let dest = Postfix::start(&Role::Destination { tls: Some(&pem) });
-    let (ok, transcript) = smtp::swaks(
-        dest.smtpd,
-        &[
-            "--to",
-            MAILBOX,
-            "--from",
-            FROM,
-            "--tls",
-            "--pipeline",
-            "--body",
-            "swaks body",
-        ],
-    );
+    let (ok, transcript) = swaks_tls_pipelined(dest.smtpd, "swaks body");
     assert!(ok, "{transcript}");
     let message = dest.wait_messages(1);
     assert!(postfix::received(&message)[0].contains("(using TLS"));
