@@ -239,3 +239,13 @@ fn swaks_tls_pipelined(addr: SocketAddr, body: &str) -> (bool, String) {
         ],
     )
 }
+
+/// swaks to `addr` without TLS, sending `body`: (success, transcript).
+fn swaks_cleartext(addr: SocketAddr, body: &str) -> (bool, String) {
+    smtp::swaks(addr, &["--to", MAILBOX, "--from", FROM, "--body", body])
+}
+
+/// How many lines of a peer's `seen` session start with `prefix`.
+fn count(seen: &[String], prefix: &str) -> usize {
+    seen.iter().filter(|l| l.starts_with(prefix)).count()
+}

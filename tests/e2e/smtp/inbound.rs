@@ -82,7 +82,7 @@ fn e33_inbound_client_must_ehlo_again_after_tls(io: Io) {
     assert_eq!(client.command("EHLO client.test").code, 250);
     mail_and_quit(client);
     let seen = backend.session();
-    let mails = seen.iter().filter(|l| l.starts_with("MAIL")).count();
+    let mails = count(&seen, "MAIL");
     assert_eq!(
         mails, 1,
         "only the MAIL after the second EHLO reaches the MTA: {seen:#?}"
@@ -164,20 +164,13 @@ fn require_mode_answers_530_before_starttls(io: Io) {
     );
     mail_and_quit(client);
     let seen = backend.session();
-    assert_eq!(
-        seen.iter().filter(|l| l.starts_with("MAIL")).count(),
-        1,
-        "{seen:#?}"
-    );
+    assert_eq!(count(&seen, "MAIL"), 1, "{seen:#?}");
     check_encrypted(&mut node, "inbound");
 }
 
 fn swaks_without_tls_gets_530_in_require_mode_and_nothing_is_delivered(io: Io) {
     let (_dir, mta, mut node) = postfix_inbound(io, "starttls = \"require\"");
-    let (ok, transcript) = smtp::swaks(
-        node.addr("inbound[0]"),
-        &["--to", MAILBOX, "--from", FROM, "--body", "must not arrive"],
-    );
+    let (ok, transcript) = swaks_cleartext(node.addr("inbound[0]"), "must not arrive");
     assert!(!ok, "{transcript}");
     assert!(transcript.contains("530 5.7.0"), "{transcript}");
     let disconnect = mta.wait_log(&["disconnect from"]);
@@ -244,20 +237,13 @@ fn inbound_offers_its_own_starttls_and_never_the_backends(io: Io) {
     mail_and_quit(client);
     let seen = backend.session();
     assert!(!seen.iter().any(|l| l.contains("STARTTLS")), "{seen:#?}");
-    assert_eq!(
-        seen.iter().filter(|l| l.starts_with("EHLO")).count(),
-        2,
-        "{seen:#?}"
-    );
+    assert_eq!(count(&seen, "EHLO"), 2, "{seen:#?}");
     check_encrypted(&mut node, "inbound");
 }
 
 fn offer_mode_carries_a_cleartext_client_and_says_cleartext(io: Io) {
     let (_dir, mta, mut node) = postfix_inbound(io, "starttls = \"offer\"");
-    let (ok, transcript) = smtp::swaks(
-        node.addr("inbound[0]"),
-        &["--to", MAILBOX, "--from", FROM, "--body", "cleartext body"],
-    );
+    let (ok, transcript) = swaks_cleartext(node.addr("inbound[0]"), "cleartext body");
     assert!(ok, "{transcript}");
     assert!(String::from_utf8_lossy(&mta.wait_messages(1)).contains("cleartext body"));
     check(
