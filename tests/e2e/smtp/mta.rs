@@ -89,6 +89,27 @@ impl Chain {
             250
         );
     }
+
+    /// [`Chain::submit`], then the destination's maildir gets the body intact.
+    fn submit_and_deliver(&self) {
+        self.submit();
+        let message = self.dest.wait_messages(1);
+        assert_eq!(
+            postfix::split_message(&message).1,
+            BODY_ONLY,
+            "the body arrives intact"
+        );
+    }
+}
+
+/// A zone's records for `dst` with one MX, `mx_host` (its `mx` label at 127.0.0.1), and a
+/// `3 1 1` TLSA record of `tlsa_hex` for its `port`.
+fn one_mx(port: u16, mx_host: &str, tlsa_hex: &str) -> Vec<String> {
+    vec![
+        format!("dst IN MX 10 {mx_host}."),
+        "mx IN A 127.0.0.1".into(),
+        format!("_{port}._tcp.mx IN TLSA 3 1 1 {tlsa_hex}"),
+    ]
 }
 
 /// The outbound record names `mx.test` as the MX host used (trailing dot or not).
@@ -130,20 +151,10 @@ fn chain(io: Io, domain: &str, zones: impl FnOnce(u16, &Pem) -> Zones) -> Chain 
 
 fn done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_dane(io: Io) {
     let mut chain = chain(io, "dst.test", |port, pem| Zones {
-        secure: vec![
-            "dst IN MX 10 mx.test.".into(),
-            "mx IN A 127.0.0.1".into(),
-            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", spki_sha256_hex(pem)),
-        ],
+        secure: one_mx(port, "mx.test", &spki_sha256_hex(pem)),
         ..Zones::default()
     });
-    chain.submit();
-    let message = chain.dest.wait_messages(1);
-    assert_eq!(
-        postfix::split_message(&message).1,
-        BODY_ONLY,
-        "the body arrives intact"
-    );
+    chain.submit_and_deliver();
     chain.sender.wait_log(&["status=sent"]);
     let out = check(
         &mut chain.node,
@@ -171,16 +182,10 @@ fn done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_da
 
 fn an_mx_in_an_unsigned_zone_is_not_dane(io: Io) {
     let mut chain = chain(io, "dst.ins.test", |port, pem| Zones {
-        insecure: vec![
-            "dst IN MX 10 mx.ins.test.".into(),
-            "mx IN A 127.0.0.1".into(),
-            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", spki_sha256_hex(pem)),
-        ],
+        insecure: one_mx(port, "mx.ins.test", &spki_sha256_hex(pem)),
         ..Zones::default()
     });
-    chain.submit();
-    let message = chain.dest.wait_messages(1);
-    assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
+    chain.submit_and_deliver();
     let out = check_encrypted(&mut chain.node, "outbound");
     assert_ne!(out["method"], "dane", "{out}");
     assert!(
@@ -203,11 +208,7 @@ fn mx_hosts_are_tried_in_preference_order(io: Io) {
         ],
         ..Zones::default()
     });
-    chain.submit();
-    assert_eq!(
-        postfix::split_message(&chain.dest.wait_messages(1)).1,
-        BODY_ONLY
-    );
+    chain.submit_and_deliver();
     let out = check(
         &mut chain.node,
         "outbound",
@@ -218,11 +219,7 @@ fn mx_hosts_are_tried_in_preference_order(io: Io) {
 
 fn a_secure_mx_whose_tlsa_does_not_match_is_deferred_never_cleartext(io: Io) {
     let mut chain = chain(io, "dst.test", |port, _| Zones {
-        secure: vec![
-            "dst IN MX 10 mx.test.".into(),
-            "mx IN A 127.0.0.1".into(),
-            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", "ab".repeat(32)),
-        ],
+        secure: one_mx(port, "mx.test", &"ab".repeat(32)),
         ..Zones::default()
     });
     chain.submit();
