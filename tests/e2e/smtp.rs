@@ -139,3 +139,113 @@ fn expect_no_delivery(addr: SocketAddr) {
         assert!((400..500).contains(&mail.code), "{}", mail.text());
     }
 }
+
+/// A scripted backend playing `script` behind an SMTP inbound with `extra`.
+fn scripted_inbound(io: Io, script: Script, extra: &str) -> (tempfile::TempDir, Scripted, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::start(script, &key(dir.path()));
+    let (node, _) = inbound(dir.path(), io, backend.addr, extra);
+    (dir, backend, node)
+}
+
+/// A scripted destination playing `script` behind an SMTP outbound under `policy`.
+fn scripted_outbound(
+    io: Io,
+    script: Script,
+    policy: &str,
+    extra: &str,
+) -> (tempfile::TempDir, Scripted, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Scripted::start(script, &key(dir.path()));
+    let node = outbound(dir.path(), io, dest.addr, policy, extra);
+    (dir, dest, node)
+}
+
+/// A Postfix sender relaying everything to `relayhost` without TLS.
+fn postfix_sender(relayhost: SocketAddr) -> Postfix {
+    Postfix::start(&Role::Sender {
+        relayhost,
+        tls_level: "none",
+    })
+}
+
+/// A client of `addr` that got a 220 greeting.
+fn greeted(addr: SocketAddr) -> Client {
+    let mut client = Client::connect(addr);
+    assert_eq!(client.reply().code, 220);
+    client
+}
+
+/// A [`greeted`] client whose cleartext EHLO got 250.
+fn after_ehlo(addr: SocketAddr) -> Client {
+    let mut client = greeted(addr);
+    assert_eq!(client.command("EHLO client.test").code, 250);
+    client
+}
+
+/// The test message is accepted (250), then QUIT.
+fn mail_and_quit(mut client: Client) {
+    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
+    client.quit();
+}
+
+/// [`check`] that the SMTP session used STARTTLS and achieved `encrypted`.
+fn check_encrypted(node: &mut Node, direction: &str) -> serde_json::Value {
+    check(
+        node,
+        direction,
+        &[
+            ("protocol", "smtp"),
+            ("starttls", "used"),
+            ("achieved", "encrypted"),
+        ],
+    )
+}
+
+/// A TLS-less Postfix destination behind an SMTP inbound with `extra`.
+fn postfix_inbound(io: Io, extra: &str) -> (tempfile::TempDir, Postfix, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let mta = Postfix::start(&Role::Destination { tls: None });
+    let (node, _) = inbound(dir.path(), io, mta.smtpd, extra);
+    (dir, mta, node)
+}
+
+/// [`check`] of an outbound that went on in cleartext: the destination offered no STARTTLS.
+fn check_cleartext_not_offered(node: &mut Node) {
+    check(
+        node,
+        "outbound",
+        &[
+            ("achieved", "cleartext"),
+            ("reason", "starttls-not-supported"),
+            ("starttls", "not-offered"),
+        ],
+    );
+}
+
+/// swaks to `addr` over STARTTLS with PIPELINING, sending `body`: (success, transcript).
+fn swaks_tls_pipelined(addr: SocketAddr, body: &str) -> (bool, String) {
+    smtp::swaks(
+        addr,
+        &[
+            "--to",
+            MAILBOX,
+            "--from",
+            FROM,
+            "--tls",
+            "--pipeline",
+            "--body",
+            body,
+        ],
+    )
+}
+
+/// swaks to `addr` without TLS, sending `body`: (success, transcript).
+fn swaks_cleartext(addr: SocketAddr, body: &str) -> (bool, String) {
+    smtp::swaks(addr, &["--to", MAILBOX, "--from", FROM, "--body", body])
+}
+
+/// How many lines of a peer's `seen` session start with `prefix`.
+fn count(seen: &[String], prefix: &str) -> usize {
+    seen.iter().filter(|l| l.starts_with(prefix)).count()
+}

@@ -39,6 +39,13 @@ fn zones(txt: &[&str]) -> Zones {
     }
 }
 
+/// A [`Case`] and a testbed publishing `txt` at `_mta-sts.d.test`.
+fn case_with_record(txt: &[&str]) -> (Case, Testbed) {
+    let case = Case::new();
+    let dns = Testbed::start(case.path(), &zones(txt));
+    (case, dns)
+}
+
 /// A test folder with a CA that the node trusts (`[node] ca_bundle`).
 struct Case {
     dir: tempfile::TempDir,
@@ -56,6 +63,11 @@ impl Case {
             ca,
             port: free_port(),
         }
+    }
+
+    /// The policy host serving an `enforce` policy for `mx` under the CA's leaf.
+    fn serve_enforce(&self, mx: &[&str]) -> SServer {
+        self.serve(&self.leaf(), &policy("enforce", mx, 86400))
     }
 
     fn path(&self) -> &Path {
@@ -152,12 +164,8 @@ fn assert_failed(report: &(i32, String, String), reason: &str) {
 
 #[test]
 fn an_enforce_policy_is_fetched_then_served_from_the_cache() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=20260101;"]));
-    let server = case.serve(
-        &case.leaf(),
-        &policy("enforce", &["mx1.d.test", "*.mx.d.test"], 86400),
-    );
+    let (case, dns) = case_with_record(&["v=STSv1; id=20260101;"]);
+    let server = case.serve_enforce(&["mx1.d.test", "*.mx.d.test"]);
     let first = case.lookup(&dns);
     assert_policy(
         &first,
@@ -186,8 +194,7 @@ fn an_enforce_policy_is_fetched_then_served_from_the_cache() {
 
 #[test]
 fn a_testing_policy_is_reported_as_testing() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=t1"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=t1"]);
     let _server = case.serve(
         &case.leaf(),
         &policy("testing", &["mx.d.test"], 3600).replace("\r\n", "\n"),
@@ -197,8 +204,7 @@ fn a_testing_policy_is_reported_as_testing() {
 
 #[test]
 fn a_changed_id_refetches_the_policy() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
     let pem = case.leaf();
     let _server = case.serve(&pem, &policy("enforce", &["old.d.test"], 86400));
     assert_policy(&case.lookup(&dns), "enforce", "1", &["old.d.test"], "fresh");
@@ -223,8 +229,7 @@ fn a_changed_id_refetches_the_policy() {
 
 #[test]
 fn an_unreachable_policy_host_without_a_cached_policy_is_a_fetch_error() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
     // Nothing listens on the policy host's port.
     let report = case.lookup(&dns);
     assert_failed(&report, "sts-policy-fetch-error");
@@ -233,9 +238,8 @@ fn an_unreachable_policy_host_without_a_cached_policy_is_a_fetch_error() {
 
 #[test]
 fn an_unreachable_policy_host_keeps_the_cached_policy() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
-    let server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
+    let server = case.serve_enforce(&["mx.d.test"]);
     assert_policy(&case.lookup(&dns), "enforce", "1", &["mx.d.test"], "fresh");
     drop(server);
     drop(dns);
@@ -258,8 +262,7 @@ fn an_unreachable_policy_host_keeps_the_cached_policy() {
 
 #[test]
 fn a_policy_host_whose_certificate_the_ca_did_not_sign_is_webpki_invalid() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
     let rogue = certs::self_signed(case.path(), "rogue", HOST);
     let _server = case.serve(&rogue, &policy("enforce", &["mx.d.test"], 86400));
     assert_failed(&case.lookup(&dns), "sts-webpki-invalid");
@@ -273,8 +276,7 @@ fn a_policy_host_whose_certificate_the_ca_did_not_sign_is_webpki_invalid() {
 
 #[test]
 fn a_malformed_policy_is_invalid_and_not_cached() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
     let _server = case.serve(
         &case.leaf(),
         "version: STSv1\nmode: enforce\nmx: mx.d.test\n",
@@ -287,8 +289,7 @@ fn a_malformed_policy_is_invalid_and_not_cached() {
 
 #[test]
 fn a_redirect_is_not_followed() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
     // A valid policy waits at the redirect's target; following it would find one.
     case.write_file(
         "real.txt",
@@ -307,8 +308,7 @@ fn a_redirect_is_not_followed() {
 
 #[test]
 fn a_policy_served_as_html_is_invalid() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
     let _server = case.serve_raw(&format!(
         "HTTP/1.0 200 ok\r\nContent-Type: text/html\r\n\r\n{}",
         policy("enforce", &["mx.d.test"], 86400)
@@ -318,8 +318,7 @@ fn a_policy_served_as_html_is_invalid() {
 
 #[test]
 fn an_over_long_policy_is_refused() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
     // Valid but for its size: unknown fields are ignored, the 64 KiB limit is not.
     let mut body = policy("enforce", &["mx.d.test"], 86400);
     while body.len() <= 70 * 1024 {
@@ -338,10 +337,9 @@ fn no_record_or_two_records_mean_no_policy() {
         &["v=STSv1; id=1;", "v=STSv1; id=2;"][..],
         &["v=spf1 -all"][..],
     ] {
-        let case = Case::new();
-        let dns = Testbed::start(case.path(), &zones(txt));
+        let (case, dns) = case_with_record(txt);
         // A policy host that would answer, were it asked.
-        let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+        let _server = case.serve_enforce(&["mx.d.test"]);
         let (code, out, err) = case.lookup(&dns);
         assert_eq!(
             (code, field(&out, "policy")),
@@ -393,7 +391,7 @@ impl Counter {
 fn concurrent_lookups_of_one_domain_fetch_once() {
     let mut case = Case::new();
     let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
-    let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    let _server = case.serve_enforce(&["mx.d.test"]);
     let counter = Counter::start(case.port);
     case.port = counter.addr;
     let (code, out, err) = case.lookup_many(&dns, 8);
@@ -407,9 +405,8 @@ fn concurrent_lookups_of_one_domain_fetch_once() {
 
 #[test]
 fn an_unreadable_cache_file_is_ignored_and_replaced() {
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
-    let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
+    let _server = case.serve_enforce(&["mx.d.test"]);
     std::fs::create_dir_all(case.cache_file().parent().unwrap()).unwrap();
     std::fs::write(
         case.cache_file(),
@@ -434,9 +431,8 @@ fn the_cache_written_by_root_belongs_to_the_state_folders_owner() {
         eprintln!("skipped: needs root to hand files to another user");
         return;
     }
-    let case = Case::new();
-    let dns = Testbed::start(case.path(), &zones(&["v=STSv1; id=1;"]));
-    let _server = case.serve(&case.leaf(), &policy("enforce", &["mx.d.test"], 86400));
+    let (case, dns) = case_with_record(&["v=STSv1; id=1;"]);
+    let _server = case.serve_enforce(&["mx.d.test"]);
     let state = case.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
@@ -609,12 +605,16 @@ fn assert_record(
     );
 }
 
-fn enforce_with_a_matching_mx_is_authenticated_pkix(io: Io) {
-    let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), mx_leaf);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("250"), "{reply}");
-    let record = mail.node.outcome("outbound");
-    assert_record(&record, "authenticated", "pkix", "none", "d.test:1:enforce");
+/// The local MTA's message through `mail`'s outbound: its reply starts with `reply`; the
+/// outbound record.
+fn send(mail: &mut Mail, reply: &str) -> serde_json::Value {
+    let got = local_mta(mail.node.addr("outbound[0]"));
+    assert!(got.starts_with(reply), "{got}");
+    mail.node.outcome("outbound")
+}
+
+/// The local MTA's MAIL FROM reached the MX host.
+fn assert_mail_reached_the_mx(mail: &Mail) {
     let seen = mail.backend.result();
     assert!(
         seen.iter()
@@ -623,11 +623,16 @@ fn enforce_with_a_matching_mx_is_authenticated_pkix(io: Io) {
     );
 }
 
+fn enforce_with_a_matching_mx_is_authenticated_pkix(io: Io) {
+    let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), mx_leaf);
+    let record = send(&mut mail, "250");
+    assert_record(&record, "authenticated", "pkix", "none", "d.test:1:enforce");
+    assert_mail_reached_the_mx(&mail);
+}
+
 fn enforce_refuses_an_mx_the_policy_does_not_name(io: Io) {
     let mut mail = mail_case(io, &policy("enforce", &["*.other.d.test"], 86400), mx_leaf);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("451 4.7.5"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "451 4.7.5");
     assert_eq!(
         record["reason"].as_str(),
         Some("sts-mx-mismatch"),
@@ -644,9 +649,7 @@ fn enforce_refuses_an_mx_whose_certificate_the_ca_did_not_sign(io: Io) {
     let mut mail = mail_case(io, &policy("enforce", &["mx.d.test"], 86400), |case| {
         certs::self_signed(case.path(), "mx", "mx.d.test")
     });
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("451 4.7.5"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "451 4.7.5");
     assert_eq!(
         record["reason"].as_str(),
         Some("certificate-not-trusted"),
@@ -661,9 +664,7 @@ fn enforce_refuses_an_mx_whose_certificate_the_ca_did_not_sign(io: Io) {
 
 fn testing_reports_and_delivers_to_an_mx_the_policy_does_not_name(io: Io) {
     let mut mail = mail_case(io, &policy("testing", &["*.other.d.test"], 86400), mx_leaf);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("250"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "250");
     assert_eq!(sts_of(&record), Some("d.test:1:testing"), "{record}");
     assert_eq!(
         record["report_only_reason"].as_str(),
@@ -671,30 +672,18 @@ fn testing_reports_and_delivers_to_an_mx_the_policy_does_not_name(io: Io) {
         "{record}"
     );
     assert_ne!(record["achieved"].as_str(), Some("cleartext"), "{record}");
-    let seen = mail.backend.result();
-    assert!(
-        seen.iter()
-            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
-        "{seen:?}"
-    );
+    assert_mail_reached_the_mx(&mail);
 }
 
 fn a_secure_tlsa_wins_over_an_enforce_policy_that_names_another_mx(io: Io) {
     // RFC 8461 §2: DANE and MTA-STS overlap, DANE decides where a secure TLSA applies.
     let policy = policy("enforce", &["*.other.d.test"], 86400);
     let mut mail = mail_case_with(io, &policy, mx_leaf, true);
-    let reply = local_mta(mail.node.addr("outbound[0]"));
-    assert!(reply.starts_with("250"), "{reply}");
-    let record = mail.node.outcome("outbound");
+    let record = send(&mut mail, "250");
     assert_eq!(
         (record["achieved"].as_str(), record["method"].as_str()),
         (Some("authenticated"), Some("dane")),
         "{record}"
     );
-    let seen = mail.backend.result();
-    assert!(
-        seen.iter()
-            .any(|l| l.starts_with("MAIL FROM:<a@local.test>")),
-        "{seen:?}"
-    );
+    assert_mail_reached_the_mx(&mail);
 }

@@ -22,11 +22,8 @@ per_driver!(
 );
 
 fn e30_commands_after_starttls_in_the_same_write_are_never_acted_on(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::NoStarttls, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
+    let (_dir, backend, mut node) = scripted_inbound(io, Script::NoStarttls, "");
+    let mut client = greeted(node.addr("inbound[0]"));
     let ehlo = client.command("EHLO client.test");
     assert!(ehlo.has("STARTTLS"), "{}", ehlo.text());
     let injected = "MAIL FROM:<injected@evil.test>\r\n";
@@ -35,8 +32,7 @@ fn e30_commands_after_starttls_in_the_same_write_are_never_acted_on(io: Io) {
     client.handshake("mx.test").unwrap();
     // Had the injected MAIL been kept, this one would get 503 (nested MAIL).
     assert_eq!(client.command("EHLO client.test").code, 250);
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let seen = backend.session();
     assert!(
         !seen.iter().any(|l| l.contains("injected@evil.test")),
@@ -46,25 +42,13 @@ fn e30_commands_after_starttls_in_the_same_write_are_never_acted_on(io: Io) {
         seen.iter().any(|l| l == &format!("MAIL FROM:<{FROM}>")),
         "{seen:#?}"
     );
-    let rec = check(
-        &mut node,
-        "inbound",
-        &[
-            ("protocol", "smtp"),
-            ("starttls", "used"),
-            ("achieved", "encrypted"),
-        ],
-    );
+    let rec = check_encrypted(&mut node, "inbound");
     assert_eq!(rec["injected_bytes"], injected.len(), "{rec}");
 }
 
 fn e30_an_injected_transaction_never_changes_what_postfix_delivers(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let mta = Postfix::start(&Role::Destination { tls: None });
-    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
-    assert_eq!(client.command("EHLO client.test").code, 250);
+    let (_dir, mta, mut node) = postfix_inbound(io, "");
+    let mut client = after_ehlo(node.addr("inbound[0]"));
     let injected = format!(
         "MAIL FROM:<evil@evil.test>\r\nRCPT TO:<{MAILBOX}>\r\nDATA\r\nSubject: injected\r\n\r\nevil\r\n.\r\n"
     );
@@ -72,8 +56,7 @@ fn e30_an_injected_transaction_never_changes_what_postfix_delivers(io: Io) {
     assert_eq!(client.reply().code, 220);
     client.handshake("mx.test").unwrap();
     assert_eq!(client.command("EHLO client.test").code, 250);
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let disconnect = mta.wait_log(&["disconnect from", "quit=1"]);
     assert!(
         disconnect.contains(" mail=1 "),
@@ -88,12 +71,8 @@ fn e30_an_injected_transaction_never_changes_what_postfix_delivers(io: Io) {
 }
 
 fn e33_inbound_client_must_ehlo_again_after_tls(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::NoStarttls, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
-    assert_eq!(client.command("EHLO client.test").code, 250);
+    let (_dir, backend, mut node) = scripted_inbound(io, Script::NoStarttls, "");
+    let mut client = after_ehlo(node.addr("inbound[0]"));
     assert_eq!(client.command("STARTTLS").code, 220);
     client.handshake("mx.test").unwrap();
     // RFC 3207 §4.2: the session state is reset; a transaction before EHLO is out of order.
@@ -101,10 +80,9 @@ fn e33_inbound_client_must_ehlo_again_after_tls(io: Io) {
     assert_eq!(early.code, 503, "{}", early.text());
     assert!(early.text().contains("5.5.1"), "{}", early.text());
     assert_eq!(client.command("EHLO client.test").code, 250);
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let seen = backend.session();
-    let mails = seen.iter().filter(|l| l.starts_with("MAIL")).count();
+    let mails = count(&seen, "MAIL");
     assert_eq!(
         mails, 1,
         "only the MAIL after the second EHLO reaches the MTA: {seen:#?}"
@@ -112,20 +90,12 @@ fn e33_inbound_client_must_ehlo_again_after_tls(io: Io) {
     let ehlo_after_tls = seen.iter().rposition(|l| l.starts_with("EHLO")).unwrap();
     let mail = seen.iter().position(|l| l.starts_with("MAIL")).unwrap();
     assert!(ehlo_after_tls < mail, "{seen:#?}");
-    check(
-        &mut node,
-        "inbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    check_encrypted(&mut node, "inbound");
 }
 
 fn e34_an_over_long_command_line_is_refused_and_never_relayed(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::NoStarttls, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
-    assert_eq!(client.command("EHLO client.test").code, 250);
+    let (_dir, backend, mut node) = scripted_inbound(io, Script::NoStarttls, "");
+    let mut client = after_ehlo(node.addr("inbound[0]"));
     // RFC 5321 §4.5.3.1.4: a command line is at most 512 octets; osgate's cap is 2048.
     let long = format!("MAIL FROM:<{}@sender.test>", "a".repeat(4000));
     let reply = client.command(&long);
@@ -173,12 +143,9 @@ fn a3_the_backend_banner_goes_out_at_once_without_a_client_byte(io: Io) {
 }
 
 fn require_mode_answers_530_before_starttls(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::NoStarttls, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "starttls = \"require\"");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
-    assert_eq!(client.command("EHLO client.test").code, 250);
+    let (_dir, backend, mut node) =
+        scripted_inbound(io, Script::NoStarttls, "starttls = \"require\"");
+    let mut client = after_ehlo(node.addr("inbound[0]"));
     for command in [
         format!("MAIL FROM:<{FROM}>"),
         format!("RCPT TO:<{MAILBOX}>"),
@@ -195,29 +162,15 @@ fn require_mode_answers_530_before_starttls(io: Io) {
         "no STARTTLS over TLS: {}",
         ehlo.text()
     );
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let seen = backend.session();
-    assert_eq!(
-        seen.iter().filter(|l| l.starts_with("MAIL")).count(),
-        1,
-        "{seen:#?}"
-    );
-    check(
-        &mut node,
-        "inbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    assert_eq!(count(&seen, "MAIL"), 1, "{seen:#?}");
+    check_encrypted(&mut node, "inbound");
 }
 
 fn swaks_without_tls_gets_530_in_require_mode_and_nothing_is_delivered(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let mta = Postfix::start(&Role::Destination { tls: None });
-    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "starttls = \"require\"");
-    let (ok, transcript) = smtp::swaks(
-        node.addr("inbound[0]"),
-        &["--to", MAILBOX, "--from", FROM, "--body", "must not arrive"],
-    );
+    let (_dir, mta, mut node) = postfix_inbound(io, "starttls = \"require\"");
+    let (ok, transcript) = swaks_cleartext(node.addr("inbound[0]"), "must not arrive");
     assert!(!ok, "{transcript}");
     assert!(transcript.contains("530 5.7.0"), "{transcript}");
     let disconnect = mta.wait_log(&["disconnect from"]);
@@ -231,39 +184,18 @@ fn swaks_without_tls_gets_530_in_require_mode_and_nothing_is_delivered(io: Io) {
 }
 
 fn swaks_pipelines_through_the_inbound_starttls_to_postfix(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let mta = Postfix::start(&Role::Destination { tls: None });
-    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "");
-    let (ok, transcript) = smtp::swaks(
-        node.addr("inbound[0]"),
-        &[
-            "--to",
-            MAILBOX,
-            "--from",
-            FROM,
-            "--tls",
-            "--pipeline",
-            "--body",
-            "pipelined body",
-        ],
-    );
+    let (_dir, mta, mut node) = postfix_inbound(io, "");
+    let (ok, transcript) = swaks_tls_pipelined(node.addr("inbound[0]"), "pipelined body");
     assert!(ok, "{transcript}");
     assert!(transcript.contains("TLS started"), "{transcript}");
     let message = mta.wait_messages(1);
     assert!(String::from_utf8_lossy(&message).contains("pipelined body"));
-    check(
-        &mut node,
-        "inbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    check_encrypted(&mut node, "inbound");
 }
 
 fn bdat_chunks_pass_through_the_inbound_after_tls(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let mta = Postfix::start(&Role::Destination { tls: None });
-    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
+    let (_dir, mta, mut node) = postfix_inbound(io, "");
+    let mut client = greeted(node.addr("inbound[0]"));
     let ehlo = client.starttls("mx.test");
     assert!(ehlo.has("CHUNKING"), "{}", ehlo.text());
     assert_eq!(client.command(&format!("MAIL FROM:<{FROM}>")).code, 250);
@@ -279,20 +211,13 @@ fn bdat_chunks_pass_through_the_inbound_after_tls(io: Io) {
     client.quit();
     let (_, body) = postfix::split_message(&mta.wait_messages(1));
     assert_eq!(body, BODY_ONLY);
-    check(
-        &mut node,
-        "inbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    check_encrypted(&mut node, "inbound");
 }
 
 fn inbound_offers_its_own_starttls_and_never_the_backends(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
     // A backend that offers STARTTLS itself: osgate answers it, the backend never sees it.
-    let backend = Scripted::start(Script::Tls, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
+    let (_dir, backend, mut node) = scripted_inbound(io, Script::Tls, "");
+    let mut client = greeted(node.addr("inbound[0]"));
     let ehlo = client.command("EHLO client.test");
     let offers = ehlo
         .lines
@@ -309,30 +234,16 @@ fn inbound_offers_its_own_starttls_and_never_the_backends(io: Io) {
         "the backend's STARTTLS is removed: {}",
         ehlo.text()
     );
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let seen = backend.session();
     assert!(!seen.iter().any(|l| l.contains("STARTTLS")), "{seen:#?}");
-    assert_eq!(
-        seen.iter().filter(|l| l.starts_with("EHLO")).count(),
-        2,
-        "{seen:#?}"
-    );
-    check(
-        &mut node,
-        "inbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    assert_eq!(count(&seen, "EHLO"), 2, "{seen:#?}");
+    check_encrypted(&mut node, "inbound");
 }
 
 fn offer_mode_carries_a_cleartext_client_and_says_cleartext(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let mta = Postfix::start(&Role::Destination { tls: None });
-    let (mut node, _) = inbound(dir.path(), io, mta.smtpd, "starttls = \"offer\"");
-    let (ok, transcript) = smtp::swaks(
-        node.addr("inbound[0]"),
-        &["--to", MAILBOX, "--from", FROM, "--body", "cleartext body"],
-    );
+    let (_dir, mta, mut node) = postfix_inbound(io, "starttls = \"offer\"");
+    let (ok, transcript) = swaks_cleartext(node.addr("inbound[0]"), "cleartext body");
     assert!(ok, "{transcript}");
     assert!(String::from_utf8_lossy(&mta.wait_messages(1)).contains("cleartext body"));
     check(
@@ -343,25 +254,16 @@ fn offer_mode_carries_a_cleartext_client_and_says_cleartext(io: Io) {
 }
 
 fn a_backend_greeting_split_byte_by_byte_reaches_the_client_whole(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::ByteByByte, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
+    let (_dir, _backend, mut node) = scripted_inbound(io, Script::ByteByByte, "");
     let mut client = Client::connect(node.addr("inbound[0]"));
     assert_eq!(client.reply().text(), "220 scripted.test ESMTP");
     assert_eq!(client.starttls("mx.test").code, 250);
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
-    check(
-        &mut node,
-        "inbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    mail_and_quit(client);
+    check_encrypted(&mut node, "inbound");
 }
 
 fn a_backend_refusing_service_is_relayed_and_the_session_closed(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::Refuses554, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "");
+    let (_dir, backend, mut node) = scripted_inbound(io, Script::Refuses554, "");
     let mut client = Client::connect(node.addr("inbound[0]"));
     let greeting = client.reply();
     assert_eq!(greeting.text(), "554 5.3.2 scripted.test no service");
@@ -387,21 +289,17 @@ fn closed_within(client: &mut Client, within: Duration) {
 }
 
 fn e34_a_client_silent_mid_session_is_closed_at_the_command_timeout(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::NoStarttls, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "command_timeout_ms = 500");
-    let mut client = Client::connect(node.addr("inbound[0]"));
-    assert_eq!(client.reply().code, 220);
-    assert_eq!(client.command("EHLO client.test").code, 250);
+    let (_dir, backend, mut node) =
+        scripted_inbound(io, Script::NoStarttls, "command_timeout_ms = 500");
+    let mut client = after_ehlo(node.addr("inbound[0]"));
     closed_within(&mut client, Duration::from_secs(10));
     check(&mut node, "inbound", &[("protocol", "smtp")]);
     assert!(!saw_transaction(&backend.session()));
 }
 
 fn e34_a_silent_backend_is_closed_at_the_greeting_timeout(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Scripted::start(Script::Silent, &key(dir.path()));
-    let (mut node, _) = inbound(dir.path(), io, backend.addr, "greeting_timeout_ms = 500");
+    let (_dir, backend, mut node) =
+        scripted_inbound(io, Script::Silent, "greeting_timeout_ms = 500");
     let mut client = Client::connect(node.addr("inbound[0]"));
     closed_within(&mut client, Duration::from_secs(10));
     check(&mut node, "inbound", &[("protocol", "smtp")]);

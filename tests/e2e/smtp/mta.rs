@@ -18,10 +18,7 @@ fn postfix_through_osgate_outbound_to_postfix_with_starttls_shows_tls_received(i
     let pem = certs::self_signed(dir.path(), "dest", "dest.example.test");
     let dest = Postfix::start(&Role::Destination { tls: Some(&pem) });
     let mut node = outbound(dir.path(), io, dest.smtpd, "encrypt", "");
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     assert_eq!(smtp::submit(sender.smtpd, FROM, MAILBOX, BODY).code, 250);
     let message = dest.wait_messages(1);
     let received = postfix::received(&message);
@@ -33,21 +30,14 @@ fn postfix_through_osgate_outbound_to_postfix_with_starttls_shows_tls_received(i
     assert!(received[0].contains("from sender.test"), "{received:#?}");
     assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
     sender.wait_log(&["status=sent"]);
-    check(
-        &mut node,
-        "outbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    check_encrypted(&mut node, "outbound");
 }
 
 fn postfix_through_osgate_outbound_to_postfix_without_tls_under_encrypt_is_deferred(io: Io) {
     let dir = tempfile::tempdir().unwrap();
     let dest = Postfix::start(&Role::Destination { tls: None });
     let mut node = outbound(dir.path(), io, dest.smtpd, "encrypt", "");
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     assert_eq!(smtp::submit(sender.smtpd, FROM, MAILBOX, BODY).code, 250);
     let deferred = sender.wait_log(&["status=deferred"]);
     assert!(
@@ -71,24 +61,13 @@ fn postfix_through_osgate_outbound_to_postfix_without_tls_is_cleartext_when_oppo
     let dir = tempfile::tempdir().unwrap();
     let dest = Postfix::start(&Role::Destination { tls: None });
     let mut node = outbound(dir.path(), io, dest.smtpd, "opportunistic", "");
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     assert_eq!(smtp::submit(sender.smtpd, FROM, MAILBOX, BODY).code, 250);
     let message = dest.wait_messages(1);
     let received = postfix::received(&message);
     assert!(!received[0].contains("(using TLS"), "{received:#?}");
     assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
-    check(
-        &mut node,
-        "outbound",
-        &[
-            ("achieved", "cleartext"),
-            ("reason", "starttls-not-supported"),
-            ("starttls", "not-offered"),
-        ],
-    );
+    check_cleartext_not_offered(&mut node);
 }
 
 /// Postfix sender → osgate outbound (`mx:<domain>:<port>`) → osgate inbound on `port` with
@@ -100,6 +79,46 @@ struct Chain {
     sender: Postfix,
     testbed: Testbed,
     port: u16,
+}
+
+impl Chain {
+    /// The sender's Postfix accepts the test message for relaying.
+    fn submit(&self) {
+        assert_eq!(
+            smtp::submit(self.sender.smtpd, FROM, MAILBOX, BODY).code,
+            250
+        );
+    }
+
+    /// [`Chain::submit`], then the destination's maildir gets the body intact.
+    fn submit_and_deliver(&self) {
+        self.submit();
+        let message = self.dest.wait_messages(1);
+        assert_eq!(
+            postfix::split_message(&message).1,
+            BODY_ONLY,
+            "the body arrives intact"
+        );
+    }
+}
+
+/// A zone's records for `dst` with one MX, `mx_host` (its `mx` label at 127.0.0.1), and a
+/// `3 1 1` TLSA record of `tlsa_hex` for its `port`.
+fn one_mx(port: u16, mx_host: &str, tlsa_hex: &str) -> Vec<String> {
+    vec![
+        format!("dst IN MX 10 {mx_host}."),
+        "mx IN A 127.0.0.1".into(),
+        format!("_{port}._tcp.mx IN TLSA 3 1 1 {tlsa_hex}"),
+    ]
+}
+
+/// The outbound record names `mx.test` as the MX host used (trailing dot or not).
+fn assert_mx_test(out: &serde_json::Value) {
+    assert_eq!(
+        out["mx"].as_str().map(|m| m.trim_end_matches('.')),
+        Some("mx.test"),
+        "{out}"
+    );
 }
 
 fn chain(io: Io, domain: &str, zones: impl FnOnce(u16, &Pem) -> Zones) -> Chain {
@@ -119,10 +138,7 @@ fn chain(io: Io, domain: &str, zones: impl FnOnce(u16, &Pem) -> Zones) -> Chain 
         inbound_section(listen, dest.smtpd, &pem, "")
     );
     let node = Node::start(dir.path(), io, "", &body);
-    let sender = Postfix::start(&Role::Sender {
-        relayhost: node.addr("outbound[0]"),
-        tls_level: "none",
-    });
+    let sender = postfix_sender(node.addr("outbound[0]"));
     Chain {
         _dir: dir,
         node,
@@ -135,23 +151,10 @@ fn chain(io: Io, domain: &str, zones: impl FnOnce(u16, &Pem) -> Zones) -> Chain 
 
 fn done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_dane(io: Io) {
     let mut chain = chain(io, "dst.test", |port, pem| Zones {
-        secure: vec![
-            "dst IN MX 10 mx.test.".into(),
-            "mx IN A 127.0.0.1".into(),
-            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", spki_sha256_hex(pem)),
-        ],
+        secure: one_mx(port, "mx.test", &spki_sha256_hex(pem)),
         ..Zones::default()
     });
-    assert_eq!(
-        smtp::submit(chain.sender.smtpd, FROM, MAILBOX, BODY).code,
-        250
-    );
-    let message = chain.dest.wait_messages(1);
-    assert_eq!(
-        postfix::split_message(&message).1,
-        BODY_ONLY,
-        "the body arrives intact"
-    );
+    chain.submit_and_deliver();
     chain.sender.wait_log(&["status=sent"]);
     let out = check(
         &mut chain.node,
@@ -164,20 +167,8 @@ fn done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_da
             ("starttls", "used"),
         ],
     );
-    assert_eq!(
-        out["mx"].as_str().map(|m| m.trim_end_matches('.')),
-        Some("mx.test"),
-        "{out}"
-    );
-    check(
-        &mut chain.node,
-        "inbound",
-        &[
-            ("protocol", "smtp"),
-            ("achieved", "encrypted"),
-            ("starttls", "used"),
-        ],
-    );
+    assert_mx_test(&out);
+    check_encrypted(&mut chain.node, "inbound");
     // posttls-finger's own DANE check (RFC 7672: MX, then TLSA per MX host) of the listener.
     let dir = tempfile::tempdir().unwrap();
     let resolver = Resolver::start(dir.path(), &chain.testbed);
@@ -191,28 +182,11 @@ fn done_when_postfix_to_osgate_outbound_by_mx_to_osgate_inbound_to_postfix_is_da
 
 fn an_mx_in_an_unsigned_zone_is_not_dane(io: Io) {
     let mut chain = chain(io, "dst.ins.test", |port, pem| Zones {
-        insecure: vec![
-            "dst IN MX 10 mx.ins.test.".into(),
-            "mx IN A 127.0.0.1".into(),
-            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", spki_sha256_hex(pem)),
-        ],
+        insecure: one_mx(port, "mx.ins.test", &spki_sha256_hex(pem)),
         ..Zones::default()
     });
-    assert_eq!(
-        smtp::submit(chain.sender.smtpd, FROM, MAILBOX, BODY).code,
-        250
-    );
-    let message = chain.dest.wait_messages(1);
-    assert_eq!(postfix::split_message(&message).1, BODY_ONLY);
-    let out = check(
-        &mut chain.node,
-        "outbound",
-        &[
-            ("protocol", "smtp"),
-            ("achieved", "encrypted"),
-            ("starttls", "used"),
-        ],
-    );
+    chain.submit_and_deliver();
+    let out = check_encrypted(&mut chain.node, "outbound");
     assert_ne!(out["method"], "dane", "{out}");
     assert!(
         !out["dane"].as_str().unwrap_or("").starts_with("secure"),
@@ -234,39 +208,21 @@ fn mx_hosts_are_tried_in_preference_order(io: Io) {
         ],
         ..Zones::default()
     });
-    assert_eq!(
-        smtp::submit(chain.sender.smtpd, FROM, MAILBOX, BODY).code,
-        250
-    );
-    assert_eq!(
-        postfix::split_message(&chain.dest.wait_messages(1)).1,
-        BODY_ONLY
-    );
+    chain.submit_and_deliver();
     let out = check(
         &mut chain.node,
         "outbound",
         &[("achieved", "authenticated"), ("method", "dane")],
     );
-    assert_eq!(
-        out["mx"].as_str().map(|m| m.trim_end_matches('.')),
-        Some("mx.test"),
-        "{out}"
-    );
+    assert_mx_test(&out);
 }
 
 fn a_secure_mx_whose_tlsa_does_not_match_is_deferred_never_cleartext(io: Io) {
     let mut chain = chain(io, "dst.test", |port, _| Zones {
-        secure: vec![
-            "dst IN MX 10 mx.test.".into(),
-            "mx IN A 127.0.0.1".into(),
-            format!("_{port}._tcp.mx IN TLSA 3 1 1 {}", "ab".repeat(32)),
-        ],
+        secure: one_mx(port, "mx.test", &"ab".repeat(32)),
         ..Zones::default()
     });
-    assert_eq!(
-        smtp::submit(chain.sender.smtpd, FROM, MAILBOX, BODY).code,
-        250
-    );
+    chain.submit();
     let deferred = chain.sender.wait_log(&["status=deferred"]);
     assert!(deferred.contains("4.7.5"), "{deferred}");
     check(

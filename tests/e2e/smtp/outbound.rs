@@ -16,45 +16,29 @@ per_driver!(
 );
 
 fn e31_a_reply_injected_after_220_is_discarded_and_the_ehlo_reply_comes_over_tls(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = Scripted::start(Script::InjectAfter220, &key(dir.path()));
-    let mut node = outbound(dir.path(), io, dest.addr, "opportunistic", "");
-    let mut client = Client::connect(node.addr("outbound[0]"));
-    assert_eq!(client.reply().code, 220);
+    let (_dir, dest, mut node) = scripted_outbound(io, Script::InjectAfter220, "opportunistic", "");
+    let mut client = greeted(node.addr("outbound[0]"));
     let ehlo = client.command("EHLO client.test");
     assert!(ehlo.lines[0].contains(AFTER_TLS), "{}", ehlo.text());
     assert!(!ehlo.text().contains("INJECTED"), "{}", ehlo.text());
     assert!(!ehlo.has("STARTTLS"), "{}", ehlo.text());
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let seen = dest.session();
     let cleartext: Vec<_> = seen.iter().filter(|l| !l.starts_with("tls: ")).collect();
     assert!(!saw_transaction(
         &cleartext.iter().map(|s| (*s).clone()).collect::<Vec<_>>()
     ));
     assert!(saw_transaction(&seen), "{seen:#?}");
-    let rec = check(
-        &mut node,
-        "outbound",
-        &[
-            ("protocol", "smtp"),
-            ("starttls", "used"),
-            ("achieved", "encrypted"),
-        ],
-    );
+    let rec = check_encrypted(&mut node, "outbound");
     assert_eq!(rec["injected_bytes"], INJECTED.len(), "{rec}");
 }
 
 fn e33_outbound_ehlos_again_over_tls_before_the_client_is_joined(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = Scripted::start(Script::Tls, &key(dir.path()));
-    let mut node = outbound(dir.path(), io, dest.addr, "encrypt", "");
-    let mut client = Client::connect(node.addr("outbound[0]"));
-    assert_eq!(client.reply().code, 220);
+    let (_dir, dest, mut node) = scripted_outbound(io, Script::Tls, "encrypt", "");
+    let mut client = greeted(node.addr("outbound[0]"));
     let ehlo = client.command("EHLO client.test");
     assert!(ehlo.lines[0].contains(AFTER_TLS), "{}", ehlo.text());
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let seen = dest.session();
     let starttls = seen
         .iter()
@@ -74,18 +58,12 @@ fn e33_outbound_ehlos_again_over_tls_before_the_client_is_joined(io: Io) {
         seen.iter().any(|l| l == "tls: EHLO client.test"),
         "{seen:#?}"
     );
-    check(
-        &mut node,
-        "outbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    check_encrypted(&mut node, "outbound");
 }
 
 /// E.32 under `policy = "encrypt"` against `script`: 4xx locally, no MAIL at the destination.
 fn e32_must_encrypt(io: Io, script: Script, starttls: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = Scripted::start(script, &key(dir.path()));
-    let mut node = outbound(dir.path(), io, dest.addr, "encrypt", "");
+    let (_dir, dest, mut node) = scripted_outbound(io, script, "encrypt", "");
     expect_local_4xx(node.addr("outbound[0]"));
     let seen = dest.session();
     assert!(
@@ -116,30 +94,14 @@ fn e32_encrypt_destination_failing_the_handshake_gets_4xx_and_never_mail_from(io
 }
 
 fn e32_opportunistic_destination_without_starttls_is_cleartext_starttls_not_supported(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = Scripted::start(Script::NoStarttls, &key(dir.path()));
-    let mut node = outbound(dir.path(), io, dest.addr, "opportunistic", "");
-    let mut client = Client::connect(node.addr("outbound[0]"));
-    assert_eq!(client.reply().code, 220);
-    assert_eq!(client.command("EHLO client.test").code, 250);
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    let (_dir, dest, mut node) = scripted_outbound(io, Script::NoStarttls, "opportunistic", "");
+    mail_and_quit(after_ehlo(node.addr("outbound[0]")));
     assert!(saw_transaction(&dest.session()));
-    check(
-        &mut node,
-        "outbound",
-        &[
-            ("achieved", "cleartext"),
-            ("reason", "starttls-not-supported"),
-            ("starttls", "not-offered"),
-        ],
-    );
+    check_cleartext_not_offered(&mut node);
 }
 
 fn e34_an_over_long_reply_line_from_the_destination_is_a_protocol_error(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = Scripted::start(Script::LongLine, &key(dir.path()));
-    let mut node = outbound(dir.path(), io, dest.addr, "opportunistic", "");
+    let (_dir, dest, mut node) = scripted_outbound(io, Script::LongLine, "opportunistic", "");
     expect_no_delivery(node.addr("outbound[0]"));
     assert!(!saw_transaction(&dest.session()));
     check(
@@ -150,10 +112,8 @@ fn e34_an_over_long_reply_line_from_the_destination_is_a_protocol_error(io: Io) 
 }
 
 fn e34_a_silent_destination_times_out_at_the_greeting(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = Scripted::start(Script::Silent, &key(dir.path()));
     let extra = "greeting_timeout_ms = 500";
-    let mut node = outbound(dir.path(), io, dest.addr, "opportunistic", extra);
+    let (_dir, dest, mut node) = scripted_outbound(io, Script::Silent, "opportunistic", extra);
     let started = Instant::now();
     expect_no_delivery(node.addr("outbound[0]"));
     check(
@@ -168,18 +128,11 @@ fn e34_a_silent_destination_times_out_at_the_greeting(io: Io) {
 }
 
 fn a_greeting_split_byte_by_byte_is_read_whole(io: Io) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = Scripted::start(Script::ByteByByte, &key(dir.path()));
-    let mut node = outbound(dir.path(), io, dest.addr, "encrypt", "");
+    let (_dir, _dest, mut node) = scripted_outbound(io, Script::ByteByByte, "encrypt", "");
     let mut client = Client::connect(node.addr("outbound[0]"));
     let greeting = client.reply();
     assert_eq!(greeting.text(), "220 scripted.test ESMTP");
     assert_eq!(client.command("EHLO client.test").code, 250);
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
-    check(
-        &mut node,
-        "outbound",
-        &[("starttls", "used"), ("achieved", "encrypted")],
-    );
+    mail_and_quit(client);
+    check_encrypted(&mut node, "outbound");
 }

@@ -68,12 +68,10 @@ fn harness_posttls_finger_verifies_dane_through_the_testbed() {
 fn harness_scripted_server_speaks_starttls_and_records_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let server = Scripted::start(Script::Tls, &key(dir.path()));
-    let mut client = Client::connect(server.addr);
-    assert_eq!(client.reply().code, 220);
+    let mut client = greeted(server.addr);
     let ehlo = client.starttls("scripted.test");
     assert!(ehlo.lines[0].contains(AFTER_TLS), "{}", ehlo.text());
-    assert_eq!(client.mail(FROM, MAILBOX, BODY).code, 250);
-    client.quit();
+    mail_and_quit(client);
     let seen = server.session();
     assert!(
         seen.iter().any(|l| l == "tls: EHLO client.test"),
@@ -91,9 +89,7 @@ fn harness_scripted_server_speaks_starttls_and_records_the_session() {
 fn harness_injected_reply_follows_the_220_in_cleartext() {
     let dir = tempfile::tempdir().unwrap();
     let server = Scripted::start(Script::InjectAfter220, &key(dir.path()));
-    let mut client = Client::connect(server.addr);
-    assert_eq!(client.reply().code, 220);
-    assert_eq!(client.command("EHLO client.test").code, 250);
+    let mut client = after_ehlo(server.addr);
     assert_eq!(client.command("STARTTLS").code, 220);
     assert_eq!(
         client.reply().text(),
@@ -107,19 +103,7 @@ fn harness_swaks_pipelines_to_postfix_over_starttls() {
     let dir = tempfile::tempdir().unwrap();
     let pem = certs::self_signed(dir.path(), "dest", "dest.example.test");
     let dest = Postfix::start(&Role::Destination { tls: Some(&pem) });
-    let (ok, transcript) = smtp::swaks(
-        dest.smtpd,
-        &[
-            "--to",
-            MAILBOX,
-            "--from",
-            FROM,
-            "--tls",
-            "--pipeline",
-            "--body",
-            "swaks body",
-        ],
-    );
+    let (ok, transcript) = swaks_tls_pipelined(dest.smtpd, "swaks body");
     assert!(ok, "{transcript}");
     let message = dest.wait_messages(1);
     assert!(postfix::received(&message)[0].contains("(using TLS"));
