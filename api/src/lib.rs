@@ -11,6 +11,16 @@ pub mod validate;
 pub mod watch;
 pub mod wire;
 
+/// The kernel's host name (`localhost` when it has none): the default EHLO name of SMTP
+/// listeners and `organization-name` of TLS-RPT reports, on nodes and the control plane.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Generated messages and services.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod pb {

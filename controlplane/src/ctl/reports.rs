@@ -28,21 +28,13 @@ pub struct TlsrptArgs {
     contact: Option<String>,
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// The report's text (the JSON; the nodes counted go to stderr).
 pub async fn run(conn: &Connection, action: ReportsAction) -> Result<String, Failure> {
     let ReportsAction::Tlsrpt(args) = action;
     if osgate_core::tlsrpt::Day::parse(&args.date).is_none() {
         return Err(usage(format!("--date {}: expected YYYY-MM-DD", args.date)));
     }
-    let organization = args.organization.unwrap_or_else(host_name);
+    let organization = args.organization.unwrap_or_else(osgate_api::host_name);
     let contact = args
         .contact
         .unwrap_or_else(|| format!("postmaster@{organization}"));

@@ -371,15 +371,6 @@ fn mx_destination(text: &str) -> Result<HostPort, String> {
     })
 }
 
-/// The EHLO name when `[smtp] helo_name` is not set: the kernel's host name.
-fn machine_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
 fn default_state_dir() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
         .and_then(|dirs| {
@@ -603,7 +594,7 @@ impl Validator<'_> {
         });
         let helo_name = match smtp.helo_name {
             Some(name) => name,
-            None => machine_hostname(),
+            None => osgate_api::host_name(),
         };
         if rustls_pki_types::DnsName::try_from(helo_name.as_str()).is_err() {
             return Err(self.error(

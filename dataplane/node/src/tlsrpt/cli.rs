@@ -39,7 +39,10 @@ pub(crate) struct From {
 
 impl From {
     pub fn meta(&self) -> ReportMeta {
-        let organization = self.organization.clone().unwrap_or_else(host_name);
+        let organization = self
+            .organization
+            .clone()
+            .unwrap_or_else(osgate_api::host_name);
         let contact = self
             .contact
             .clone()
@@ -49,14 +52,6 @@ impl From {
             contact,
         }
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 pub(crate) fn run(command: ReportsCommand) -> Result<String, String> {
