@@ -386,6 +386,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Application bytes were carried over TLS (`encrypted` or `authenticated`).
+    pub fn carried_tls(&self) -> bool {
+        self.tls.is_some() && matches!(self.achieved, Level::Encrypted | Level::Authenticated(_))
+    }
+
     /// The record of a connection that has not got anywhere yet: refused, nothing moved.
     pub fn begin(direction: Direction, listener: String, peer: String) -> Self {
         Self {

@@ -28,6 +28,9 @@ pub use reply::{MAX_REPLY_LINES, Reply, ReplyScan, scan_reply};
 
 use crate::outcome::Reason;
 
+/// The answer to a line past [`MAX_LINE`], before the session is closed (CONFORMANCE E.34).
+const TOO_LONG: &[u8] = b"500 5.5.0 Line too long\r\n";
+
 /// What a dialogue machine wants next, after the bytes of its [`Step`] are written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Then {

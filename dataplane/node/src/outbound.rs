@@ -116,9 +116,8 @@ pub(crate) async fn serve<D: Driver>(
     node: Arc<Node>,
     dns: Option<Rc<WorkerDns>>,
 ) {
-    if let Some(smtp) = &listener.smtp {
-        let smtp = smtp.clone();
-        return crate::smtp::outbound::serve::<D>(client, listener, node, dns, &smtp).await;
+    if listener.smtp.is_some() {
+        return crate::smtp::outbound::serve::<D>(client, listener, node, dns).await;
     }
     let started = Instant::now();
     let _active = Active::new(Direction::Outbound);

@@ -7,8 +7,7 @@ use crate::metrics as m;
 
 /// The RFC 8460 result type an SMTP session is reported with, if it is a failure.
 fn tlsrpt_result(outcome: &Outcome) -> Option<&'static str> {
-    let tls = crate::smtp::outbound::carried_tls(outcome);
-    match osgate_core::tlsrpt::verdict(outcome.reason, tls) {
+    match osgate_core::tlsrpt::verdict(outcome.reason, outcome.carried_tls()) {
         osgate_core::tlsrpt::Verdict::Failure(result) => Some(result.as_str()),
         _ => None,
     }

@@ -4,7 +4,7 @@
 
 use super::command::{Verb, verb};
 use super::line::{Scan, scan_line};
-use super::{Step, Then};
+use super::{Step, TOO_LONG, Then};
 use crate::outcome::Reason;
 
 /// Commands answered before osgate hangs up with `421`: enough for any client to reach MAIL.
@@ -62,8 +62,7 @@ impl Deferral {
             let len = match scan_line(&self.client) {
                 Scan::NeedMore => return step,
                 Scan::TooLong => {
-                    step.to_client
-                        .extend_from_slice(b"500 5.5.0 Line too long\r\n");
+                    step.to_client.extend_from_slice(TOO_LONG);
                     step.then = Then::Close(Reason::SmtpProtocolError);
                     return step;
                 }

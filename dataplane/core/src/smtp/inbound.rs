@@ -4,7 +4,7 @@
 use super::command::{Verb, verb};
 use super::line::{Scan, scan_line};
 use super::reply::{ReplyScan, scan_reply};
-use super::{Step, Then};
+use super::{Step, TOO_LONG, Then};
 use crate::outcome::Reason;
 
 /// `starttls` of an SMTP listener.
@@ -21,7 +21,6 @@ const READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
 const MUST_STARTTLS: &[u8] = b"530 5.7.0 Must issue a STARTTLS command first\r\n";
 const TLS_ACTIVE: &[u8] = b"503 5.5.1 Error: TLS already active\r\n";
 const HELLO_FIRST: &[u8] = b"503 5.5.1 Error: send EHLO or HELO first after STARTTLS\r\n";
-const TOO_LONG: &[u8] = b"500 5.5.0 Line too long\r\n";
 const BAD_REPLY: &[u8] =
     b"421 4.3.0 The mail server behind this gateway answered out of protocol\r\n";
 

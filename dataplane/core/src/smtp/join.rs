@@ -5,10 +5,8 @@
 use super::command::{Verb, verb};
 use super::line::{Scan, scan_line};
 use super::reply::{ReplyScan, scan_reply};
-use super::{Step, Then};
+use super::{Step, TOO_LONG, Then};
 use crate::outcome::Reason;
-
-const TOO_LONG: &[u8] = b"500 5.5.0 Line too long\r\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {

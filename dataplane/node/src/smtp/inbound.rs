@@ -39,10 +39,6 @@ pub(crate) async fn serve<D: Driver>(
     let client = Rc::new(client);
     let mut outcome = new_outcome(&listener, peer);
     outcome.protocol = Protocol::Smtp;
-    outcome.desired = match smtp.starttls {
-        InboundStarttls::Offer => "opportunistic",
-        InboundStarttls::Require => "encrypt",
-    };
     let mut facts = SmtpFacts {
         starttls: Starttls::Offered,
         ..SmtpFacts::default()

@@ -36,8 +36,8 @@ pub(crate) async fn serve<D: Driver>(
     listener: Arc<OutboundListener>,
     node: Arc<Node>,
     dns: Option<Rc<WorkerDns>>,
-    smtp: &OutboundSmtp,
 ) {
+    let Some(smtp) = &listener.smtp else { return };
     let started = Instant::now();
     let _active = Active::new(Direction::Outbound);
     let client = Rc::new(client);
@@ -210,7 +210,7 @@ impl<'a, D: Driver> SmtpStarter<'a, D> {
     /// Counts this attempt for TLS-RPT (RFC 8460 §4.2): a policy-compliant TLS session, or a
     /// failure the report names; neither for ends that say nothing of TLS (unreachable, …).
     fn report(&self, outcome: &Outcome, target: &Target, tlsrpt: &Recorder) {
-        let failure = match tlsrpt::verdict(outcome.reason, carried_tls(outcome)) {
+        let failure = match tlsrpt::verdict(outcome.reason, outcome.carried_tls()) {
             Verdict::NotCounted => return,
             Verdict::Success => None,
             Verdict::Failure(result) => Some(result),
@@ -375,11 +375,6 @@ impl<D: Driver> Starter<D> for SmtpStarter<'_, D> {
             _ => None,
         }
     }
-}
-
-/// Mail was carried over TLS (the ladder relays TLS only as the applied policy allows).
-pub(crate) fn carried_tls(outcome: &Outcome) -> bool {
-    outcome.tls.is_some() && matches!(outcome.achieved, Level::Encrypted | Level::Authenticated(_))
 }
 
 /// (local, peer) addresses of a connected socket.
