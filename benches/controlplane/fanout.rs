@@ -28,12 +28,12 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use osgate_api::connect::Target;
-use osgate_api::pb::{
-    self, admin_client::AdminClient, fleet_client::FleetClient, resource::Kind, watch_request::Msg,
-};
 use osgate_core::crypto::{CryptoPolicy, KxGroup, TlsFloor};
 use osgate_core::pin::SpkiPin;
+use osgate_proto::connect::Target;
+use osgate_proto::pb::{
+    self, admin_client::AdminClient, fleet_client::FleetClient, resource::Kind, watch_request::Msg,
+};
 use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -374,7 +374,7 @@ struct Bearer(MetadataValue<Ascii>);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut()
-            .insert(osgate_api::AUTHORIZATION, self.0.clone());
+            .insert(osgate_proto::AUTHORIZATION, self.0.clone());
         Ok(req)
     }
 }
@@ -396,7 +396,7 @@ async fn admin(cp: &ControlPlane, crypto: &CryptoPolicy) -> Result<Admin, Error>
     let channel = target(cp, tls).connect().await?;
     let bearer = Bearer(format!("Bearer {ADMIN_TOKEN}").parse()?);
     Ok(AdminClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(osgate_proto::MAX_MESSAGE_BYTES))
 }
 
 /// What one simulated node saw.
@@ -429,12 +429,12 @@ async fn watch(
         Err(e) => return e.to_string(),
     };
     let mut fleet = FleetClient::new(channel)
-        .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(osgate_api::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(osgate_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(osgate_proto::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(8);
     let hello = pb::Hello {
         revision: 0,
-        features: osgate_api::features::SUPPORTED
+        features: osgate_proto::features::SUPPORTED
             .iter()
             .map(|f| (*f).to_owned())
             .collect(),

@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use metrics::counter;
-use osgate_api::pb::admin_server::Admin;
-use osgate_api::pb::{self, resource::Kind};
-use osgate_api::validate::{self, Invalid};
 use osgate_core::fleet::PinState;
 use osgate_core::pin::SpkiPin;
 use osgate_core::policy::PolicySet;
+use osgate_proto::pb::admin_server::Admin;
+use osgate_proto::pb::{self, resource::Kind};
+use osgate_proto::validate::{self, Invalid};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, caller};

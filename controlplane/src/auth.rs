@@ -87,7 +87,7 @@ impl Auth {
     fn admin(&self, head: &http::request::Parts, key: Option<SpkiPin>) -> Option<&Admin> {
         let token = head
             .headers
-            .get(osgate_api::AUTHORIZATION)
+            .get(osgate_proto::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let hashed = token.map(|t| sha256(t.as_bytes()));

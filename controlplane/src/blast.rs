@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use osgate_api::pb;
 use osgate_core::policy::{Level, Peer, PolicySet, Rule, Selector};
+use osgate_proto::pb;
 use tonic::Status;
 
 use crate::nodes::Status as NodeStatus;
@@ -85,7 +85,7 @@ pub fn lowered(
 pub fn ambiguous(policies: &BTreeMap<String, pb::Policy>) -> Result<(), Status> {
     let rules: Vec<(&String, &pb::Policy, Rule)> = policies
         .iter()
-        .filter_map(|(name, p)| Some((name, p, osgate_api::validate::policy_fields(p).ok()?)))
+        .filter_map(|(name, p)| Some((name, p, osgate_proto::validate::policy_fields(p).ok()?)))
         .collect();
     let Some((i, j)) = osgate_core::policy::ambiguous(rules.iter().map(|(_, _, r)| r)) else {
         return Ok(());
@@ -155,7 +155,7 @@ mod tests {
         PolicySet::new(
             policies
                 .iter()
-                .map(|p| osgate_api::validate::policy_fields(p).unwrap())
+                .map(|p| osgate_proto::validate::policy_fields(p).unwrap())
                 .collect(),
         )
     }

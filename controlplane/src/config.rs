@@ -205,7 +205,7 @@ impl Loader<'_> {
             ),
             (None, None, Some(path)) => {
                 let path = self.resolve(&path);
-                let pin = osgate_api::connect::pin_of_certificate_file(&path);
+                let pin = osgate_proto::connect::pin_of_certificate_file(&path);
                 Credential::Key(pin.ok_or_else(|| {
                     self.error(
                         key("certificate"),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::gauge;
-use osgate_api::pb;
+use osgate_proto::pb;
 use prost::Message;
 use tonic::Status;
 

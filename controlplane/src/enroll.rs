@@ -6,9 +6,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use metrics::counter;
-use osgate_api::pb::{self, resource::Kind};
-use osgate_api::validate;
 use osgate_core::crypto::sha::sha256;
+use osgate_proto::pb::{self, resource::Kind};
+use osgate_proto::validate;
 use sqlx::Row;
 use tonic::Status;
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use osgate_api::pb::fleet_server::Fleet;
-use osgate_api::pb::{self, watch_request::Msg};
+use osgate_proto::pb::fleet_server::Fleet;
+use osgate_proto::pb::{self, watch_request::Msg};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -64,7 +64,7 @@ impl FleetService {
                 ..Default::default()
             };
             let reason = match () {
-                _ if osgate_api::validate::pin(&check).is_err() => "malformed",
+                _ if osgate_proto::validate::pin(&check).is_err() => "malformed",
                 _ if !assigned.contains(&pin.peer) => "unassigned-peer",
                 _ => {
                     out.push(pin);

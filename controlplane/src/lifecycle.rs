@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use osgate_api::ops::Readiness;
-use osgate_api::pb::fleet_server::FleetServer;
+use osgate_proto::ops::Readiness;
+use osgate_proto::pb::fleet_server::FleetServer;
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;

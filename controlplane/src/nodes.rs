@@ -133,7 +133,7 @@ impl Tracker {
     }
 
     /// Adds reported connection counts; malformed entries are dropped and counted.
-    pub fn add_outcomes(&self, node: &str, counts: &[osgate_api::pb::OutcomeCount]) -> usize {
+    pub fn add_outcomes(&self, node: &str, counts: &[osgate_proto::pb::OutcomeCount]) -> usize {
         let mut accepted = 0;
         self.update(node, |s| {
             for c in counts {
@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn reported_counts_saturate_instead_of_wrapping() {
         let tracker = Tracker::default();
-        let count = |count| osgate_api::pb::OutcomeCount {
+        let count = |count| osgate_proto::pb::OutcomeCount {
             direction: "outbound".into(),
             level: "encrypted".into(),
             method: "none".into(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
-use osgate_api::ops::Endpoint;
+use osgate_proto::ops::Endpoint;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -33,7 +33,7 @@ pub fn serve_endpoint(addr: SocketAddr, lifecycle: Arc<Lifecycle>) -> Result<(),
         metrics: Box::new(move || handle.render()),
         ready: Box::new(move || lifecycle.readiness()),
     };
-    osgate_api::ops::serve(addr, endpoint)
+    osgate_proto::ops::serve(addr, endpoint)
         .map(|_| ())
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }

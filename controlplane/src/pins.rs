@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use osgate_api::pb::{self, resource::Kind};
-use osgate_api::validate::pin_name;
 use osgate_core::fleet::PinState;
+use osgate_proto::pb::{self, resource::Kind};
+use osgate_proto::validate::pin_name;
 use sqlx::Row;
 use tonic::Status;
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use osgate_api::pb::{admin_server::AdminServer, fleet_server::FleetServer};
 use osgate_core::caps::Caps;
 use osgate_core::pin::SpkiPin;
+use osgate_proto::pb::{admin_server::AdminServer, fleet_server::FleetServer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -149,9 +149,9 @@ pub async fn serve(
     lifecycle.publish().await;
     let health = HealthServer::new(HealthService::from_health_reporter(health));
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(osgate_api::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(osgate_proto::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let limit = osgate_api::MAX_MESSAGE_BYTES;
+    let limit = osgate_proto::MAX_MESSAGE_BYTES;
     let admin = AdminServer::new(AdminService { ctx: ctx.clone() })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);

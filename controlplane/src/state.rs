@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use osgate_api::pb;
+use osgate_proto::pb;
 use prost::Message;
 use tokio::sync::{Mutex, watch};
 

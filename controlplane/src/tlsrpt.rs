@@ -2,9 +2,9 @@
 //! under the reporting node's name (the authenticated caller, never a field), replaced
 //! whole when the node sends it again; a report merges every node's row for the domain and day.
 
-use osgate_api::pb;
-use osgate_api::tlsrpt::{MAX_DAYS_PER_BATCH, from_pb};
 use osgate_core::tlsrpt::{Day, DayAggregate, ReportMeta, StoredDay, domain_key, render};
+use osgate_proto::pb;
+use osgate_proto::tlsrpt::{MAX_DAYS_PER_BATCH, from_pb};
 use sqlx::Row;
 use tonic::Status;
 

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use osgate_api::pb::{self, watch_request::Msg};
+use osgate_proto::pb::{self, watch_request::Msg};
 use osgate_tests::controlplane::{ControlPlane, keygen, revision, wait_applied};
 use osgate_tests::hostile_cp::HostileControlPlane;
 use osgate_tests::peers::{self, Server};

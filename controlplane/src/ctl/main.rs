@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use osgate_api::connect::Target;
-use osgate_api::pb::{self, admin_client::AdminClient};
 use osgate_core::crypto::{CryptoPolicy, KxGroup, TlsFloor};
 use osgate_core::pin::SpkiPin;
+use osgate_proto::connect::Target;
+use osgate_proto::pb::{self, admin_client::AdminClient};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -294,12 +294,12 @@ async fn client(
         None => None,
     };
     Ok(AdminClient::with_interceptor(channel, Bearer(bearer))
-        .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(osgate_proto::MAX_MESSAGE_BYTES))
 }
 
 /// The pin of the key in the first certificate of a PEM file.
 fn pin_of_file(path: &std::path::Path) -> Result<SpkiPin, Failure> {
-    osgate_api::connect::pin_of_certificate_file(path)
+    osgate_proto::connect::pin_of_certificate_file(path)
         .ok_or_else(|| usage(format!("{}: no readable PEM certificate", path.display())))
 }
 
@@ -315,7 +315,7 @@ impl Interceptor for Bearer {
         if let Some(value) = &self.0 {
             request
                 .metadata_mut()
-                .insert(osgate_api::AUTHORIZATION, value.clone());
+                .insert(osgate_proto::AUTHORIZATION, value.clone());
         }
         Ok(request)
     }

@@ -1,7 +1,7 @@
 //! Tables for people, JSON for scripts.
 #![allow(clippy::print_stdout)]
 
-use osgate_api::pb;
+use osgate_proto::pb;
 use serde_json::{Value, json};
 
 use crate::Format;

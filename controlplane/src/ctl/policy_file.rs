@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use osgate_api::pb;
+use osgate_proto::pb;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -58,7 +58,7 @@ pub fn load(path: &Path) -> Result<Vec<pb::Policy>, String> {
                     false => p.requires,
                 },
             };
-            osgate_api::validate::policy_fields(&policy)
+            osgate_proto::validate::policy_fields(&policy)
                 .map(|_| policy)
                 .map_err(|e| format!("{shown}: policy[{i}]: {e}"))
         })

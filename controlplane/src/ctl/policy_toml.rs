@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use osgate_api::pb;
+use osgate_proto::pb;
 
 /// The policy file for `list`.
 pub fn render(list: &pb::PolicyList) -> String {

@@ -1,7 +1,7 @@
 //! `osgatectl reports tlsrpt`: the fleet-wide RFC 8460 report of one domain and day.
 
 use clap::{Args, Subcommand};
-use osgate_api::pb;
+use osgate_proto::pb;
 
 use super::{Connection, Failure, client, from_status, usage};
 
@@ -34,7 +34,7 @@ pub async fn run(conn: &Connection, action: ReportsAction) -> Result<String, Fai
     if osgate_core::tlsrpt::Day::parse(&args.date).is_none() {
         return Err(usage(format!("--date {}: expected YYYY-MM-DD", args.date)));
     }
-    let organization = args.organization.unwrap_or_else(osgate_api::host_name);
+    let organization = args.organization.unwrap_or_else(osgate_proto::host_name);
     let contact = args
         .contact
         .unwrap_or_else(|| format!("postmaster@{organization}"));

@@ -594,7 +594,7 @@ impl Validator<'_> {
         });
         let helo_name = match smtp.helo_name {
             Some(name) => name,
-            None => osgate_api::host_name(),
+            None => osgate_proto::host_name(),
         };
         if rustls_pki_types::DnsName::try_from(helo_name.as_str()).is_err() {
             return Err(self.error(

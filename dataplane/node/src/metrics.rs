@@ -106,11 +106,11 @@ pub fn install(
                 }
             })
             .map_err(|e| e.to_string())?;
-        let endpoint = osgate_api::ops::Endpoint {
+        let endpoint = osgate_proto::ops::Endpoint {
             metrics: Box::new(move || handle.render()),
             ready: Box::new(ready),
         };
-        osgate_api::ops::serve(addr, endpoint)
+        osgate_proto::ops::serve(addr, endpoint)
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
     describe();

@@ -37,7 +37,7 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn health(cp: &ControlPlane) -> HealthClient<tonic::transport::Channel> {
     let crypto = CryptoPolicy::new(KxGroup::DEFAULT, TlsFloor::Tls13).unwrap();
     let pin = SpkiPin::parse(&cp.key.pin).unwrap();
-    let target = osgate_api::connect::Target {
+    let target = osgate_proto::connect::Target {
         address: cp.addr.to_string(),
         tls: crypto.pinned_client(vec![pin], None).unwrap(),
         connect_timeout: Duration::from_secs(5),

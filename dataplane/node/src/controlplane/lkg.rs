@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use osgate_api::pb;
 use osgate_core::crypto::sha::sha256;
+use osgate_proto::pb;
 use prost::Message;
 
 const MAGIC: &[u8] = b"OSGATE-LKG1\n";
@@ -41,7 +41,8 @@ pub fn load(path: &Path) -> Result<(pb::Update, u64), String> {
     let (time, encoded) = rest.split_at(8);
     let saved_at = u64::from_be_bytes(time.try_into().map_err(|_| "too short")?);
     // A file written by a newer build may hold fields this one does not understand.
-    let snapshot = osgate_api::validate::decode_update(encoded).map_err(|(_, e)| e.to_string())?;
+    let snapshot =
+        osgate_proto::validate::decode_update(encoded).map_err(|(_, e)| e.to_string())?;
     Ok((snapshot, saved_at))
 }
 

@@ -10,13 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge};
-use osgate_api::connect::Target;
-use osgate_api::pb::{self, fleet_client::FleetClient, watch_request::Msg};
-use osgate_api::validate::{Held, Invalid, decode_update};
-use osgate_api::watch::{RawUpdate, watch};
 use osgate_core::crypto::{CryptoPolicy, KxGroup, TlsFloor};
 use osgate_core::fleet::Fleet;
 use osgate_core::policy::PolicySet;
+use osgate_proto::connect::Target;
+use osgate_proto::pb::{self, fleet_client::FleetClient, watch_request::Msg};
+use osgate_proto::validate::{Held, Invalid, decode_update};
+use osgate_proto::watch::{RawUpdate, watch};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -34,7 +34,7 @@ use backoff::Backoff;
 const REPORT_BATCH: usize = 1_000;
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// TLS-RPT domain days per report (the control plane takes up to
-/// `osgate_api::tlsrpt::MAX_DAYS_PER_BATCH`).
+/// `osgate_proto::tlsrpt::MAX_DAYS_PER_BATCH`).
 const TLSRPT_BATCH: usize = 128;
 
 fn unix_now() -> u64 {
@@ -240,12 +240,12 @@ impl Client {
     async fn session(&mut self, target: &Target) -> Result<(), String> {
         let channel = target.connect().await.map_err(|e| e.to_string())?;
         let mut fleet = FleetClient::new(channel.clone())
-            .max_decoding_message_size(osgate_api::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(osgate_api::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(osgate_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(osgate_proto::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let hello = pb::Hello {
             revision: self.shared.revision(),
-            features: osgate_api::features::SUPPORTED
+            features: osgate_proto::features::SUPPORTED
                 .iter()
                 .map(|f| (*f).to_owned())
                 .collect(),
@@ -398,7 +398,7 @@ impl Client {
             .collect();
         let tlsrpt = days
             .iter()
-            .map(|p| osgate_api::tlsrpt::to_pb(&p.domain, p.day, &p.aggregate))
+            .map(|p| osgate_proto::tlsrpt::to_pb(&p.domain, p.day, &p.aggregate))
             .collect();
         let batch = pb::ReportBatch {
             pins,

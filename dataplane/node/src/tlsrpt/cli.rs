@@ -42,7 +42,7 @@ impl From {
         let organization = self
             .organization
             .clone()
-            .unwrap_or_else(osgate_api::host_name);
+            .unwrap_or_else(osgate_proto::host_name);
         let contact = self
             .contact
             .clone()

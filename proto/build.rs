@@ -8,6 +8,6 @@ fn main() -> Result<(), Box<dyn Error>> {
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("osgate_v1.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(descriptors)
-        .compile_with_config(config, &["proto/osgate/v1/osgate.proto"], &["proto"])?;
+        .compile_with_config(config, &["osgate/v1/osgate.proto"], &["."])?;
     Ok(())
 }
