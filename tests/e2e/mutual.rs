@@ -411,7 +411,7 @@ fn an_inbound_policy_requiring_an_unknown_feature_is_nacked(io: Io) {
 }
 
 /// A `clients` value the node does not know is a config error naming the file, the key and
-/// the value; so is a pin that is not one.
+/// the value; so are a pin that is not one and `any` among others.
 #[test]
 fn clients_config_errors_name_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -420,6 +420,8 @@ fn clients_config_errors_name_file_key_and_reason() {
     for (clients, value) in [
         ("\"everyone\"", "everyone"),
         ("[\"fleet\", \"sha256/not-a-pin\"]", "sha256/not-a-pin"),
+        // `any` with others would silently mean everyone.
+        ("[\"any\", \"fleet\"]", "any"),
     ] {
         let body = format!(
             "[[inbound]]\nlisten = \"127.0.0.1:7443\"\nbackend = \"127.0.0.1:8080\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\nclients = {clients}\n",
