@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod config;
 mod controlplane;
 mod ctx;
-mod dns;
+use osgate_dns as dns;
 mod durable;
 mod filewatch;
 mod health;
