@@ -18,6 +18,7 @@ mod keygen;
 mod listener;
 mod metrics;
 mod node;
+mod observed;
 mod outbound;
 mod ownkeys;
 mod pins;
