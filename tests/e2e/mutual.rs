@@ -333,36 +333,28 @@ fn a_control_plane_inbound_policy_replaces_the_local_clients(io: Io) {
     );
 }
 
-/// Appends field `number` holding `body` (wire type 2).
-fn length_delimited(number: u32, body: &[u8], out: &mut Vec<u8>) {
-    prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, out);
-    prost::encoding::encode_varint(body.len() as u64, out);
-    out.extend_from_slice(body);
-}
-
-/// An update upserting one `InboundPolicy` (Resource field 6), encoded by the field
-/// numbers of the interface: name = 1, listener = 2, clients = 3, requires = 15.
+/// An update upserting one `InboundPolicy` for `listener` (a snapshot at revision 1).
 fn inbound_policy_update(
     revision: u64,
     listener: SocketAddr,
     clients: &str,
     requires: &str,
 ) -> Vec<u8> {
-    let mut policy = Vec::new();
-    length_delimited(1, b"listener-rule", &mut policy);
-    length_delimited(2, listener.to_string().as_bytes(), &mut policy);
-    length_delimited(3, clients.as_bytes(), &mut policy);
-    length_delimited(15, requires.as_bytes(), &mut policy);
-    let mut resource = Vec::new();
-    length_delimited(6, &policy, &mut resource);
-    let mut update = pb::Update {
+    let policy = pb::InboundPolicy {
+        name: "listener-rule".into(),
+        listener: listener.to_string(),
+        clients: vec![clients.into()],
+        requires: vec![requires.into()],
+    };
+    pb::Update {
         revision,
         snapshot: revision == 1,
+        upserts: vec![pb::Resource {
+            kind: Some(pb::resource::Kind::Inbound(policy)),
+        }],
         ..Default::default()
     }
-    .encode_to_vec();
-    length_delimited(3, &resource, &mut update); // Update.upserts
-    update
+    .encode_to_vec()
 }
 
 /// Issue 11, part 6: an InboundPolicy that requires a feature the node lacks is NACKed,
