@@ -26,6 +26,7 @@ per_driver!(
     clients_pins_admit_the_pinned_client_only,
     a_control_plane_inbound_policy_replaces_the_local_clients,
     an_inbound_policy_requiring_an_unknown_feature_is_nacked,
+    an_inbound_rule_needing_a_newer_node_is_stored_and_nacked_by_the_node,
 );
 
 /// What every client sends; the backend answers `got 4 bytes` once it has read it.
@@ -400,6 +401,42 @@ fn an_inbound_policy_requiring_an_unknown_feature_is_nacked(io: Io) {
         1,
         "only the pinned client reached the backend"
     );
+}
+
+/// As for `[[policy]]` (controlplane.rs): the control plane stores an `[[inbound]]` rule
+/// that needs a feature some nodes lack (a fleet upgrades node by node); B NACKs it, naming
+/// the feature, keeps serving on its own `clients = "any"`, and is back in sync once the
+/// rule is deleted.
+fn an_inbound_rule_needing_a_newer_node_is_stored_and_nacked_by_the_node(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path(), io, "clients = \"any\"");
+    let rule = format!(
+        "[[inbound]]\nname = \"future-clients\"\nlistener = \"{}\"\nclients = \"fleet\"\nrequires = [\"inbound-clients.v2\"]\n",
+        f.b_addr
+    );
+    let bad = revision(&f.cp.apply(dir.path(), &rule, &[]).json());
+    f.b.wait_for(|v| {
+        v["message"] == "refused control plane update; keeping the last-known-good"
+            && v["revision"] == bad
+    });
+    osgate_tests::eventually("the control plane shows B's NACK", || {
+        f.cp.node("b").is_some_and(|b| b["nacked_revision"] == bad)
+    });
+    let status = f.cp.node("b").unwrap();
+    let error = status["nack_error"].as_str().unwrap_or("");
+    assert!(error.contains("inbound-clients.v2"), "{status}");
+
+    assert_eq!(
+        openssl_client(f.b_addr, &[]),
+        String::from_utf8_lossy(REPLY)
+    );
+    assert_eq!(
+        level(&f.b.outcome("inbound")).0,
+        "encrypted",
+        "the rule is not in force"
+    );
+    let fixed = revision(&f.cp.admin_json(&["delete", "future-clients"]));
+    wait_applied(&mut f.b, fixed);
 }
 
 /// A `clients` value the node does not know is a config error naming the file, the key and
