@@ -254,7 +254,7 @@ fn one_nodes_tls_makes_a_node_that_never_met_the_peer_refuse_cleartext_until_an_
 fn get_capabilities_shows_the_reporters_and_how_long_tls_is_required(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let (_db, url) = database(store, dir.path());
-    let cp = ControlPlane::start(dir.path(), &url, "");
+    let mut cp = ControlPlane::start(dir.path(), &url, "");
     let pem = certs::self_signed(dir.path(), "p", "127.0.0.1");
     let server = SServer::start(&pem, &[]);
     let p = server.addr;
@@ -298,6 +298,13 @@ fn get_capabilities_shows_the_reporters_and_how_long_tls_is_required(store: Stor
     let anonymous = cp.ctl(None, &["get", "capabilities"]);
     assert_ne!(anonymous.code, 0);
     assert_eq!(anonymous.stdout, "", "nothing is read without a token");
+
+    // The fact is stored, not held in memory: it survives kill -9 of the control plane.
+    drop(a);
+    cp.restart();
+    let again = capability(&cp, p).expect("the capability after a restart");
+    assert_eq!(again["reporters"], json!(["node-a"]), "{again}");
+    assert_eq!(again["tls_until"].as_u64(), Some(until), "{again}");
 }
 
 fn capability_reports_for_peers_a_node_is_not_assigned_are_refused_and_counted(store: Store) {
@@ -355,17 +362,17 @@ fn varint(number: u32, value: u64, out: &mut Vec<u8>) {
     prost::encoding::encode_varint(value, out);
 }
 
-/// An `osgate.v1.Capability` (TLS seen at `peer`, required for an hour) that `requires`
-/// the named features, as the bytes a control plane sends.
-fn capability_bytes(peer: SocketAddr, requires: &str) -> Vec<u8> {
-    let now = unix_now();
+/// An `osgate.v1.Capability` (TLS seen at `peer` two hours ago, required until `tls_until`)
+/// that `requires` the named feature, as the bytes a control plane sends.
+fn capability_bytes(peer: SocketAddr, tls_until: u64, requires: &str) -> Vec<u8> {
+    let seen = unix_now() - 7200;
     let mut out = Vec::new();
     length_delimited(1, peer.to_string().as_bytes(), &mut out);
-    varint(2, now + 3600, &mut out);
+    varint(2, tls_until, &mut out);
     length_delimited(3, b"1.3", &mut out);
     length_delimited(4, b"X25519", &mut out);
-    varint(6, now - 60, &mut out);
-    varint(7, now - 60, &mut out);
+    varint(6, seen, &mut out);
+    varint(7, seen, &mut out);
     length_delimited(15, requires.as_bytes(), &mut out);
     out
 }
@@ -390,10 +397,18 @@ fn a_capability_that_needs_an_unknown_feature_is_nacked_and_the_last_known_good_
     let dir = tempfile::tempdir().unwrap();
     let p = plain_server("127.0.0.1:0".parse().unwrap());
     let q = plain_server("127.0.0.1:0".parse().unwrap());
-    // The good snapshot commits the node to TLS with P; the next one, which needs a feature
-    // the node lacks, would replace that with a fact about Q.
-    let good = snapshot(1, &[capability_bytes(p.addr, "capability.v1")]);
-    let future = snapshot(2, &[capability_bytes(q.addr, "capability.v2")]);
+    // The good snapshot commits the node to TLS with P, and holds Q's fact that expired a
+    // minute ago; the next one, which needs a feature the node lacks, would replace both
+    // with a fact about Q that holds for an hour.
+    let now = unix_now();
+    let good = snapshot(
+        1,
+        &[
+            capability_bytes(p.addr, now + 3600, "capability.v1"),
+            capability_bytes(q.addr, now - 60, "capability.v1"),
+        ],
+    );
+    let future = snapshot(2, &[capability_bytes(q.addr, now + 3600, "capability.v2")]);
     let hostile = HostileControlPlane::start(dir.path(), vec![good, future]);
     let key = keygen(dir.path(), "n1");
     let listeners = [p.addr, q.addr].map(|peer| {
@@ -418,7 +433,7 @@ fn a_capability_that_needs_an_unknown_feature_is_nacked_and_the_last_known_good_
         1.0
     );
 
-    // The last-known-good is in force: P under the fleet ratchet, Q not.
+    // The last-known-good is in force: P under the fleet ratchet; Q not, its fact expired.
     assert_ratchet_refused(&mut node, &p, "fleet");
     assert_eq!(peers::call(node.addr("outbound[1]"), b"QUIT\r\n"), BANNER);
     let out = node.outcome("outbound");
