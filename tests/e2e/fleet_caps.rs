@@ -25,22 +25,18 @@ use serde_json::{Value, json};
 
 /// Each scenario on both stores, with the node under test on both drivers.
 macro_rules! per_store_and_driver {
+    (@tests $store:ident $io:ident $($name:ident)*) => {
+        use osgate_tests::{Io, postgres::Store};
+        $(#[test] fn $name() { super::super::$name(Store::$store, Io::$io) })*
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
-            mod uring {
-                $(#[test] fn $name() { super::super::$name(osgate_tests::postgres::Store::Sqlite, osgate_tests::Io::Uring) })*
-            }
-            mod epoll {
-                $(#[test] fn $name() { super::super::$name(osgate_tests::postgres::Store::Sqlite, osgate_tests::Io::Epoll) })*
-            }
+            mod uring { per_store_and_driver!(@tests Sqlite Uring $($name)*); }
+            mod epoll { per_store_and_driver!(@tests Sqlite Epoll $($name)*); }
         }
         mod postgres {
-            mod uring {
-                $(#[test] fn $name() { super::super::$name(osgate_tests::postgres::Store::Postgres, osgate_tests::Io::Uring) })*
-            }
-            mod epoll {
-                $(#[test] fn $name() { super::super::$name(osgate_tests::postgres::Store::Postgres, osgate_tests::Io::Epoll) })*
-            }
+            mod uring { per_store_and_driver!(@tests Postgres Uring $($name)*); }
+            mod epoll { per_store_and_driver!(@tests Postgres Epoll $($name)*); }
         }
     };
 }
