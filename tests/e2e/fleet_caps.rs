@@ -118,10 +118,16 @@ fn capabilities(cp: &ControlPlane) -> Vec<Value> {
     list["capabilities"].as_array().cloned().unwrap_or_default()
 }
 
-/// The fleet's capability for `peer`, if the control plane has one.
-fn capability(cp: &ControlPlane, peer: SocketAddr) -> Option<Value> {
+/// The row for `peer`, if the control plane lists it.
+fn row(cp: &ControlPlane, peer: SocketAddr) -> Option<Value> {
     let peer = peer.to_string();
     capabilities(cp).into_iter().find(|c| c["peer"] == peer)
+}
+
+/// The row for `peer` if the fleet holds it to TLS (a row stays after a clear, without
+/// `tls_until`).
+fn capability(cp: &ControlPlane, peer: SocketAddr) -> Option<Value> {
+    row(cp, peer).filter(|c| c["tls_until"].is_u64())
 }
 
 /// The node names in an `ApplyReply`'s blast radius, sorted, each once.
@@ -212,7 +218,10 @@ fn one_nodes_tls_makes_a_node_that_never_met_the_peer_refuse_cleartext_until_an_
     for name in everyone {
         assert!(cleared.stdout.contains(name), "{}", cleared.stdout);
     }
-    assert_eq!(capability(&cp, p), None);
+    let after = row(&cp, p).expect("the peer is still listed, cleared");
+    assert_eq!(after["tls_until"], Value::Null, "{after}");
+    assert_eq!(after["reporters"], json!([]), "{after}");
+    assert!(after["cleared_at"].as_u64() > Some(0), "{after}");
     let audit = cp.audit();
     assert!(
         audit.iter().any(|(who, action, detail)| who == "admin:ops"
