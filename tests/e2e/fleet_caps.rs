@@ -50,6 +50,7 @@ mod by_store {
     per_store!(
         get_capabilities_shows_the_reporters_and_how_long_tls_is_required,
         capability_reports_for_peers_a_node_is_not_assigned_are_refused_and_counted,
+        tls_seen_after_a_clear_sets_the_fleet_ratchet_again_and_reports_from_before_stay_void,
     );
 }
 
@@ -197,6 +198,20 @@ fn one_nodes_tls_makes_a_node_that_never_met_the_peer_refuse_cleartext_until_an_
     eventually("the control plane has A's capability for P", || {
         capability(&cp, p).is_some()
     });
+    let peer = p.to_string();
+    let changes =
+        |change: &str| cp.metric("osgate_cp_capability_changes_total", &[("change", change)]);
+    assert!(changes("reported") >= 1.0);
+    assert_eq!(changes("cleared"), 0.0, "exported at 0 from start");
+    let audit = cp.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|(who, action, detail)| who == "node:node-a"
+                && action == "capabilities.report"
+                && detail.contains(&peer)),
+        "{audit:?}"
+    );
     wait_applied(&mut b, revision(&cp.nodes()));
 
     // P stops doing TLS. B never met it: only the fleet's fact commits B to TLS.
@@ -207,12 +222,12 @@ fn one_nodes_tls_makes_a_node_that_never_met_the_peer_refuse_cleartext_until_an_
     assert!(plain.try_result().is_none(), "no cleartext retry");
 
     // P really dropped TLS: the operator sees who is affected, then clears the fact.
-    let peer = p.to_string();
     let everyone = ["node-a", "node-b", "node-c"];
     let dry = cp.admin_json(&["capabilities", "clear", &peer, "--dry-run"]);
     assert_eq!(dry["revision"], 0, "{dry}");
     assert_eq!(affected_nodes(&dry), everyone, "{dry}");
     assert!(capability(&cp, p).is_some(), "a dry run clears nothing");
+    assert_eq!(changes("cleared"), 0.0);
     let cleared = cp.ctl(Some(ADMIN_TOKEN), &["capabilities", "clear", &peer]);
     assert_eq!(cleared.code, 0, "{}", cleared.stderr);
     for name in everyone {
@@ -222,6 +237,7 @@ fn one_nodes_tls_makes_a_node_that_never_met_the_peer_refuse_cleartext_until_an_
     assert_eq!(after["tls_until"], Value::Null, "{after}");
     assert_eq!(after["reporters"], json!([]), "{after}");
     assert!(after["cleared_at"].as_u64() > Some(0), "{after}");
+    assert_eq!(changes("cleared"), 1.0);
     let audit = cp.audit();
     assert!(
         audit.iter().any(|(who, action, detail)| who == "admin:ops"
@@ -352,6 +368,43 @@ fn capability_reports_for_peers_a_node_is_not_assigned_are_refused_and_counted(s
     assert_eq!(field(&out, "achieved"), "cleartext", "{out}");
     assert_ne!(out["downgrade_suspected"], true, "{out}");
     drop(plain);
+}
+
+fn tls_seen_after_a_clear_sets_the_fleet_ratchet_again_and_reports_from_before_stay_void(
+    store: Store,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, url) = database(store, dir.path());
+    let cp = ControlPlane::start(dir.path(), &url, "");
+    let pem = certs::self_signed(dir.path(), "p", "127.0.0.1");
+    let server = SServer::start(&pem, &[]);
+    let p = server.addr;
+    let mut a = fleet_node(dir.path(), &cp, "node-a", Io::Uring, p, &[p]);
+    let mut c = fleet_node(dir.path(), &cp, "node-c", Io::Epoll, p, &[p]);
+    server.send_line(a.addr("outbound[0]"), "from a");
+    assert_eq!(a.outcome("outbound")["achieved"], "encrypted");
+    eventually("the control plane has A's capability for P", || {
+        capability(&cp, p).is_some()
+    });
+    cp.admin_json(&["capabilities", "clear", &p.to_string()]);
+    let cleared_at = row(&cp, p).unwrap()["cleared_at"].as_u64().unwrap();
+
+    // A sighting counts when it is newer than the clear, which is kept in whole seconds.
+    eventually("a second has passed since the clear", || {
+        unix_now() > cleared_at
+    });
+    server.send_line(c.addr("outbound[0]"), "from c");
+    assert_eq!(c.outcome("outbound")["achieved"], "encrypted");
+    eventually("C's sighting set the fleet ratchet again", || {
+        capability(&cp, p).is_some()
+    });
+    let fact = capability(&cp, p).unwrap();
+    assert_eq!(
+        fact["reporters"],
+        json!(["node-c"]),
+        "A's report predates the clear: {fact}"
+    );
+    assert!(fact["tls_until"].as_u64() > Some(unix_now()), "{fact}");
 }
 
 /// Appends field `number` holding `body` (wire type 2).
