@@ -467,6 +467,11 @@ fn a_capability_that_needs_an_unknown_feature_is_nacked_and_the_last_known_good_
         ],
     );
     let future = snapshot(2, &[capability_bytes(q.addr, now + 3600, "capability.v2")]);
+    let decoded = pb::Update::decode(future.as_slice()).unwrap();
+    let Some(pb::resource::Kind::Capability(sent)) = &decoded.upserts[0].kind else {
+        panic!("the bytes are not a Capability as osgate.proto defines it: {decoded:?}");
+    };
+    assert_eq!(sent.requires, ["capability.v2"]);
     let hostile = HostileControlPlane::start(dir.path(), vec![good, future]);
     let key = keygen(dir.path(), "n1");
     let listeners = [p.addr, q.addr].map(|peer| {
@@ -483,7 +488,9 @@ fn a_capability_that_needs_an_unknown_feature_is_nacked_and_the_last_known_good_
         panic!("the Capability needing capability.v2 was not NACKed");
     };
     assert_eq!(nack.revision, 2);
-    assert!(nack.error.contains("capability.v2"), "{:?}", nack.error);
+    for part in [format!("capability/{}", q.addr), "capability.v2".into()] {
+        assert!(nack.error.contains(&part), "{part} in {:?}", nack.error);
+    }
     node.wait_for(|v| v["message"] == "refused control plane update; keeping the last-known-good");
     assert_eq!(node.metric("osgate_controlplane_revision", &[]), 1.0);
     assert_eq!(
