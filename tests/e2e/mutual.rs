@@ -24,6 +24,7 @@ per_driver!(
     clients_fleet_refuses_foreign_clients_and_the_backend_sees_none,
     clients_any_serves_an_openssl_client_without_a_certificate,
     clients_pins_admit_the_pinned_client_only,
+    clients_fleet_and_a_pin_admit_both_and_no_one_else,
     a_control_plane_inbound_policy_replaces_the_local_clients,
     an_inbound_policy_requiring_an_unknown_feature_is_nacked,
     an_inbound_rule_needing_a_newer_node_is_stored_and_nacked_by_the_node,
@@ -296,6 +297,29 @@ fn clients_pins_admit_the_pinned_client_only(io: Io) {
         1,
         "only the pinned client reached the backend"
     );
+}
+
+/// `clients = ["fleet", "sha256/…"]`: node A and the pinned client are both served, each
+/// named by what it proved; a foreign key is still refused.
+fn clients_fleet_and_a_pin_admit_both_and_no_one_else(io: Io) {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = keygen(dir.path(), "pinned");
+    let clients = format!("clients = [\"fleet\", \"{}\"]", pinned.pin);
+    let mut f = fleet(dir.path(), io, &clients);
+    let (_, inb) = f.through_a();
+    assert_fleet_client(&inb);
+    let served = openssl_client(f.b_addr, &presenting(&pinned));
+    assert_eq!(served, String::from_utf8_lossy(REPLY));
+    let record = f.b.outcome("inbound");
+    assert_eq!(
+        level(&record),
+        ("authenticated", "pinned", "none"),
+        "{record}"
+    );
+    let foreign = keygen(dir.path(), "foreign");
+    assert_eq!(openssl_client(f.b_addr, &presenting(&foreign)), "");
+    assert_not_authorized(&mut f.b, "a foreign certificate");
+    assert_eq!(f.backend.accepted(), 2);
 }
 
 /// An `[[inbound]]` rule in the policy file (`osgatectl apply -f`) replaces B's own
