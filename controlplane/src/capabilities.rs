@@ -339,7 +339,19 @@ pub async fn list(ctx: &Ctx, peer: &str) -> Result<pb::CapabilityList, Status> {
                 .map(|(n, _)| n.clone())
                 .collect();
             nodes.sort();
+            let sts = p.rsplit_once(':').and_then(|(host, _)| {
+                match ctx
+                    .state
+                    .get("sts", host)
+                    .as_deref()
+                    .and_then(|r| r.kind.clone())
+                {
+                    Some(Kind::Sts(s)) => Some(s),
+                    _ => None,
+                }
+            });
             pb::CapabilityRow {
+                sts,
                 tls: merge(&p, &seen, cleared_at, ctx.ratchet_secs),
                 dane,
                 dane_error: errors.get(&p).cloned().unwrap_or_default(),

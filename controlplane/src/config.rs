@@ -29,6 +29,12 @@ struct RawDns {
     timeout_ms: Option<u64>,
     /// Refresh each TLSA set at least this often, sooner when its TTL says so.
     refresh_max_secs: Option<u64>,
+    /// Fetch MTA-STS policies for assigned SMTP peers (port 25) too.
+    mta_sts: Option<bool>,
+    /// The policy hosts' HTTPS port: 443 (RFC 8461 §3.3); another for tests.
+    mta_sts_port: Option<u16>,
+    /// PEM roots for the policy hosts' PKIX check; default: the system's.
+    ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +74,15 @@ struct RawAdmin {
 pub struct DaneCacheConfig {
     pub resolver: osgate_dns::DnsConfig,
     pub refresh_max: Duration,
+    /// MTA-STS policies for assigned SMTP peers; `None`: `mta_sts = false`.
+    pub sts: Option<StsConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StsConfig {
+    pub port: u16,
+    /// `None`: the system's roots.
+    pub roots: Option<Vec<CertificateDer<'static>>>,
 }
 
 /// What an admin may do.
@@ -250,7 +265,16 @@ impl Loader<'_> {
             return Err(self.error("dns.refresh_max_secs", "must be at least 1"));
         }
         let timeout = Duration::from_millis(timeout_ms);
+        let roots = match &d.ca_bundle {
+            Some(path) => Some(self.chain("dns.ca_bundle", path)?),
+            None => None,
+        };
+        let sts = d.mta_sts.unwrap_or(true).then_some(StsConfig {
+            port: d.mta_sts_port.unwrap_or(443),
+            roots,
+        });
         Ok(DaneCacheConfig {
+            sts,
             resolver: osgate_dns::DnsConfig {
                 servers,
                 trust_anchor,

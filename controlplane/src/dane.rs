@@ -146,13 +146,30 @@ pub async fn run(ctx: Arc<Ctx>, config: DaneCacheConfig) {
         }
     };
     let refresh_max = config.refresh_max.as_secs().max(1);
+    let sts = match config.sts.as_ref().map(crate::sts::resolver).transpose() {
+        Ok(sts) => sts,
+        Err(e) => {
+            tracing::error!(error = e, "MTA-STS cache off: cannot build its client");
+            None
+        }
+    };
     let mut due: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let peers = assigned(&ctx);
-        due.retain(|p, _| peers.contains(p));
+        let domains = crate::sts::domains(&peers);
+        due.retain(|p, _| peers.contains(p) || domains.iter().any(|d| *p == format!("sts:{d}")));
         let mut writes = Vec::new();
+        for gone in ctx.state.list("sts").iter().filter_map(|r| match &r.kind {
+            Some(Kind::Sts(s)) if !domains.contains(&s.domain) => Some(s.domain.clone()),
+            _ => None,
+        }) {
+            writes.push(Write::Delete {
+                kind: "sts",
+                name: gone,
+            });
+        }
         for gone in ctx.state.list("dane").iter().filter_map(|r| match &r.kind {
             Some(Kind::Dane(d)) if !peers.contains(&d.peer) => Some(d.peer.clone()),
             _ => None,
@@ -170,6 +187,16 @@ pub async fn run(ctx: Arc<Ctx>, config: DaneCacheConfig) {
             let (next, write) = refresh(&ctx, &dns, peer, refresh_max).await;
             due.insert(peer.clone(), next);
             writes.extend(write);
+        }
+        for domain in domains.iter().filter(|_| sts.is_some()) {
+            let key = format!("sts:{domain}");
+            if due.get(&key).is_some_and(|at| *at > now) {
+                continue;
+            }
+            if let Some(sts) = &sts {
+                writes.extend(crate::sts::refresh(&ctx, sts, &dns, domain, now).await);
+            }
+            due.insert(key, now + refresh_max);
         }
         let fresh = ctx.state.list("dane").iter().filter(|r| matches!(&r.kind, Some(Kind::Dane(d)) if d.status == "secure" && d.valid_until > now)).count();
         gauge!(m::DANE_SETS).set(fresh as f64);

@@ -29,6 +29,7 @@ mod run;
 mod server;
 mod state;
 mod store;
+mod sts;
 mod tlsa;
 mod tlsrpt;
 

@@ -7,6 +7,8 @@ pub const CAPABILITY: &str = "capability.v1";
 pub const DANE_CACHE: &str = "dane-cache.v1";
 /// Listener client policies (`InboundPolicy`).
 pub const INBOUND_CLIENTS: &str = "inbound-clients.v1";
+/// The fleet's MTA-STS policies (`StsPolicy`).
+pub const STS_CACHE: &str = "sts-cache.v1";
 
 /// The features this build implements.
 pub const SUPPORTED: &[&str] = &[
@@ -16,6 +18,7 @@ pub const SUPPORTED: &[&str] = &[
     CAPABILITY,
     DANE_CACHE,
     INBOUND_CLIENTS,
+    STS_CACHE,
 ];
 
 /// The first feature in `requires` that this build does not implement.

@@ -53,6 +53,7 @@ pub fn key_of(resource: &pb::Resource) -> Option<(&'static str, String)> {
         Kind::Capability(c) => ("capability", c.peer.clone()),
         Kind::Dane(d) => ("dane", d.peer.clone()),
         Kind::Inbound(i) => ("inbound", i.name.clone()),
+        Kind::Sts(s) => ("sts", s.domain.clone()),
     })
 }
 
@@ -222,6 +223,24 @@ fn tlsa(text: &str) -> Option<Tlsa> {
     })
 }
 
+/// A fleet MTA-STS policy: `(policy domain, policy)`, checked as a fetched one would be.
+pub fn sts(s: &pb::StsPolicy) -> Result<(String, osgate_core::sts::Policy), Invalid> {
+    let resource = format!("sts/{}", s.domain);
+    supported(&resource, &s.requires)?;
+    let domain = s.domain.trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() || domain.contains(':') || domain.contains('/') {
+        return Err(invalid(&resource, "not a mail domain"));
+    }
+    let policy =
+        osgate_core::sts::Policy::from_parts(&s.id, s.fetched_at, &s.policy).ok_or_else(|| {
+            invalid(
+                &resource,
+                "not an MTA-STS policy (RFC 8461 §3.2) with a TXT id",
+            )
+        })?;
+    Ok((domain, policy))
+}
+
 /// A listener's client policy: `(listener, clients)`.
 pub fn inbound(i: &pb::InboundPolicy) -> Result<(String, Clients), Invalid> {
     supported(&format!("inbound/{}", i.name), &i.requires)?;
@@ -249,6 +268,7 @@ pub fn resource(r: &pb::Resource) -> Result<(), Invalid> {
         Some(Kind::Capability(c)) => capability(c).map(drop),
         Some(Kind::Dane(d)) => dane(d).map(drop),
         Some(Kind::Inbound(i)) => inbound(i).map(drop),
+        Some(Kind::Sts(s)) => sts(s).map(drop),
         None => Err(invalid(
             "update",
             "a resource of a kind this node does not know",
@@ -336,6 +356,10 @@ impl Held {
                             format!("another inbound policy names listener {listener}"),
                         ));
                     }
+                }
+                Some(Kind::Sts(s)) => {
+                    let (domain, policy) = sts(s)?;
+                    caches.sts.insert(domain, policy);
                 }
                 None => return Err(invalid("update", "a resource without a kind")),
             }

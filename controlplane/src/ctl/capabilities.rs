@@ -84,7 +84,9 @@ pub fn print(format: Format, list: &pb::CapabilityList) {
                        "starttls": tls.map(|t| t.starttls),
                        "first_seen": tls.map(|t| t.first_seen), "last_seen": tls.map(|t| t.last_seen),
                        "reporters": tls.map(|t| t.reporters.clone()).unwrap_or_default(),
-                       "cleared_at": c.cleared_at, "dane": dane, "nodes": c.nodes})
+                       "cleared_at": c.cleared_at, "dane": dane, "nodes": c.nodes,
+                       "sts": c.sts.as_ref().map(|s| json!({"domain": s.domain, "id": s.id,
+                           "policy": s.policy, "fetched_at": s.fetched_at}))})
             })
             .collect();
         return json_out(json!({"revision": list.revision, "capabilities": rows}));
@@ -140,9 +142,24 @@ pub fn print(format: Format, list: &pb::CapabilityList) {
         ],
         &rows,
     );
-    for c in list.capabilities.iter().filter(|c| c.dane.is_some()) {
+    for c in &list.capabilities {
         for record in c.dane.iter().flat_map(|d| &d.tlsa) {
             println!("{}: TLSA {record}", c.peer);
+        }
+        if let Some(s) = &c.sts {
+            let policy: Vec<&str> = s
+                .policy
+                .lines()
+                .filter(|l| !l.starts_with("version"))
+                .collect();
+            println!(
+                "{}: MTA-STS {} (id {}, fetched {}): {}",
+                c.peer,
+                s.domain,
+                s.id,
+                when(s.fetched_at),
+                policy.join("; ")
+            );
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct Caches {
     /// The fleet ratchet: TLS is mandatory for the peer until then (Unix seconds).
     pub tls_until: HashMap<String, u64>,
     pub tlsa: HashMap<String, FleetTlsa>,
+    /// MTA-STS policies the control plane fetched, by policy domain: a node without its own
+    /// takes one as its cached policy (RFC 8461 §5: "Senders ... cache the policy").
+    pub sts: HashMap<String, crate::sts::Policy>,
 }
 
 /// Which DANE evidence a connection uses.

@@ -98,9 +98,14 @@ impl Policy {
         let rest = text.strip_prefix(CACHE_MAGIC)?.strip_prefix('\n')?;
         let (id, rest) = rest.strip_prefix("id=")?.split_once('\n')?;
         let (fetched_at, body) = rest.strip_prefix("fetched_at=")?.split_once('\n')?;
+        Self::from_parts(id, fetched_at.parse().ok()?, body)
+    }
+
+    /// A policy from its TXT `id`, fetch time and policy text (§3.2), each checked as a fetch
+    /// would check it: how the control plane's copy is read back.
+    pub fn from_parts(id: &str, fetched_at: u64, text: &str) -> Option<Self> {
         let id = parse::txt_id(id)?;
-        let fetched_at = fetched_at.parse().ok()?;
-        let body = parse_policy(body.as_bytes()).ok()?;
+        let body = parse_policy(text.as_bytes()).ok()?;
         Some(body.into_policy(id, fetched_at))
     }
 }

@@ -54,6 +54,9 @@ impl DnsConfig {
     }
 }
 
+pub mod durable;
+pub mod sts;
+
 /// The owner name of the first record of a trust anchor file (zone-file DNSKEY lines): the
 /// zone a self-test queries.
 pub fn anchor_owner(text: &str) -> Option<&str> {

@@ -210,7 +210,7 @@ fn sts(
         {
             Ok(node.sts.clone())
         }
-        _ => crate::sts::Sts::new(crypto, chain.clone(), &config.node.state_dir)
+        _ => crate::sts::Sts::new(crypto, chain.clone(), Some(&config.node.state_dir))
             .map(|sts| Arc::new(sts.with_port(config.smtp.mta_sts_port)))
             .map_err(StartError::Sts),
     }

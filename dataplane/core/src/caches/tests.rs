@@ -19,6 +19,7 @@ fn caches(valid_from: u64, valid_until: u64) -> Caches {
     Caches {
         tls_until: HashMap::from([("p.test:443".to_owned(), 100)]),
         tlsa: HashMap::from([("p.test:443".to_owned(), set)]),
+        sts: HashMap::new(),
     }
 }
 

@@ -49,9 +49,10 @@ pub(crate) async fn serve<D: Driver>(
     let domain = listener.target.policy_host.as_str();
     let sts = match (smtp.mta_sts, dns.as_deref()) {
         (true, Some(dns)) => {
-            node.sts
-                .policy(&dns.dns, domain, UnixTime::now().as_secs())
-                .await
+            let fleet = node.fleet.load_full();
+            let shared = fleet.caches.sts.get(domain);
+            let now = UnixTime::now().as_secs();
+            node.sts.policy(&dns.dns, domain, now, shared).await
         }
         _ => StsLookup::NoPolicy,
     };

@@ -27,7 +27,7 @@ pub(crate) fn run(
         .map_err(|e| format!("node.tls_groups: {e}"))?;
     let chain = ChainVerifier::new(crate::node::roots(&config), &crypto);
     let port = port.unwrap_or(config.smtp.mta_sts_port);
-    let sts = Arc::new(Sts::new(&crypto, chain, &config.node.state_dir)?.with_port(port));
+    let sts = Arc::new(Sts::new(&crypto, chain, Some(&config.node.state_dir))?.with_port(port));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,7 +40,7 @@ pub(crate) fn run(
         let mut tasks = tokio::task::JoinSet::new();
         for (i, domain) in domains.iter().enumerate() {
             let (sts, dns, domain) = (sts.clone(), dns.clone(), domain.clone());
-            tasks.spawn(async move { (i, sts.policy(&dns, &domain, now).await) });
+            tasks.spawn(async move { (i, sts.policy(&dns, &domain, now, None).await) });
         }
         let mut lookups = tasks.join_all().await;
         lookups.sort_by_key(|(i, _)| *i);
