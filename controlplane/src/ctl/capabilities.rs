@@ -15,7 +15,7 @@ pub enum CapabilityAction {
     /// Forgets the fleet ratchet for PEER (host:port), a peer that really dropped TLS: nodes
     /// that never met it fall back as their policy allows. Prints the nodes serving it.
     /// Reports from before the clear no longer count; nodes' own stores are untouched
-    /// (`osgate pins forget PEER` on a node).
+    /// (`osgate pins clear-ratchet PEER` on a node).
     Clear {
         peer: String,
         #[arg(long)]
