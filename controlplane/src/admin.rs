@@ -7,6 +7,7 @@ use metrics::counter;
 use osgate_core::fleet::PinState;
 use osgate_core::pin::SpkiPin;
 use osgate_core::policy::PolicySet;
+use osgate_proto::features;
 use osgate_proto::pb::admin_server::Admin;
 use osgate_proto::pb::{self, resource::Kind};
 use osgate_proto::validate::{self, Invalid};
@@ -16,7 +17,7 @@ use crate::auth::{Caller, caller};
 use crate::ctx::{Ctx, put, storage};
 use crate::db::Write;
 use crate::metrics as m;
-use crate::{blast, enroll, nodes, pins};
+use crate::{blast, capabilities, enroll, nodes, pins};
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -51,6 +52,45 @@ fn policy_set(policies: &BTreeMap<String, pb::Policy>) -> Result<PolicySet, Stat
     rules.map(PolicySet::new).map_err(bad)
 }
 
+/// The changes and writes from the current listener client policies to `after`; two
+/// policies for one listener are contradictory and refused (CONFORMANCE G.49).
+fn inbound_changes(
+    before: &BTreeMap<String, pb::InboundPolicy>,
+    after: &BTreeMap<String, pb::InboundPolicy>,
+    changes: &mut Vec<pb::Change>,
+    writes: &mut Vec<Write>,
+) -> Result<(), Status> {
+    let mut listeners = BTreeMap::new();
+    for (name, i) in after {
+        let (listener, _) = validate::inbound(i).map_err(bad)?;
+        if let Some(other) = listeners.insert(listener.clone(), name) {
+            return Err(Status::invalid_argument(format!(
+                "inbound policies `{other}` and `{name}` both name listener {listener}"
+            )));
+        }
+        let action = match before.get(name) {
+            None => "created",
+            Some(old) if old == i => "unchanged",
+            Some(_) => "updated",
+        };
+        changes.push(change("inbound", name, action));
+        if action != "unchanged" {
+            let resource = pb::Resource {
+                kind: Some(Kind::Inbound(i.clone())),
+            };
+            writes.push(put("inbound", name.clone(), &resource));
+        }
+    }
+    for name in before.keys().filter(|n| !after.contains_key(*n)) {
+        changes.push(change("inbound", name, "deleted"));
+        writes.push(Write::Delete {
+            kind: "inbound",
+            name: name.clone(),
+        });
+    }
+    Ok(())
+}
+
 fn change(kind: &str, name: &str, action: &str) -> pb::Change {
     pb::Change {
         kind: kind.into(),
@@ -73,12 +113,26 @@ impl AdminService {
         policies.map(|p| (p.name.clone(), p.clone())).collect()
     }
 
+    fn current_inbound(&self) -> BTreeMap<String, pb::InboundPolicy> {
+        let resources = self.ctx.state.list("inbound");
+        let inbound = resources.iter().filter_map(|r| match &r.kind {
+            Some(Kind::Inbound(i)) => Some((i.name.clone(), i.clone())),
+            _ => None,
+        });
+        inbound.collect()
+    }
+
     /// Changes, blast radius and warnings of going from the current policies to `after`.
-    async fn plan(&self, after: BTreeMap<String, pb::Policy>) -> Result<Plan, Status> {
+    async fn plan(
+        &self,
+        after: BTreeMap<String, pb::Policy>,
+        inbound: BTreeMap<String, pb::InboundPolicy>,
+    ) -> Result<Plan, Status> {
         let before = self.current_policies();
         let mut changes = Vec::new();
         let mut writes = Vec::new();
         let mut warnings = Vec::new();
+        inbound_changes(&self.current_inbound(), &inbound, &mut changes, &mut writes)?;
         for (name, p) in &after {
             let action = match before.get(name) {
                 None => "created",
@@ -102,23 +156,7 @@ impl AdminService {
                 name: name.clone(),
             });
         }
-        self.ctx
-            .nodes
-            .flush(&self.ctx.db, false)
-            .await
-            .map_err(storage)?;
-        let mut statuses = nodes::stored(&self.ctx.db).await.map_err(storage)?;
-        // The peers an admin assigned count with those the nodes declared.
-        for r in self.ctx.state.list("node") {
-            if let Some(Kind::Node(key)) = &r.kind {
-                let status = statuses.entry(key.name.clone()).or_default();
-                for peer in &key.peers {
-                    if !status.peers.contains(peer) {
-                        status.peers.push(peer.clone());
-                    }
-                }
-            }
-        }
+        let statuses = nodes::serving(&self.ctx).await?;
         let (old, new) = (policy_set(&before)?, policy_set(&after)?);
         let affected = blast::affected(&old, &new, &statuses);
         warnings.extend(blast::lowered(
@@ -190,7 +228,14 @@ impl AdminService {
             after.insert(p.name.clone(), p);
         }
         blast::ambiguous(&after)?;
-        let plan = self.plan(after).await?;
+        let mut inbound = self.current_inbound();
+        for mut i in req.inbound {
+            if i.requires.is_empty() {
+                i.requires.push(features::INBOUND_CLIENTS.into());
+            }
+            inbound.insert(i.name.clone(), i);
+        }
+        let plan = self.plan(after, inbound).await?;
         self.carry_out(&caller, "policies.apply", plan, req.dry_run, req.confirm)
             .await
     }
@@ -201,17 +246,20 @@ impl AdminService {
         req: pb::DeletePoliciesRequest,
     ) -> Result<pb::ApplyReply, Status> {
         let mut after = self.current_policies();
+        let mut inbound = self.current_inbound();
         if req.all {
             after.clear();
+            inbound.clear();
         }
         for name in &req.names {
-            if after.remove(name).is_none() {
+            let policy = after.remove(name).is_some();
+            if !(inbound.remove(name).is_some() || policy) {
                 return Err(Status::not_found(format!(
-                    "no policy named `{name}` (osgatectl get policies)"
+                    "no policy or inbound policy named `{name}` (osgatectl get policies)"
                 )));
             }
         }
-        let mut plan = self.plan(after).await?;
+        let mut plan = self.plan(after, inbound).await?;
         if req.all && !plan.writes.is_empty() {
             plan.reply
                 .warnings
@@ -449,10 +497,16 @@ impl AdminService {
             pins::forget_reporter(&mut m.tx, &self.ctx.state, &name, self.ctx.corroboration)
                 .await
                 .map_err(storage)?;
+        let pin_changes = writes.len();
+        let ttl = self.ctx.ratchet_secs;
+        let facts = capabilities::forget_reporter(&mut m.tx, &self.ctx.state, &name, ttl)
+            .await
+            .map_err(storage)?;
         let detail = format!(
-            "node/{name}: key, streams and {} pin change(s) from its reports",
-            writes.len()
+            "node/{name}: key, streams, {pin_changes} pin change(s) and {} capability change(s) from its reports",
+            facts.len()
         );
+        writes.extend(facts);
         writes.push(Write::Delete { kind: "node", name });
         let writes = Some(writes);
         let revision = self
@@ -521,9 +575,14 @@ impl Admin for AdminService {
             .current_policies()
             .into_values()
             .filter(|p| name.is_empty() || p.name == name);
+        let inbound = self
+            .current_inbound()
+            .into_values()
+            .filter(|i| name.is_empty() || i.name == name);
         let list = pb::PolicyList {
             policies: policies.collect(),
             revision: self.ctx.state.revision(),
+            inbound: inbound.collect(),
         };
         counted("ListPolicies", Ok(list))
     }
@@ -666,6 +725,27 @@ impl Admin for AdminService {
         req: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditList>, Status> {
         counted("ListAudit", self.audit(req.into_inner()).await)
+    }
+
+    async fn get_capabilities(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::CapabilityList>, Status> {
+        let peer = req.into_inner().name;
+        counted(
+            "GetCapabilities",
+            capabilities::list(&self.ctx, &peer).await,
+        )
+    }
+
+    async fn clear_capability(
+        &self,
+        req: Request<pb::ClearCapabilityRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let reply = capabilities::clear(&self.ctx, &caller, &r.peer, r.dry_run).await;
+        counted("ClearCapability", reply)
     }
 
     async fn get_tlsrpt_report(

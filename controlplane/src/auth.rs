@@ -67,7 +67,11 @@ fn needs(path: &str) -> Option<Needs> {
         "grpc.health.v1.Health" => Needs::Anyone,
         "osgate.v1.Fleet" if method == "Enroll" => Needs::AnyKey,
         "osgate.v1.Fleet" => Needs::Node,
-        "osgate.v1.Admin" if method.starts_with("List") || method == "GetTlsrptReport" => {
+        "osgate.v1.Admin"
+            if method.starts_with("List")
+                || method == "GetTlsrptReport"
+                || method == "GetCapabilities" =>
+        {
             Needs::Viewer
         }
         "osgate.v1.Admin" => Needs::Admin,

@@ -32,6 +32,8 @@ struct RawControlPlane {
     max_connections_per_source: Option<usize>,
     confirm_nodes: Option<usize>,
     drain_timeout_ms: Option<u64>,
+    /// How long a peer one node did TLS with stays TLS-mandatory for every node.
+    ratchet_hours: Option<u64>,
     /// The key that replaces this one, published (`tlsa`) before it is used.
     next_certificate: Option<PathBuf>,
     next_private_key: Option<PathBuf>,
@@ -95,6 +97,7 @@ pub struct Config {
     /// A policy change that lowers the level for peers of more nodes than this needs
     /// `--confirm`.
     pub confirm_nodes: usize,
+    pub ratchet: Duration,
     pub admins: Vec<Admin>,
     /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
     pub drain_timeout: Duration,
@@ -280,6 +283,8 @@ impl Config {
             ));
         }
         let confirm_nodes = cp.confirm_nodes.unwrap_or(1);
+        // The node's default ratchet: a fleet fact lasts as long as a node's own would.
+        let ratchet = Duration::from_secs(cp.ratchet_hours.unwrap_or(720).saturating_mul(3600));
         let admins = raw
             .admin
             .into_iter()
@@ -299,6 +304,7 @@ impl Config {
             max_connections,
             max_connections_per_source,
             confirm_nodes,
+            ratchet,
             admins,
             drain_timeout,
             next_chain,

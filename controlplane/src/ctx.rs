@@ -1,6 +1,7 @@
 //! What the services share: storage, the in-memory state, the node tracker.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::gauge;
@@ -31,6 +32,10 @@ pub struct Ctx {
     /// A policy change lowering the level for peers of more nodes than this needs confirm.
     pub confirm_nodes: usize,
     pub lifecycle: Arc<Lifecycle>,
+    /// How long one TLS sighting commits a peer to TLS fleet-wide (the node's ratchet TTL).
+    pub ratchet_secs: u64,
+    /// The last failed TLSA lookup of each peer, for `get capabilities`.
+    pub dane_errors: Mutex<HashMap<String, String>>,
 }
 
 pub fn unix_now() -> u64 {
@@ -54,6 +59,13 @@ pub fn put(kind: &'static str, name: String, resource: &pb::Resource) -> Write {
 }
 
 impl Ctx {
+    pub fn dane_errors(&self) -> HashMap<String, String> {
+        self.dane_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Starts a mutation: the transaction holds the next revision until [`Ctx::finish`].
     pub async fn begin(&self) -> Result<Mutation, Status> {
         let (tx, revision) = self.db.begin().await.map_err(storage)?;

@@ -53,6 +53,15 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// `kind/name`, as the audit log names resources.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Put { kind, name, .. } | Self::Delete { kind, name } => format!("{kind}/{name}"),
+        }
+    }
+}
+
 /// Who did what, for the audit log.
 #[derive(Clone, Debug)]
 pub struct Audit<'a> {

@@ -18,7 +18,7 @@ use crate::auth::{Caller, PeerKey, caller};
 use crate::ctx::{Ctx, storage};
 use crate::metrics as m;
 use crate::peer::canonical_set;
-use crate::{enroll, pins};
+use crate::{capabilities, enroll, pins};
 
 /// A node must say hello this soon after opening a stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,15 +45,7 @@ impl FleetService {
     /// The reported pins a node may speak for: well formed, and for a peer an admin
     /// assigned to it (CONFORMANCE J.57). Others are refused and counted.
     fn admitted(&self, node: &str, reported: Vec<pb::LearnedPin>) -> Vec<pb::LearnedPin> {
-        let assigned: BTreeSet<String> = self
-            .ctx
-            .state
-            .get("node", node)
-            .and_then(|r| match &r.kind {
-                Some(pb::resource::Kind::Node(n)) => Some(n.peers.iter().cloned().collect()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let assigned = self.assigned(node);
         let mut out = Vec::new();
         for mut pin in reported {
             pin.peer = crate::peer::canonical(&pin.peer);
@@ -73,6 +65,55 @@ impl FleetService {
             };
             counter!(m::PIN_REPORTS_REFUSED, "reason" => reason).increment(1);
             tracing::warn!(node, peer = pin.peer, reason, "pin report refused");
+        }
+        out
+    }
+
+    /// The peers an admin assigned to `node`.
+    fn assigned(&self, node: &str) -> BTreeSet<String> {
+        self.ctx
+            .state
+            .get("node", node)
+            .and_then(|r| match &r.kind {
+                Some(pb::resource::Kind::Node(n)) => Some(n.peers.iter().cloned().collect()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The TLS sightings a node may speak for: for a peer an admin assigned to it
+    /// (CONFORMANCE J.57), one per peer. Others are refused and counted.
+    fn admitted_sightings(
+        &self,
+        node: &str,
+        reported: Vec<pb::ObservedTls>,
+    ) -> Vec<pb::ObservedTls> {
+        let assigned = self.assigned(node);
+        let mut out: Vec<pb::ObservedTls> = Vec::new();
+        for mut seen in reported {
+            seen.peer = crate::peer::canonical(&seen.peer);
+            let check = pb::Capability {
+                peer: seen.peer.clone(),
+                ..Default::default()
+            };
+            let labels_ok = [&seen.tls_version, &seen.group].iter().all(|l| {
+                l.len() <= 32
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            });
+            let reason = match () {
+                _ if osgate_proto::validate::capability(&check).is_err() || !labels_ok => {
+                    "malformed"
+                }
+                _ if !assigned.contains(&seen.peer) => "unassigned-peer",
+                _ if out.iter().any(|o| o.peer == seen.peer) => "malformed",
+                _ => {
+                    out.push(seen);
+                    continue;
+                }
+            };
+            counter!(m::CAPABILITY_REPORTS_REFUSED, "reason" => reason).increment(1);
+            tracing::warn!(node, peer = seen.peer, reason, "capability report refused");
         }
         out
     }
@@ -248,10 +289,14 @@ impl Fleet for FleetService {
         let batch = req.into_inner();
         self.ctx.nodes.add_outcomes(&node, &batch.outcomes);
         crate::tlsrpt::store(&self.ctx, &node, &batch.tlsrpt).await?;
-        if batch.pins.len() > MAX_REPORTED_PINS {
+        if batch.pins.len() > MAX_REPORTED_PINS || batch.capabilities.len() > MAX_REPORTED_PINS {
             return Err(Status::invalid_argument(format!(
-                "at most {MAX_REPORTED_PINS} pins per report"
+                "at most {MAX_REPORTED_PINS} pins and {MAX_REPORTED_PINS} capabilities per report"
             )));
+        }
+        let sightings = self.admitted_sightings(&node, batch.capabilities);
+        if !sightings.is_empty() {
+            capabilities::record(&self.ctx, &caller, &node, sightings).await?;
         }
         if batch.pins.is_empty() {
             // Outcome counts only: kept in memory, stored with the node's status.

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod auth;
 mod blast;
+mod capabilities;
 mod caps;
 mod config;
 mod ctx;

@@ -26,13 +26,27 @@ pub const CONNECTIONS_REFUSED: &str = "osgate_cp_connections_refused_total";
 pub const CONNECTIONS: &str = "osgate_cp_connections";
 /// Counter: node streams cut because the node was deleted or its key replaced.
 pub const STREAMS_CUT: &str = "osgate_cp_node_streams_cut_total";
+/// Counter: capability reports refused, by `reason` (malformed, unassigned-peer).
+pub const CAPABILITY_REPORTS_REFUSED: &str = "osgate_cp_capability_reports_refused_total";
+/// Counter: changes of the fleet's capability caches, by `change` (reported: a fleet ratchet
+/// set or extended; cleared: by an operator; dane-updated: a TLSA set or its validity).
+pub const CAPABILITY_CHANGES: &str = "osgate_cp_capability_changes_total";
+/// Counter: the control plane's own TLSA lookups, by `result` (the node's labels:
+/// secure-usable, secure-unusable, no-tlsa, insecure-address, insecure-tlsa, bogus, failed).
+pub const DANE_LOOKUPS: &str = "osgate_cp_dane_lookups_total";
+/// Gauge: peers with a fleet TLSA set within its DNSSEC validity.
+pub const DANE_SETS: &str = "osgate_cp_dane_sets";
 
 /// Every counter with fixed labels, at 0 from start: an `increase()` alert sees the first
 /// event.
 pub fn export_at_zero() {
-    let fixed: [(&str, &[&str]); 4] = [
+    let fixed: [(&str, &[&str]); 5] = [
         (ENROLMENTS_REFUSED, &["unknown-token", "refused"]),
         (PIN_REPORTS_REFUSED, &["malformed", "unassigned-peer"]),
+        (
+            CAPABILITY_REPORTS_REFUSED,
+            &["malformed", "unassigned-peer"],
+        ),
         (CONNECTIONS_REFUSED, &["global-cap", "per-source-cap"]),
         (STREAMS_CUT, &[]),
     ];
@@ -43,6 +57,9 @@ pub fn export_at_zero() {
         for reason in reasons {
             metrics::counter!(name, "reason" => *reason).absolute(0);
         }
+    }
+    for change in ["reported", "cleared", "dane-updated"] {
+        metrics::counter!(CAPABILITY_CHANGES, "change" => change).absolute(0);
     }
     metrics::gauge!(CONNECTIONS).set(0.0);
 }

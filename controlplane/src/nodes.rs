@@ -208,6 +208,26 @@ pub async fn stored(db: &Db) -> Result<HashMap<String, Status>, sqlx::Error> {
     stored_where(db, "").await
 }
 
+/// Every node's status, its peers being those it declared and those an admin assigned: who
+/// a change for a peer reaches (the blast radius).
+pub async fn serving(ctx: &crate::ctx::Ctx) -> Result<HashMap<String, Status>, tonic::Status> {
+    use crate::ctx::storage;
+    use osgate_proto::pb::resource::Kind;
+    ctx.nodes.flush(&ctx.db, false).await.map_err(storage)?;
+    let mut statuses = stored(&ctx.db).await.map_err(storage)?;
+    for r in ctx.state.list("node") {
+        if let Some(Kind::Node(key)) = &r.kind {
+            let status = statuses.entry(key.name.clone()).or_default();
+            for peer in &key.peers {
+                if !status.peers.contains(peer) {
+                    status.peers.push(peer.clone());
+                }
+            }
+        }
+    }
+    Ok(statuses)
+}
+
 /// One node's stored status: a node connecting reads its own row, not the fleet's.
 pub async fn stored_one(db: &Db, node: &str) -> Result<Option<Status>, sqlx::Error> {
     Ok(stored_where(db, node).await?.remove(node))

@@ -48,6 +48,8 @@ async fn serve(config: Config) -> Result<(), String> {
         corroboration: config.corroboration,
         confirm_nodes: config.confirm_nodes,
         lifecycle,
+        ratchet_secs: config.ratchet.as_secs(),
+        dane_errors: Default::default(),
     });
     ctx.refresh().await;
     let crypto = osgate_core::crypto::CryptoPolicy::new(

@@ -6,8 +6,11 @@
 //! resource, and the node keeps its last-known-good (CONFORMANCE G.41, G.42). A bad resource
 //! is never read as a deletion.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use osgate_core::caches::{Caches, FleetTlsa};
+use osgate_core::clients::Clients;
+use osgate_core::dane::Tlsa;
 use osgate_core::fleet::{Fleet, FleetPin, NodeKey, PinState};
 use osgate_core::pin::SpkiPin;
 use osgate_core::policy::{PolicySet, Rule, RuleSpec};
@@ -47,6 +50,9 @@ pub fn key_of(resource: &pb::Resource) -> Option<(&'static str, String)> {
         Kind::Policy(p) => ("policy", p.name.clone()),
         Kind::Pin(p) => ("pin", pin_name(&p.peer, &p.spki)),
         Kind::Node(n) => ("node", n.name.clone()),
+        Kind::Capability(c) => ("capability", c.peer.clone()),
+        Kind::Dane(d) => ("dane", d.peer.clone()),
+        Kind::Inbound(i) => ("inbound", i.name.clone()),
     })
 }
 
@@ -149,12 +155,87 @@ pub fn node_key(n: &pb::NodeKey) -> Result<NodeKey, Invalid> {
     })
 }
 
+/// The fleet ratchet for one peer: `(peer, TLS mandatory until)`.
+pub fn capability(c: &pb::Capability) -> Result<(String, u64), Invalid> {
+    let resource = format!("capability/{}", c.peer);
+    supported(&resource, &c.requires)?;
+    peer_ok(&resource, &c.peer)?;
+    Ok((c.peer.to_ascii_lowercase(), c.tls_until))
+}
+
+/// A fleet TLSA set; `None` for a secure denial, which a node never acts on (its own lookup
+/// decides whether the peer withdrew its records).
+pub fn dane(d: &pb::DaneRecord) -> Result<Option<(String, FleetTlsa)>, Invalid> {
+    let resource = format!("dane/{}", d.peer);
+    supported(&resource, &d.requires)?;
+    peer_ok(&resource, &d.peer)?;
+    let records = match d.status.as_str() {
+        "secure-denial" => return Ok(None),
+        "secure" => d
+            .tlsa
+            .iter()
+            .map(|text| {
+                tlsa(text).ok_or_else(|| invalid(&resource, format!("`{text}` is not TLSA RDATA")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        other => return Err(invalid(&resource, format!("unknown DANE status `{other}`"))),
+    };
+    if records.is_empty() || d.base.is_empty() || d.valid_until <= d.valid_from {
+        return Err(invalid(
+            &resource,
+            "a secure set needs records, a base name and a validity window",
+        ));
+    }
+    let set = FleetTlsa {
+        base: d.base.trim_end_matches('.').to_ascii_lowercase(),
+        records,
+        valid_from: d.valid_from,
+        valid_until: d.valid_until,
+    };
+    Ok(Some((d.peer.to_ascii_lowercase(), set)))
+}
+
+/// `usage selector matching hex` (RFC 6698 §2.2).
+fn tlsa(text: &str) -> Option<Tlsa> {
+    let mut fields = text.split_ascii_whitespace();
+    let mut number = || fields.next()?.parse::<u8>().ok();
+    let (usage, selector, matching) = (number()?, number()?, number()?);
+    let hex: String = fields.collect();
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let data = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(Tlsa {
+        usage,
+        selector,
+        matching,
+        data,
+    })
+}
+
+/// A listener's client policy: `(listener, clients)`.
+pub fn inbound(i: &pb::InboundPolicy) -> Result<(String, Clients), Invalid> {
+    name_ok("inbound", &i.name)?;
+    let resource = format!("inbound/{}", i.name);
+    supported(&resource, &i.requires)?;
+    peer_ok(&resource, &i.listener)?;
+    let clients =
+        Clients::parse(&i.clients).map_err(|e| invalid(&resource, format!("clients: {e}")))?;
+    Ok((i.listener.to_ascii_lowercase(), clients))
+}
+
 /// Checks one resource of any kind.
 pub fn resource(r: &pb::Resource) -> Result<(), Invalid> {
     match &r.kind {
         Some(Kind::Policy(p)) => policy(p).map(drop),
         Some(Kind::Pin(p)) => pin(p).map(drop),
         Some(Kind::Node(n)) => node_key(n).map(drop),
+        Some(Kind::Capability(c)) => capability(c).map(drop),
+        Some(Kind::Dane(d)) => dane(d).map(drop),
+        Some(Kind::Inbound(i)) => inbound(i).map(drop),
         None => Err(invalid(
             "update",
             "a resource of a kind this node does not know",
@@ -218,21 +299,37 @@ impl Held {
         let mut rules = Vec::new();
         let mut pins = Vec::new();
         let mut nodes = Vec::new();
+        let mut caches = Caches::default();
+        let mut listeners = HashMap::new();
         for r in self.resources.values() {
             match &r.kind {
                 Some(Kind::Policy(p)) => rules.push(policy(p)?),
                 Some(Kind::Pin(p)) => pins.push(pin(p)?),
                 Some(Kind::Node(n)) => nodes.push(node_key(n)?),
+                Some(Kind::Capability(c)) => {
+                    let (peer, until) = capability(c)?;
+                    caches.tls_until.insert(peer, until);
+                }
+                Some(Kind::Dane(d)) => {
+                    if let Some((peer, set)) = dane(d)? {
+                        caches.tlsa.insert(peer, set);
+                    }
+                }
+                Some(Kind::Inbound(i)) => {
+                    let (listener, clients) = inbound(i)?;
+                    if listeners.insert(listener.clone(), clients).is_some() {
+                        return Err(invalid(
+                            format!("inbound/{}", i.name),
+                            format!("another inbound policy names listener {listener}"),
+                        ));
+                    }
+                }
                 None => return Err(invalid("update", "a resource without a kind")),
             }
         }
         rules.extend(local.rules().iter().cloned());
-        Ok(Fleet::new(
-            self.revision,
-            PolicySet::new(rules),
-            pins,
-            &nodes,
-        ))
+        let fleet = Fleet::new(self.revision, PolicySet::new(rules), pins, &nodes);
+        Ok(fleet.with(caches, listeners))
     }
 }
 

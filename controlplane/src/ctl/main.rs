@@ -16,6 +16,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+mod capabilities;
 mod output;
 mod policy_file;
 mod policy_toml;
@@ -122,6 +123,11 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// The fleet's capability caches (`get capabilities` lists them).
+    Capabilities {
+        #[command(subcommand)]
+        action: capabilities::CapabilityAction,
+    },
     /// Reports over the fleet's sessions.
     Reports {
         #[command(subcommand)]
@@ -135,6 +141,8 @@ enum Kind {
     Pins,
     Nodes,
     Audit,
+    /// Per peer: the fleet ratchet, its reporters, the DANE cache, the nodes serving it.
+    Capabilities,
 }
 
 #[derive(Subcommand)]
@@ -343,10 +351,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             dry_run,
             confirm,
         } => {
-            let policies = policy_file::load(&file).map_err(usage)?;
+            let loaded = policy_file::load(&file).map_err(usage)?;
             let mut admin = client(&cli.conn).await?;
             let request = pb::ApplyPoliciesRequest {
-                policies,
+                policies: loaded.policies,
+                inbound: loaded.inbound,
                 dry_run,
                 confirm,
             };
@@ -354,10 +363,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             out.apply(&reply.into_inner(), dry_run);
         }
         Command::Diff { file } => {
-            let policies = policy_file::load(&file).map_err(usage)?;
+            let loaded = policy_file::load(&file).map_err(usage)?;
             let mut admin = client(&cli.conn).await?;
             let request = pb::ApplyPoliciesRequest {
-                policies,
+                policies: loaded.policies,
+                inbound: loaded.inbound,
                 dry_run: true,
                 confirm: false,
             };
@@ -385,6 +395,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Kind::Nodes => out.nodes(
                     &admin
                         .list_nodes(pb::ListRequest { name })
+                        .await
+                        .map_err(status)?
+                        .into_inner(),
+                ),
+                Kind::Capabilities => capabilities::print(
+                    cli.output,
+                    &admin
+                        .get_capabilities(pb::ListRequest { name })
                         .await
                         .map_err(status)?
                         .into_inner(),
@@ -491,6 +509,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     out.apply(&reply.map_err(status)?.into_inner(), false);
                 }
             }
+        }
+        Command::Capabilities { action } => {
+            let mut admin = client(&cli.conn).await?;
+            let reply = admin.clear_capability(action.request()).await;
+            out.apply(&reply.map_err(status)?.into_inner(), false);
         }
         Command::Reports { action } => {
             // The report is JSON whatever -o says: RFC 8460 defines no other form.

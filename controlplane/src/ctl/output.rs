@@ -10,7 +10,7 @@ pub struct Printer {
     pub format: Format,
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -31,7 +31,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn json_out(value: Value) {
+pub fn json_out(value: Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -100,7 +100,14 @@ impl Printer {
                            "report_only": p.report_only})
                 })
                 .collect();
-            return json_out(json!({"revision": list.revision, "policies": items}));
+            let inbound: Vec<Value> = list
+                .inbound
+                .iter()
+                .map(|i| json!({"name": i.name, "listener": i.listener, "clients": i.clients}))
+                .collect();
+            return json_out(
+                json!({"revision": list.revision, "policies": items, "inbound": inbound}),
+            );
         }
         let rows: Vec<Vec<String>> = list
             .policies
@@ -128,6 +135,15 @@ impl Printer {
             &["NAME", "MATCH", "LEVEL", "METHODS", "MIN_TLS", "MODE"],
             &rows,
         );
+        if !list.inbound.is_empty() {
+            println!();
+            let rows: Vec<Vec<String>> = list
+                .inbound
+                .iter()
+                .map(|i| vec![i.name.clone(), i.listener.clone(), i.clients.join(",")])
+                .collect();
+            table(&["INBOUND", "LISTENER", "CLIENTS"], &rows);
+        }
     }
 
     pub fn pins(&self, list: &pb::PinList) {

@@ -27,6 +27,13 @@ pub fn render(list: &pb::PolicyList) -> String {
         field(&mut out, "report_only", &p.report_only.to_string());
         field(&mut out, "requires", &array(&p.requires));
     }
+    for i in &list.inbound {
+        out.push_str("\n[[inbound]]\n");
+        field(&mut out, "name", &quote(&i.name));
+        field(&mut out, "listener", &quote(&i.listener));
+        field(&mut out, "clients", &array(&i.clients));
+        field(&mut out, "requires", &array(&i.requires));
+    }
     out
 }
 
@@ -87,15 +94,23 @@ mod tests {
             requires: vec!["policy.v1".into(), "x-later".into()],
             ..Default::default()
         };
+        let inbound = pb::InboundPolicy {
+            name: "fleet-only".into(),
+            listener: "127.0.0.1:7443".into(),
+            clients: vec!["fleet".into()],
+            requires: vec!["inbound-clients.v1".into()],
+        };
         let list = pb::PolicyList {
             policies: vec![policy.clone(), fallback.clone()],
             revision: 7,
+            inbound: vec![inbound.clone()],
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
         std::fs::write(&path, render(&list)).unwrap();
         let loaded = super::super::policy_file::load(&path).unwrap();
-        assert_eq!(loaded, vec![policy, fallback]);
+        assert_eq!(loaded.policies, vec![policy, fallback]);
+        assert_eq!(loaded.inbound, vec![inbound]);
     }
 
     #[test]

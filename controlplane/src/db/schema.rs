@@ -40,6 +40,14 @@ const MIGRATIONS: &[&str] = &[
          updated BIGINT NOT NULL, PRIMARY KEY (node, domain, day));
      CREATE INDEX tlsrpt_days_by_domain ON tlsrpt_days (domain, day);
      CREATE INDEX tlsrpt_days_by_day ON tlsrpt_days (day)",
+    // The fleet ratchet: what each node saw of its assigned peers, and operators' clears
+    // (reports older than a clear no longer count).
+    "CREATE TABLE capability_reports (
+         peer TEXT NOT NULL, node TEXT NOT NULL, tls_version TEXT NOT NULL, grp TEXT NOT NULL,
+         starttls BIGINT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL,
+         PRIMARY KEY (peer, node));
+     CREATE INDEX capability_reports_by_node ON capability_reports (node);
+     CREATE TABLE capability_clears (peer TEXT PRIMARY KEY, cleared_at BIGINT NOT NULL)",
 ];
 
 /// The newest schema version this build knows.

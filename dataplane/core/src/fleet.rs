@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 
 use crate::auth::Tofu;
+use crate::caches::Caches;
+use crate::clients::Clients;
 use crate::pin::SpkiPin;
 use crate::policy::PolicySet;
 
@@ -80,6 +82,12 @@ pub struct Fleet {
     pins: HashMap<String, PeerPins>,
     /// Node keys by the addresses they serve.
     nodes: HashMap<String, Vec<SpkiPin>>,
+    /// Node names by key: who an inbound client presenting the key is.
+    names: HashMap<SpkiPin, String>,
+    /// The fleet ratchet and TLSA sets.
+    pub caches: Caches,
+    /// Client policies by listener address (`host:port`, lower case).
+    inbound: HashMap<String, Clients>,
 }
 
 impl Fleet {
@@ -113,6 +121,7 @@ impl Fleet {
             }
         }
         let mut by_address: HashMap<String, Vec<SpkiPin>> = HashMap::new();
+        let names = nodes.iter().map(|n| (n.key, n.name.clone())).collect();
         for node in nodes {
             for address in &node.addresses {
                 by_address
@@ -126,7 +135,27 @@ impl Fleet {
             policy,
             pins: by_peer,
             nodes: by_address,
+            names,
+            caches: Caches::default(),
+            inbound: HashMap::new(),
         }
+    }
+
+    /// The same state with the fleet's caches and listener client policies.
+    pub fn with(mut self, caches: Caches, inbound: HashMap<String, Clients>) -> Self {
+        self.caches = caches;
+        self.inbound = inbound;
+        self
+    }
+
+    /// The registered node whose key is `key`.
+    pub fn node_named(&self, key: &SpkiPin) -> Option<&str> {
+        self.names.get(key).map(String::as_str)
+    }
+
+    /// The control plane's client policy for the listener at `listen`, if it set one.
+    pub fn inbound_clients(&self, listen: &str) -> Option<&Clients> {
+        self.inbound.get(&listen.to_ascii_lowercase())
     }
 
     /// Keys an operator approved for `peer`: they count as operator pins.

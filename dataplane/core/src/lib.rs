@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod caches;
 pub mod caps;
+pub mod clients;
 pub mod crypto;
 pub mod dane;
 pub mod detect;

@@ -170,6 +170,9 @@ pub enum Reason {
     /// MTA-STS `enforce`: the MX host matches none of the policy's `mx` patterns (RFC 8461
     /// §4.1: "senders MUST NOT deliver").
     StsMxMismatch,
+    /// Inbound: the listener serves only fleet nodes or pinned clients, and the client proved
+    /// neither (no certificate, another key, or no TLS at all).
+    ClientNotAuthorized,
 }
 
 impl Reason {
@@ -206,6 +209,7 @@ impl Reason {
             Self::StsPolicyInvalid => "sts-policy-invalid",
             Self::StsWebpkiInvalid => "sts-webpki-invalid",
             Self::StsMxMismatch => "sts-mx-mismatch",
+            Self::ClientNotAuthorized => "client-not-authorized",
         }
     }
 }
@@ -383,6 +387,33 @@ pub struct Outcome {
     pub protocol: Protocol,
     /// SMTP sessions only.
     pub smtp: Option<Box<SmtpFacts>>,
+    /// Where fleet-wide evidence decided: the TLSA set (`source = "fleet"`) and the ratchet.
+    pub fleet: FleetEvidence,
+    /// Inbound: the authenticated client, as `fleet` names it (the node's name) or its pin.
+    pub client: Option<String>,
+}
+
+/// What the control plane's caches contributed to one connection's decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetEvidence {
+    /// The TLSA set came from the fleet's cache, not from this node's own lookup.
+    pub dane: bool,
+    /// Who committed the peer to TLS: `Some(false)` this node's store, `Some(true)` only the
+    /// fleet's ratchet.
+    pub ratchet: Option<bool>,
+}
+
+impl FleetEvidence {
+    /// The `source` field of outcome records.
+    pub fn dane_source(self) -> Option<&'static str> {
+        self.dane.then_some("fleet")
+    }
+
+    /// The `ratchet` field of outcome records.
+    pub fn ratchet_source(self) -> Option<&'static str> {
+        self.ratchet
+            .map(|fleet| if fleet { "fleet" } else { "local" })
+    }
 }
 
 impl Outcome {
@@ -415,6 +446,8 @@ impl Outcome {
             report_only: None,
             protocol: Protocol::Tcp,
             smtp: None,
+            fleet: FleetEvidence::default(),
+            client: None,
         }
     }
 }

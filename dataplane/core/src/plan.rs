@@ -52,6 +52,23 @@ pub struct Facts<'a> {
     pub peer: &'a str,
     /// `[tofu] mode = "enforce"`: learned pins are checked (else only the ratchet counts).
     pub tofu_enforce: bool,
+    /// Unix seconds, for the fleet's caches.
+    pub now: u64,
+}
+
+impl Facts<'_> {
+    /// Who commits the peer to TLS by having done it before: `Some(false)` this node's store,
+    /// `Some(true)` only the fleet's ratchet (one node's experience protects the fleet).
+    pub fn ratchet(&self) -> Option<bool> {
+        match self.local.ratchet {
+            true => Some(false),
+            false => self
+                .fleet
+                .caches
+                .tls_seen(self.peer, self.now)
+                .then_some(true),
+        }
+    }
 }
 
 /// Whether DNS is worth asking for DANE under `rule`: not when policy rules TLS out.
@@ -135,7 +152,7 @@ pub fn decide<'a>(facts: &Facts<'a>) -> Decision<'a> {
         tofu,
     };
     decision.plan = Plan {
-        ratchet: facts.local.ratchet,
+        ratchet: facts.ratchet().is_some(),
         tls_committed,
         auth_expected: decision.evidence().expects_authentication(methods),
         floor_raised: floor > TlsFloor::Tls12,

@@ -124,7 +124,8 @@ pub fn result_type(reason: Reason) -> Option<ResultType> {
         | Reason::ClientSilent
         | Reason::ClientClosed
         | Reason::MalformedClientHello
-        | Reason::CleartextDenied => None,
+        | Reason::CleartextDenied
+        | Reason::ClientNotAuthorized => None,
         Reason::StarttlsNotSupported => Some(T::StarttlsNotSupported),
         Reason::CertificateHostMismatch => Some(T::CertificateHostMismatch),
         Reason::CertificateExpired => Some(T::CertificateExpired),

@@ -176,37 +176,7 @@ pub struct SmtpConfig {
     pub mta_sts_port: u16,
 }
 
-/// `[dns]`: the validating resolver DANE uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Empty: the system's resolvers.
-    pub servers: Vec<SocketAddr>,
-    /// DNSKEY records (zone-file lines) to validate from; `None`: the IANA root anchors.
-    pub trust_anchor: Option<PathBuf>,
-    /// The owner of the first trust anchor: the zone the start-up self-test queries.
-    pub anchor_zone: String,
-    pub timeout: Duration,
-    /// One connection's whole DNS phase: addresses and up to two TLSA bases (C.24).
-    pub budget: Duration,
-    /// Written in the config: validation must work at start, and a resolver that fails
-    /// refuses. The implicit default tests validation in the background and, while it does
-    /// not work, leaves names to the system resolver (DANE off, and the gauge says so).
-    pub explicit: bool,
-}
-
-impl DnsConfig {
-    /// DANE with no `[dns]` section: the system's resolvers and the root trust anchor.
-    fn implicit() -> Self {
-        Self {
-            servers: Vec::new(),
-            trust_anchor: None,
-            anchor_zone: ".".into(),
-            timeout: Duration::from_millis(2_000),
-            budget: Duration::from_millis(3 * 2_000),
-            explicit: false,
-        }
-    }
-}
+pub use osgate_dns::DnsConfig;
 
 /// `[tofu]`: pins learned on first use, and the ratchet, in one store.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,9 @@ use osgate_core::crypto::{check_dane_ta, tls_params};
 use osgate_core::dane::{Lookup, Match, match_chain};
 use osgate_core::fleet::Fleet;
 use osgate_core::ladder::{Ladder, Step, TlsResult};
-use osgate_core::outcome::{Direction, Level as Achieved, Method, Outcome, Reason, TlsParams};
+use osgate_core::outcome::{
+    Direction, FleetEvidence, Level as Achieved, Method, Outcome, Reason, TlsParams,
+};
 use osgate_core::pin::SpkiPin;
 use osgate_core::plan::{self, Decision, Defaults, Facts, Local, PinUpdate};
 use osgate_core::policy::{Peer, Rule};
@@ -194,7 +196,14 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
             ip: None,
         });
     }
-    let found = lookup(listener, target, selected.enforced, node, dns).await;
+    let mut found = lookup(listener, target, selected.enforced, node, dns).await;
+    // The record's `dane` says what this node's own lookup found, whatever fills in for it.
+    let own_dane = found.lookup.label();
+    let tls_allowed = plan::consults_dns(selected.enforced, defaults(listener, node));
+    let dane = fleet
+        .caches
+        .dane(&target.peer_key, found.lookup, tls_allowed, now);
+    found.lookup = dane.lookup;
     let requirement = starter.requirement(target, &found.lookup);
     // Explicit policy preempts the protocol's evidence (RFC 7435 §3).
     let (enforced, reported) = match &requirement {
@@ -226,6 +235,7 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
         fleet: &fleet,
         peer: &target.peer_key,
         tofu_enforce: node.tofu_enforce,
+        now,
     };
     let mut decision = plan::decide(&facts);
     if requirement == Requirement::MxMismatch && selected.enforced.is_none() {
@@ -244,7 +254,11 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
     outcome.desired = decision.plan.level.as_str();
     outcome.commitment = decision.plan.commitment();
     outcome.policy = policy_id(decision.rule, &fleet);
-    outcome.dane = found.lookup.label();
+    outcome.dane = own_dane;
+    outcome.fleet = FleetEvidence {
+        dane: dane.from_fleet,
+        ratchet: facts.ratchet(),
+    };
     count_policy(decision.rule, false);
     let addrs = match found.addrs.is_empty() {
         false => found.addrs,
@@ -294,6 +308,8 @@ pub(crate) async fn establish<D: Driver, S: Starter<D>>(
                 outcome.tlsa = tls.as_ref().and_then(|e| e.tlsa_match.clone());
                 if let Some(est) = &tls {
                     remember(node, target, &decision, achieved, est.presented, now);
+                    let starttls = listener.smtp.is_some();
+                    crate::observed::saw(&target.peer_key, &est.params, starttls, now);
                 }
                 break Some((tls.take(), clear.take()));
             }

@@ -83,6 +83,11 @@ pub fn emit(outcome: &Outcome) {
         peer_key = outcome.peer_key.as_deref(),
         downgrade_suspected = outcome.downgrade_suspected,
         dane = outcome.dane,
+        // "fleet": the TLSA set came from the control plane's cache, not this node's lookup.
+        source = outcome.fleet.dane_source(),
+        // Who committed the peer to TLS by having done it before: "local" or "fleet".
+        ratchet = outcome.fleet.ratchet_source(),
+        client = outcome.client.as_deref(),
         tlsa = outcome.tlsa.as_deref(),
         report_only_policy = outcome.report_only.as_ref().map(|r| r.0.as_str()),
         report_only_achieved = outcome.report_only.as_ref().map(|r| r.1.as_str()),

@@ -4,7 +4,10 @@
 //! own, and for monotonicity (CONFORMANCE I.52, I.53).
 
 use super::*;
+use std::collections::HashMap;
+
 use crate::auth::{ChainChecks, authenticate};
+use crate::caches::Caches;
 use crate::dane::NotApplicable;
 use crate::fleet::{FleetPin, NodeKey, PinState};
 use crate::ladder::Ladder;
@@ -158,6 +161,19 @@ fn fleet(bits: u8) -> Fleet {
     Fleet::new(1, PolicySet::default(), pins, &nodes)
 }
 
+/// [`fleet`], and the fleet's ratchet for the peer when `ratchet`.
+fn fleet_with_ratchet(bits: u8, ratchet: bool) -> Fleet {
+    let tls_until = match ratchet {
+        true => HashMap::from([(PEER.to_owned(), NOW + 1)]),
+        false => HashMap::new(),
+    };
+    let caches = Caches {
+        tls_until,
+        ..Caches::default()
+    };
+    fleet(bits).with(caches, HashMap::new())
+}
+
 /// What the peer does when we connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Behaviour {
@@ -200,7 +216,10 @@ struct World {
     lookup: Lookup,
     operator: Vec<SpkiPin>,
     tofu: Tofu,
+    /// This node's store commits the peer to TLS.
     ratchet: bool,
+    /// Only the fleet's ratchet does (`ratchet` is false then).
+    fleet_ratchet: bool,
     fleet: Fleet,
     tofu_enforce: bool,
     peer: Behaviour,
@@ -212,7 +231,7 @@ fn worlds() -> Vec<World> {
     for lookup in lookups() {
         for operator in [vec![], vec![key(A)]] {
             for tofu in tofus() {
-                for ratchet in [false, true] {
+                for (ratchet, fleet_ratchet) in [(false, false), (true, false), (false, true)] {
                     for bits in 0..8 {
                         for tofu_enforce in [true, false] {
                             for peer in behaviours() {
@@ -225,7 +244,8 @@ fn worlds() -> Vec<World> {
                                         operator: operator.clone(),
                                         tofu,
                                         ratchet,
-                                        fleet: fleet(bits),
+                                        fleet_ratchet,
+                                        fleet: fleet_with_ratchet(bits, fleet_ratchet),
                                         tofu_enforce,
                                         peer,
                                         cleartext_connects,
@@ -260,8 +280,12 @@ fn facts<'a>(rule: Option<&'a Rule>, w: &'a World) -> Facts<'a> {
         fleet: &w.fleet,
         peer: PEER,
         tofu_enforce: w.tofu_enforce,
+        now: NOW,
     }
 }
+
+/// The clock of every world: fleet facts are stated relative to it.
+const NOW: u64 = 1_000;
 
 /// The chain checks of the model: the TLSA record names key A; PKIX as the peer is.
 struct Model {
@@ -377,7 +401,7 @@ mod table {
                 ..
             }
         );
-        k.level == Level::Encrypt || w.ratchet || unusable
+        k.level == Level::Encrypt || w.ratchet || w.fleet_ratchet || unusable
     }
 
     /// The key check, strongest evidence first; the first source with evidence decides.
@@ -480,7 +504,7 @@ mod table {
         // No TLS, or a failed handshake. A raised floor may be why it failed: no fallback.
         let floor_failed = k.floor > TlsFloor::Tls12 && failure == Reason::TlsHandshakeFailed;
         if authentication || encryption_committed(k, w) || floor_failed {
-            refuse(failure, w.ratchet)
+            refuse(failure, w.ratchet || w.fleet_ratchet)
         } else if k.fallback {
             cleartext(failure)
         } else {
@@ -585,6 +609,7 @@ fn plain(lookup: Lookup, peer: Behaviour) -> World {
         operator: Vec::new(),
         tofu: Tofu::Unknown,
         ratchet: false,
+        fleet_ratchet: false,
         fleet: Fleet::default(),
         tofu_enforce: true,
         peer,

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// Every reason; `exhaustive` stops compiling when one is added and not listed here.
-const REASONS: [Reason; 31] = [
+const REASONS: [Reason; 32] = [
     Reason::None,
     Reason::PolicyCleartext,
     Reason::PeerNoTls,
@@ -37,6 +37,7 @@ const REASONS: [Reason; 31] = [
     Reason::StsPolicyInvalid,
     Reason::StsWebpkiInvalid,
     Reason::StsMxMismatch,
+    Reason::ClientNotAuthorized,
 ];
 
 #[allow(dead_code)]
@@ -74,6 +75,7 @@ fn exhaustive(r: Reason) -> usize {
         Reason::StsPolicyInvalid => 28,
         Reason::StsWebpkiInvalid => 29,
         Reason::StsMxMismatch => 30,
+        Reason::ClientNotAuthorized => 31,
     }
 }
 

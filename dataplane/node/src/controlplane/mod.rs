@@ -377,7 +377,8 @@ impl Client {
         let counts = crate::tally::take();
         let node = self.shared.node.load();
         let days = node.tlsrpt.pending(TLSRPT_BATCH);
-        if pins.is_empty() && counts.is_empty() && days.is_empty() {
+        let seen = crate::observed::pending(REPORT_BATCH);
+        if pins.is_empty() && counts.is_empty() && days.is_empty() && seen.is_empty() {
             return;
         }
         let sent: Vec<(String, String)> = pins
@@ -400,10 +401,22 @@ impl Client {
             .iter()
             .map(|p| osgate_proto::tlsrpt::to_pb(&p.domain, p.day, &p.aggregate))
             .collect();
+        let capabilities = seen
+            .iter()
+            .map(|(peer, s)| pb::ObservedTls {
+                peer: peer.clone(),
+                tls_version: s.tls_version.into(),
+                group: s.group.into(),
+                starttls: s.starttls,
+                first_seen: s.first_seen,
+                last_seen: s.last_seen,
+            })
+            .collect();
         let batch = pb::ReportBatch {
             pins,
             outcomes,
             tlsrpt,
+            capabilities,
         };
         match fleet.report(batch).await {
             Ok(_) => {
@@ -416,6 +429,7 @@ impl Client {
                     .map(|p| (p.day, p.domain, p.version))
                     .collect();
                 node.tlsrpt.accepted(&versions);
+                crate::observed::accepted(&seen);
             }
             Err(s) => {
                 crate::tally::restore(counts);

@@ -5,6 +5,7 @@
 //! NOT" be read as "no TLSA records" — it refuses the connection.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +16,42 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 
-use crate::config::DnsConfig;
 use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::{Hosts, Resolver, TokioResolver};
 use osgate_core::dane::{Lookup, NotApplicable, Tlsa, TlsaSet};
+
+/// `[dns]`: the validating resolver DANE uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Empty: the system's resolvers.
+    pub servers: Vec<SocketAddr>,
+    /// DNSKEY records (zone-file lines) to validate from; `None`: the IANA root anchors.
+    pub trust_anchor: Option<PathBuf>,
+    /// The owner of the first trust anchor: the zone the start-up self-test queries.
+    pub anchor_zone: String,
+    pub timeout: Duration,
+    /// One connection's whole DNS phase: addresses and up to two TLSA bases (C.24).
+    pub budget: Duration,
+    /// Written in the config: validation must work at start, and a resolver that fails
+    /// refuses. The implicit default tests validation in the background and, while it does
+    /// not work, leaves names to the system resolver (DANE off, and the gauge says so).
+    pub explicit: bool,
+}
+
+impl DnsConfig {
+    /// DANE with no `[dns]` section: the system's resolvers and the root trust anchor.
+    pub fn implicit() -> Self {
+        Self {
+            servers: Vec::new(),
+            trust_anchor: None,
+            anchor_zone: ".".into(),
+            timeout: Duration::from_millis(2_000),
+            budget: Duration::from_millis(3 * 2_000),
+            explicit: false,
+        }
+    }
+}
 
 /// The validating resolver of one worker thread.
 #[derive(Clone)]
