@@ -37,6 +37,8 @@ pub enum Caller {
     },
     /// Health checks only.
     Anyone,
+    /// The control plane itself (the DANE cache's refreshes).
+    ControlPlane,
 }
 
 impl Caller {
@@ -47,6 +49,7 @@ impl Caller {
             Self::Node { name } => format!("node:{name}"),
             Self::Enrolling { key } => format!("enrolling:{key}"),
             Self::Anyone => "anonymous".into(),
+            Self::ControlPlane => "controlplane".into(),
         }
     }
 }

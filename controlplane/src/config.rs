@@ -16,6 +16,19 @@ struct Raw {
     controlplane: RawControlPlane,
     #[serde(default)]
     admin: Vec<RawAdmin>,
+    dns: Option<RawDns>,
+}
+
+/// `[dns]`: the validating resolver of the DANE cache (as the node's `[dns]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    servers: Vec<String>,
+    trust_anchor: Option<PathBuf>,
+    timeout_ms: Option<u64>,
+    /// Refresh each TLSA set at least this often, sooner when its TTL says so.
+    refresh_max_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +61,13 @@ struct RawAdmin {
     spki: Option<String>,
     /// An admin's client certificate file: its key is the credential.
     certificate: Option<PathBuf>,
+}
+
+/// `[dns]`: the DANE cache.
+#[derive(Clone, Debug)]
+pub struct DaneCacheConfig {
+    pub resolver: osgate_dns::DnsConfig,
+    pub refresh_max: Duration,
 }
 
 /// What an admin may do.
@@ -98,6 +118,8 @@ pub struct Config {
     /// `--confirm`.
     pub confirm_nodes: usize,
     pub ratchet: Duration,
+    /// The DANE cache's resolver; `None`: the control plane resolves nothing.
+    pub dns: Option<DaneCacheConfig>,
     pub admins: Vec<Admin>,
     /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
     pub drain_timeout: Duration,
@@ -178,6 +200,67 @@ impl Loader<'_> {
                 "missing: next_private_key needs its certificate",
             )),
         }
+    }
+
+    fn dns(&self, d: RawDns) -> Result<DaneCacheConfig, ConfigError> {
+        let servers = d
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        self.error(
+                            "dns.servers",
+                            format!("`{s}` is not an IP address (with optional port)"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (trust_anchor, anchor_zone) = match d.trust_anchor {
+            None => (None, ".".to_owned()),
+            Some(path) => {
+                let path = self.resolve(&path);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.error(
+                        "dns.trust_anchor",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let zone = osgate_dns::anchor_owner(&text)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        self.error(
+                            "dns.trust_anchor",
+                            format!("{} holds no DNSKEY", path.display()),
+                        )
+                    })?;
+                (Some(path), zone)
+            }
+        };
+        let timeout_ms = d.timeout_ms.unwrap_or(2_000);
+        if timeout_ms == 0 || timeout_ms > 60_000 {
+            return Err(self.error("dns.timeout_ms", "must be between 1 and 60000"));
+        }
+        let refresh = d.refresh_max_secs.unwrap_or(3_600);
+        if refresh == 0 {
+            return Err(self.error("dns.refresh_max_secs", "must be at least 1"));
+        }
+        let timeout = Duration::from_millis(timeout_ms);
+        Ok(DaneCacheConfig {
+            resolver: osgate_dns::DnsConfig {
+                servers,
+                trust_anchor,
+                anchor_zone,
+                timeout,
+                budget: timeout.saturating_mul(3),
+                explicit: true,
+            },
+            refresh_max: Duration::from_secs(refresh),
+        })
     }
 
     fn addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -305,6 +388,7 @@ impl Config {
             max_connections_per_source,
             confirm_nodes,
             ratchet,
+            dns: raw.dns.map(|d| loader.dns(d)).transpose()?,
             admins,
             drain_timeout,
             next_chain,

@@ -15,6 +15,7 @@ mod capabilities;
 mod caps;
 mod config;
 mod ctx;
+mod dane;
 mod db;
 mod enroll;
 mod fleet;

@@ -72,6 +72,9 @@ async fn serve(config: Config) -> Result<(), String> {
     );
     tokio::spawn(crate::background(ctx.clone()));
     tokio::spawn(probe(ctx.clone()));
+    if let Some(dns) = config.dns.clone() {
+        tokio::spawn(crate::dane::run(ctx.clone(), dns));
+    }
     let caps = caps::new(config.max_connections, config.max_connections_per_source);
     let server = server::serve(ctx.clone(), config.admins, listener, tls, caps, health);
     tokio::pin!(server);

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::rdata::{DNSSECRData, SigInput};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 
 use hickory_resolver::proto::op::Query;
@@ -51,6 +52,15 @@ impl DnsConfig {
             explicit: false,
         }
     }
+}
+
+/// The owner name of the first record of a trust anchor file (zone-file DNSKEY lines): the
+/// zone a self-test queries.
+pub fn anchor_owner(text: &str) -> Option<&str> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with(';'))
+        .and_then(|l| l.split_whitespace().next())
 }
 
 /// The validating resolver of one worker thread.
@@ -200,8 +210,19 @@ impl Dns {
     /// DANE for `host`:`port` whose addresses were looked up as `addresses`
     /// (RFC 7672 §2.2.2: the CNAME-expanded name first, then the original name).
     pub async fn dane(&self, host: &str, port: u16, addresses: &Addresses) -> Lookup {
+        self.dane_with_validity(host, port, addresses).await.0
+    }
+
+    /// [`Self::dane`], with how long a secure answer may be relied on: the control plane's
+    /// DANE cache hands it to nodes that cannot look it up themselves.
+    pub async fn dane_with_validity(
+        &self,
+        host: &str,
+        port: u16,
+        addresses: &Addresses,
+    ) -> (Lookup, Option<Validity>) {
         if !addresses.secure {
-            return Lookup::NotApplicable(NotApplicable::InsecureAddress);
+            return (Lookup::NotApplicable(NotApplicable::InsecureAddress), None);
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let mut bases = Vec::new();
@@ -211,14 +232,14 @@ impl Dns {
         if !bases.contains(&host) {
             bases.push(host);
         }
-        let mut last = Lookup::NotApplicable(NotApplicable::NoTlsa);
+        let mut last = (Lookup::NotApplicable(NotApplicable::NoTlsa), None);
         for base in bases {
             let lookup = self.tlsa(&base, port);
             last = match tokio::time::timeout_at(addresses.deadline, lookup).await {
                 Ok(dane) => dane,
-                Err(_) => return out_of_time(&base),
+                Err(_) => return (out_of_time(&base), None),
             };
-            if !matches!(last, Lookup::NotApplicable(NotApplicable::NoTlsa)) {
+            if !matches!(last.0, Lookup::NotApplicable(NotApplicable::NoTlsa)) {
                 return last;
             }
         }
@@ -291,25 +312,26 @@ impl Dns {
         Some(records)
     }
 
-    async fn tlsa(&self, base: &str, port: u16) -> Lookup {
+    async fn tlsa(&self, base: &str, port: u16) -> (Lookup, Option<Validity>) {
         let name = fqdn(&format!("_{port}._tcp.{base}"));
         let lookup = match self.resolver.lookup(name, RecordType::TLSA).await {
             Ok(lookup) => lookup,
-            Err(e) => return negative(&e),
+            Err(e) => return (negative(&e), None),
         };
         let answers = lookup.answers();
         match rrset_proof(kinds(answers), &[RecordType::TLSA]) {
             Verdict::Secure => {}
             Verdict::Insecure => {
-                return Lookup::NotApplicable(NotApplicable::InsecureTlsa);
+                return (Lookup::NotApplicable(NotApplicable::InsecureTlsa), None);
             }
-            Verdict::Bogus => return Lookup::Failed { bogus: true },
+            Verdict::Bogus => return (Lookup::Failed { bogus: true }, None),
             // Data that could not be validated is a failed lookup, never "insecure" (C.16).
             verdict => {
                 tracing::debug!(target: "osgate::dns", base, ?verdict, "TLSA data not validated");
-                return Lookup::Failed { bogus: false };
+                return (Lookup::Failed { bogus: false }, None);
             }
         }
+        let validity = validity(answers);
         let records: Vec<Tlsa> = answers
             .iter()
             .filter_map(|r| match &r.data {
@@ -322,11 +344,55 @@ impl Dns {
                 _ => None,
             })
             .collect();
-        Lookup::Records {
+        let records = Lookup::Records {
             set: TlsaSet::classify(&records),
             base: base.to_owned(),
-        }
+        };
+        (records, validity)
     }
+}
+
+/// How long a secure TLSA answer may be relied on (RFC 4035 §5.3.1: a signature validates
+/// only between its inception and expiration), and when to ask again (its TTL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Unix seconds: the latest inception and the earliest expiration of the signatures
+    /// over the TLSA RRset.
+    pub from: u64,
+    pub until: u64,
+    pub ttl: u32,
+}
+
+/// The window of the RRSIGs covering the TLSA data: those the validator used when it marked
+/// any (a multi-signer zone carries others it did not need), else all of them.
+fn validity(answers: &[Record]) -> Option<Validity> {
+    let sigs: Vec<(&SigInput, Proof)> = answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(sig))
+                if sig.input().type_covered == RecordType::TLSA =>
+            {
+                Some((sig.input(), r.proof))
+            }
+            _ => None,
+        })
+        .collect();
+    let used = sigs.iter().any(|(_, p)| *p == Proof::Secure);
+    let counted = sigs
+        .iter()
+        .filter(|(_, p)| !used || *p == Proof::Secure)
+        .map(|(s, _)| s);
+    let from = counted
+        .clone()
+        .map(|s| u64::from(s.sig_inception.get()))
+        .max()?;
+    let until = counted.map(|s| u64::from(s.sig_expiration.get())).min()?;
+    let ttl = answers
+        .iter()
+        .filter(|r| r.record_type() == RecordType::TLSA)
+        .map(|r| r.ttl)
+        .min()?;
+    Some(Validity { from, until, ttl })
 }
 
 /// A mail domain's next hops (RFC 5321 §5.1).

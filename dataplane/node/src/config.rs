@@ -810,10 +810,7 @@ impl Validator<'_> {
                 format!("cannot read {}: {e}", path.display()),
             )
         })?;
-        text.lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with(';'))
-            .and_then(|l| l.split_whitespace().next())
+        osgate_dns::anchor_owner(&text)
             .map(str::to_owned)
             .ok_or_else(|| {
                 self.error(
