@@ -171,7 +171,8 @@ fn a_node_whose_tlsa_lookups_fail_authenticates_with_the_fleet_set(io: Io) {
     assert_capability_row(&row, &digest);
     let table = cp.ctl(Some(VIEWER_TOKEN), &["get", "capabilities"]);
     assert_eq!(table.code, 0, "{}", table.stderr);
-    for part in [peer.as_str(), "secure"] {
+    let record = format!("3 1 1 {digest}");
+    for part in [peer.as_str(), &record] {
         assert!(table.stdout.contains(part), "{part} in {}", table.stdout);
     }
 }
