@@ -62,7 +62,7 @@ fn inbound_changes(
 ) -> Result<(), Status> {
     let mut listeners = BTreeMap::new();
     for (name, i) in after {
-        let (listener, _) = validate::inbound(i).map_err(bad)?;
+        let (listener, _) = validate::inbound_fields(i).map_err(bad)?;
         if let Some(other) = listeners.insert(listener.clone(), name) {
             return Err(Status::invalid_argument(format!(
                 "inbound policies `{other}` and `{name}` both name listener {listener}"

@@ -89,18 +89,7 @@ pub fn policy(p: &pb::Policy) -> Result<Rule, Invalid> {
 pub fn policy_fields(p: &pb::Policy) -> Result<Rule, Invalid> {
     name_ok("policy", &p.name)?;
     let resource = format!("policy/{}", p.name);
-    for feature in &p.requires {
-        if feature.is_empty()
-            || !feature
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(invalid(
-                &resource,
-                format!("`{feature}` is not a feature name"),
-            ));
-        }
-    }
+    feature_names(&resource, &p.requires)?;
     let spec = RuleSpec {
         selector: &p.r#match,
         level: &p.level,
@@ -112,6 +101,23 @@ pub fn policy_fields(p: &pb::Policy) -> Result<Rule, Invalid> {
     };
     spec.build(format!("cp:{}", p.name))
         .map_err(|e| invalid(resource, e.to_string()))
+}
+
+/// `requires` holds feature names (what they are is for the receiving node to judge).
+fn feature_names(resource: &str, requires: &[String]) -> Result<(), Invalid> {
+    for feature in requires {
+        if feature.is_empty()
+            || !feature
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                resource,
+                format!("`{feature}` is not a feature name"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A fleet pin: its peer and the key's state.
@@ -218,9 +224,16 @@ fn tlsa(text: &str) -> Option<Tlsa> {
 
 /// A listener's client policy: `(listener, clients)`.
 pub fn inbound(i: &pb::InboundPolicy) -> Result<(String, Clients), Invalid> {
+    supported(&format!("inbound/{}", i.name), &i.requires)?;
+    inbound_fields(i)
+}
+
+/// A listener's client policy, whatever features it requires: what the control plane and
+/// `osgatectl` check before storing (as [`policy_fields`]).
+pub fn inbound_fields(i: &pb::InboundPolicy) -> Result<(String, Clients), Invalid> {
     name_ok("inbound", &i.name)?;
     let resource = format!("inbound/{}", i.name);
-    supported(&resource, &i.requires)?;
+    feature_names(&resource, &i.requires)?;
     peer_ok(&resource, &i.listener)?;
     let clients =
         Clients::parse(&i.clients).map_err(|e| invalid(&resource, format!("clients: {e}")))?;

@@ -86,7 +86,7 @@ pub fn load(path: &Path) -> Result<Loaded, String> {
                     false => p.requires,
                 },
             };
-            osgate_proto::validate::inbound(&policy)
+            osgate_proto::validate::inbound_fields(&policy)
                 .map(|_| policy)
                 .map_err(|e| format!("{shown}: inbound[{i}]: {e}"))
         })

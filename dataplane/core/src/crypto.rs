@@ -162,14 +162,39 @@ impl CryptoPolicy {
         &self,
         sessions: Option<Arc<SessionCache>>,
     ) -> Result<Arc<ClientConfig>, CryptoError> {
+        self.client_presenting(sessions, None)
+    }
+
+    /// [`Self::unauthenticated_client_with`], presenting the node's own certificate when the
+    /// server asks: for connections to fleet nodes, which authenticate it by its node key.
+    /// Its sessions carry that identity, so they need a cache of their own.
+    pub fn fleet_client(
+        &self,
+        sessions: Arc<SessionCache>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<ClientConfig>, CryptoError> {
+        self.client_presenting(Some(sessions), Some((chain, key)))
+    }
+
+    fn client_presenting(
+        &self,
+        sessions: Option<Arc<SessionCache>>,
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Result<Arc<ClientConfig>, CryptoError> {
         let verifier = Arc::new(danger::UnauthenticatedServer {
             signatures: self.signatures(),
         });
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.floor.versions())?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(CryptoError::KeyMismatch)?,
+            None => builder.with_no_client_auth(),
+        };
         config.resumption = match (self.resumption, sessions) {
             (false, _) => rustls::client::Resumption::disabled(),
             (true, Some(store)) => rustls::client::Resumption::store(store),
@@ -179,14 +204,21 @@ impl CryptoPolicy {
     }
 
     /// A server config presenting `chain` with `key`, with TLS 1.3 tickets for resumption.
+    /// It asks every client for a certificate and requires none: the key a client proves
+    /// (the handshake signature is checked) is only a claim until [`crate::clients::admit`]
+    /// finds it among the fleet's node keys or the listener's pins.
     pub fn server(
         &self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Arc<ServerConfig>, CryptoError> {
+        let clients = Arc::new(control::AnyClientKey {
+            signatures: self.signatures(),
+            tls12: true,
+        });
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.floor.versions())?
-            .with_no_client_auth()
+            .with_client_cert_verifier(clients)
             .with_single_cert(chain, key)
             .map_err(CryptoError::KeyMismatch)?;
         if self.resumption {

@@ -221,6 +221,8 @@ pub struct Inbound {
     /// The key that replaces `identity` next: published in DNS before it is used.
     pub next_identity: Option<Identity>,
     pub cleartext_allowed: bool,
+    /// Who the listener serves; the control plane's inbound policy for it replaces this.
+    pub clients: osgate_core::clients::Clients,
     /// `protocol = "smtp"`.
     pub smtp: Option<InboundSmtp>,
 }
@@ -729,14 +731,37 @@ impl Validator<'_> {
             Some(smtp) => smtp.starttls == osgate_core::smtp::InboundStarttls::Offer,
             None => matches!(o.cleartext, Some(raw::Cleartext::Allow)),
         };
+        let clients = match (&o.clients, smtp.is_some()) {
+            (None, _) => osgate_core::clients::Clients::Any,
+            (Some(_), true) => {
+                return Err(self.error(
+                    key("clients"),
+                    "an SMTP listener serves every client (mail servers seldom present certificates); clients applies to TCP listeners",
+                ));
+            }
+            (Some(raw::OneOrMany::One(one)), false) => {
+                self.clients(&key, std::slice::from_ref(one))?
+            }
+            (Some(raw::OneOrMany::Many(many)), false) => self.clients(&key, many)?,
+        };
         Ok(Inbound {
             listen: self.socket_addr(&key("listen"), &o.listen)?,
             backend: HostPort::parse(&o.backend).map_err(|r| self.error(key("backend"), r))?,
             identity,
             next_identity,
             cleartext_allowed,
+            clients,
             smtp,
         })
+    }
+
+    fn clients(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        values: &[String],
+    ) -> Result<osgate_core::clients::Clients, ConfigError> {
+        osgate_core::clients::Clients::parse(values)
+            .map_err(|reason| self.error(key("clients"), reason))
     }
 
     fn inbound_smtp(

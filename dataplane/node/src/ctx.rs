@@ -58,12 +58,27 @@ pub(crate) struct ClientConfigs {
     /// The session cache of the authentication-required configs, which forgets a peer's
     /// sessions when its TLSA set changes.
     pub authenticated_sessions: Arc<osgate_core::crypto::SessionCache>,
+    /// `[floor]`, for fleet nodes: presenting this node's key (`None` without a control plane).
+    pub fleet: Option<[Arc<rustls::ClientConfig>; 2]>,
 }
 
 impl ClientConfigs {
     pub fn get(&self, floor: TlsFloor, authentication_required: bool) -> Arc<rustls::ClientConfig> {
         let floor = usize::from(floor == TlsFloor::Tls13);
         self.by_class[floor][usize::from(authentication_required)].clone()
+    }
+
+    /// The config for a peer: one presenting this node's key when the peer is a fleet node.
+    pub fn for_peer(
+        &self,
+        floor: TlsFloor,
+        authentication_required: bool,
+        fleet_node: bool,
+    ) -> Arc<rustls::ClientConfig> {
+        match (&self.fleet, fleet_node) {
+            (Some(fleet), true) => fleet[usize::from(floor == TlsFloor::Tls13)].clone(),
+            _ => self.get(floor, authentication_required),
+        }
     }
 }
 
@@ -123,6 +138,8 @@ pub(crate) struct InboundListener {
     pub backend: HostPort,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub cleartext_allowed: bool,
+    /// The file's `clients`; the control plane's inbound policy for `listen` replaces it.
+    pub clients: osgate_core::clients::Clients,
     /// `protocol = "smtp"`.
     pub smtp: Option<crate::config::InboundSmtp>,
 }

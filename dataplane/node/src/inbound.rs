@@ -5,9 +5,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use metrics::counter;
+use osgate_core::clients::Authenticated;
 use osgate_core::crypto::tls_params;
 use osgate_core::detect::{Detection, MAX_PEEK, Malformed, classify_client_hello};
 use osgate_core::outcome::{Commitment, Direction, Level, Outcome, Reason};
+use osgate_core::pin::SpkiPin;
 use rustls::ServerConnection;
 use tokio::time::{Instant, timeout_at};
 
@@ -46,9 +48,24 @@ pub(crate) async fn serve<D: Driver>(
     let mut outcome = new_outcome(&listener, peer);
     let dog = Watchdog::start(started + node.timeouts.peek + node.timeouts.handshake);
     dog.guard(&client);
+    let fleet = node.fleet.load_full();
+    let clients = fleet
+        .inbound_clients(&listener.listen)
+        .unwrap_or(&listener.clients);
+    let cleartext_allowed = listener.cleartext_allowed && clients.admits_cleartext();
     match peek(&*client, started + node.timeouts.peek).await {
         Peeked::Tls(first) => {
-            terminate::<D>(&client, first, &listener, &node, &dog, &mut outcome).await
+            let who = Clients {
+                clients,
+                fleet: &fleet,
+            };
+            terminate::<D>(&client, first, &listener, &node, &dog, who, &mut outcome).await
+        }
+        // The listener would take it, but only fleet nodes or pinned clients are served.
+        Peeked::Cleartext(_) | Peeked::Silent
+            if listener.cleartext_allowed && !cleartext_allowed =>
+        {
+            outcome.reason = Reason::ClientNotAuthorized;
         }
         Peeked::Cleartext(first) if listener.cleartext_allowed => {
             outcome.reason = Reason::ClientNoTls;
@@ -109,12 +126,32 @@ async fn peek<C: Conn>(client: &C, deadline: Instant) -> Peeked {
     }
 }
 
+/// Who a listener serves, and the fleet whose node keys `fleet` in it means.
+struct Clients<'a> {
+    clients: &'a osgate_core::clients::Clients,
+    fleet: &'a osgate_core::fleet::Fleet,
+}
+
+impl Clients<'_> {
+    /// What the client's certificate proves, or why it is not served.
+    fn admit(&self, session: &Session) -> Result<Option<Authenticated>, Reason> {
+        let conn = session.conn();
+        let presented = conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(SpkiPin::of_certificate);
+        let node = presented.and_then(|key| self.fleet.node_named(&key));
+        osgate_core::clients::admit(self.clients, presented, node)
+    }
+}
+
 async fn terminate<D: Driver>(
     client: &Rc<D::Conn>,
     first: Vec<u8>,
     listener: &InboundListener,
     node: &Node,
     dog: &Watchdog,
+    clients: Clients<'_>,
     outcome: &mut Outcome,
 ) {
     let handshake_started = Instant::now();
@@ -143,11 +180,23 @@ async fn terminate<D: Driver>(
     }
     outcome.handshake = Some(handshake_started.elapsed());
     outcome.tls = Some(tls_params(&session.conn()));
+    // Before the backend is dialled: a client not served never reaches it.
+    let achieved = match clients.admit(&session) {
+        Ok(Some(client)) => {
+            outcome.client = Some(client.who);
+            Level::Authenticated(client.method)
+        }
+        Ok(None) => Level::Encrypted,
+        Err(reason) => {
+            outcome.reason = reason;
+            return;
+        }
+    };
     let Some(backend) = connect_backend::<D>(listener, node).await else {
         outcome.reason = Reason::Unreachable;
         return;
     };
-    outcome.achieved = Level::Encrypted;
+    outcome.achieved = achieved;
     dog.guard(&backend);
     dog.track_idle(node.timeouts.idle);
     let (close, moved) = relay::tls(&backend, client, &session, dog).await;

@@ -254,6 +254,7 @@ pub(crate) fn services(
             backend: inbound.backend.clone(),
             server_tls,
             cleartext_allowed: inbound.cleartext_allowed,
+            clients: inbound.clients.clone(),
             smtp: inbound.smtp,
         }));
         out.push((key(false, inbound.listen), service, format!("inbound[{i}]")));
@@ -301,7 +302,33 @@ fn client_configs(config: &Config) -> Result<ClientConfigs, StartError> {
             ],
         ],
         authenticated_sessions: sessions.clone(),
+        fleet: fleet_clients(config)?,
     })
+}
+
+/// The configs for connections to fleet nodes: they present the node key the control plane
+/// registered (`[controlplane] certificate`), so the node at the other end records this one
+/// as `authenticated`/`fleet`. None without a control plane.
+fn fleet_clients(config: &Config) -> Result<Option<[Arc<rustls::ClientConfig>; 2]>, StartError> {
+    let Some(cp) = &config.controlplane else {
+        return Ok(None);
+    };
+    let sessions = SessionCache::new(256);
+    let make = |floor| {
+        CryptoPolicy::new(&config.node.tls_groups, floor)
+            .and_then(|p| {
+                p.with_resumption(config.node.tls_resumption).fleet_client(
+                    sessions.clone(),
+                    cp.chain.clone(),
+                    cp.key.clone_key(),
+                )
+            })
+            .map_err(|source| StartError::Tls {
+                what: "controlplane.certificate (presented to fleet nodes)".into(),
+                source,
+            })
+    };
+    Ok(Some([make(TlsFloor::Tls12)?, make(TlsFloor::Tls13)?]))
 }
 
 /// Creates the state folder if needed and checks that it can be written (readiness says

@@ -475,9 +475,12 @@ async fn try_tls<D: Driver, S: Starter<D>>(
     if let Err(result) = starter.before_tls(&conn).await {
         return (result, None);
     }
-    let config = node
-        .client_tls
-        .get(decision.floor, decision.plan.requires_authentication());
+    let fleet_node = !decision.evidence().fleet.is_empty();
+    let config = node.client_tls.for_peer(
+        decision.floor,
+        decision.plan.requires_authentication(),
+        fleet_node,
+    );
     let session = match ClientConnection::new(config, attempt.server_name.clone()) {
         Ok(client) => Session::new(client.into()),
         Err(_) => return (TlsResult::HandshakeFailed, None),

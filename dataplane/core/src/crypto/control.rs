@@ -54,6 +54,7 @@ impl CryptoPolicy {
     ) -> Result<Arc<ServerConfig>, CryptoError> {
         let verifier = Arc::new(AnyClientKey {
             signatures: self.signatures(),
+            tls12: false,
         });
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&TLS13])?
@@ -123,8 +124,10 @@ impl ServerCertVerifier for PinnedServer {
 /// Accepts any client key whose handshake signature is valid; the application decides whom
 /// it belongs to.
 #[derive(Debug)]
-struct AnyClientKey {
-    signatures: Signatures,
+pub(super) struct AnyClientKey {
+    pub signatures: Signatures,
+    /// The node's listeners speak TLS 1.2 too; the control plane does not.
+    pub tls12: bool,
 }
 
 impl ClientCertVerifier for AnyClientKey {
@@ -151,11 +154,14 @@ impl ClientCertVerifier for AnyClientKey {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
+        match self.tls12 {
+            true => self.signatures.tls12(message, cert, dss),
+            false => Err(tls12_refused()),
+        }
     }
 
     fn verify_tls13_signature(

@@ -207,6 +207,14 @@ fn opportunistic() -> String {
     "opportunistic".into()
 }
 
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Inbound {
@@ -218,6 +226,8 @@ pub(super) struct Inbound {
     pub next_certificate: Option<String>,
     pub next_private_key: Option<String>,
     pub cleartext: Option<Cleartext>,
+    /// `"any"` (default), `"fleet"`, or a list of `"fleet"` and `sha256/…` pins.
+    pub clients: Option<OneOrMany>,
     #[serde(default)]
     pub protocol: Protocol,
     pub starttls: Option<Starttls>,
