@@ -312,11 +312,15 @@ pub async fn list(ctx: &Ctx, peer: &str) -> Result<pb::CapabilityList, Status> {
         .map_err(storage)?;
     drop(conn);
     let statuses = crate::nodes::serving(ctx).await?;
+    // Every peer the fleet holds anything for, and every peer a node serves.
     let mut peers: BTreeSet<String> = reports.keys().cloned().collect();
-    for r in ctx.state.list("dane") {
-        if let Some(Kind::Dane(d)) = &r.kind {
-            peers.insert(d.peer.clone());
-        }
+    peers.extend(statuses.values().flat_map(|s| s.peers.iter().cloned()));
+    for r in ctx.state.list("dane").iter().chain(&ctx.state.list("sts")) {
+        match &r.kind {
+            Some(Kind::Dane(d)) => peers.insert(d.peer.clone()),
+            Some(Kind::Sts(s)) => peers.insert(format!("{}:25", s.domain)),
+            _ => false,
+        };
     }
     let errors = ctx.dane_errors();
     let rows = peers
