@@ -28,7 +28,10 @@ const PEER: &str = "d.test:25";
 /// The TXT record's id.
 const ID: &str = "20261201";
 
-per_store!(the_control_plane_fetches_the_policy_and_get_capabilities_shows_it);
+per_store!(
+    the_control_plane_fetches_the_policy_of_a_domain_without_an_address_and_get_capabilities_shows_it,
+    get_capabilities_shows_the_policy_next_to_the_dane_result_of_a_domain_with_an_address,
+);
 
 mod by_driver {
     use super::*;
@@ -44,8 +47,8 @@ fn policy(mx: &str) -> String {
 
 /// `d.test`: the TXT record, the policy host, MX `mx.d.test` (signed; no TLSA, so DANE does
 /// not apply).
-fn zones() -> Zones {
-    Zones {
+fn zones(extra: &[&str]) -> Zones {
+    let mut zones = Zones {
         secure: vec![
             format!("_mta-sts.d IN TXT \"v=STSv1; id={ID};\""),
             "mta-sts.d IN A 127.0.0.1".into(),
@@ -53,7 +56,9 @@ fn zones() -> Zones {
             "mx.d IN A 127.0.0.1".into(),
         ],
         ..Zones::default()
-    }
+    };
+    zones.secure.extend(extra.iter().map(|r| (*r).to_owned()));
+    zones
 }
 
 /// A test folder: the CA, the testbed, and the policy host serving `policy` under the CA.
@@ -67,9 +72,14 @@ struct Case {
 
 impl Case {
     fn new(policy: &str) -> Self {
+        Self::with_records(policy, &[])
+    }
+
+    /// [`Case::new`] with `extra` records in the signed zone.
+    fn with_records(policy: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new(dir.path());
-        let dns = Testbed::start(dir.path(), &zones());
+        let dns = Testbed::start(dir.path(), &zones(extra));
         let www = dir.path().join("www");
         std::fs::create_dir_all(www.join(".well-known")).unwrap();
         std::fs::write(www.join(".well-known/mta-sts.txt"), policy).unwrap();
@@ -135,15 +145,35 @@ fn register_b(dir: &Path, cp: &ControlPlane) -> (osgate_tests::controlplane::Key
     (key, rev)
 }
 
-fn the_control_plane_fetches_the_policy_and_get_capabilities_shows_it(store: Store) {
+fn the_control_plane_fetches_the_policy_of_a_domain_without_an_address_and_get_capabilities_shows_it(
+    store: Store,
+) {
     // d.test has no address record, as many mail domains: no TLSA set, only the policy.
     let case = Case::new(&policy("*.mx.d.test"));
     let (_pg, db) = database(store, case.path());
     let mut cp = case.control_plane(&db);
     register_b(case.path(), &cp);
     fetched(&mut cp);
+    assert_policy_shown(&cp);
+}
+
+fn get_capabilities_shows_the_policy_next_to_the_dane_result_of_a_domain_with_an_address(
+    store: Store,
+) {
+    // With an address, d.test:25 has a DANE result too (no TLSA: a validated denial).
+    let case = Case::with_records(&policy("*.mx.d.test"), &["d IN A 127.0.0.1"]);
+    let (_pg, db) = database(store, case.path());
+    let mut cp = case.control_plane(&db);
+    register_b(case.path(), &cp);
+    fetched(&mut cp);
+    assert_policy_shown(&cp);
+}
+
+/// `get capabilities d.test:25 -o json` shows the enforce policy with its id.
+#[track_caller]
+fn assert_policy_shown(cp: &ControlPlane) {
     let list = cp.admin_json(&["get", "capabilities", PEER]);
-    let row = row(&cp).unwrap_or_else(|| panic!("no row for {PEER}: {list}"));
+    let row = row(cp).unwrap_or_else(|| panic!("no row for {PEER}: {list}"));
     let sts = &row["sts"];
     assert_eq!(sts["domain"], DOMAIN, "{row}");
     assert_eq!(sts["id"], ID, "{row}");
