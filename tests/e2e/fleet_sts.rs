@@ -17,7 +17,7 @@ use osgate_tests::node::free_port;
 use osgate_tests::openssl::SServer;
 use osgate_tests::peers::Server;
 use osgate_tests::postgres::{Store, database};
-use osgate_tests::{Io, Node, eventually, per_driver, per_store, smtp};
+use osgate_tests::{Io, Node, per_driver, per_store, smtp};
 use prost::Message;
 use serde_json::Value;
 
