@@ -749,6 +749,7 @@ async fn bench(args: &Args, cp: &ControlPlane) -> Result<Report, Error> {
                 policies: vec![policy],
                 dry_run: false,
                 confirm: false,
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("ApplyPolicies: {s}"))?

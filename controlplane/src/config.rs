@@ -282,6 +282,7 @@ impl Loader<'_> {
                 timeout,
                 budget: timeout.saturating_mul(3),
                 explicit: true,
+                cache_max_ttl: Some(Duration::from_secs(refresh)),
             },
             refresh_max: Duration::from_secs(refresh),
         })

@@ -21,6 +21,7 @@ pub struct Testbed {
     child: Child,
     pub addr: SocketAddr,
     pub anchor: PathBuf,
+    test_zone: TestZone,
 }
 
 /// Records to add, as zone-file lines relative to their zone's origin.
@@ -79,8 +80,9 @@ pub struct Signing {
     denial: Denial,
     /// Every RRset signed with every algorithm (RFC 4035 §2.2), not only by the ZSKs.
     every_algorithm: bool,
-    /// The signatures' validity ended in the past (RFC 4034 §3.1.5).
-    expired: bool,
+    /// The signatures' validity (RFC 4034 §3.1.5): (inception, expiration) as ldns-signzone
+    /// reads them; ldns's default (now, four weeks on) when `None`.
+    validity: Option<(String, String)>,
 }
 
 impl Default for Signing {
@@ -97,7 +99,7 @@ impl Signing {
             zsks: zsks.to_vec(),
             denial: Denial::default(),
             every_algorithm: false,
-            expired: false,
+            validity: None,
         }
     }
 
@@ -124,11 +126,20 @@ impl Signing {
     }
 
     pub fn expired(mut self) -> Self {
-        self.expired = true;
+        self.validity = Some(("20200101000000".into(), "20200201000000".into()));
         self
     }
 
-    /// Signs `<file>` for `origin` in `dir` into `<file>.signed`; the names of its KSKs.
+    /// Signatures valid from a minute ago until `until` (unix seconds): a zone whose
+    /// signatures run out while a test runs.
+    pub fn expiring_at(mut self, until: u64) -> Self {
+        let from = unix_now().saturating_sub(60);
+        self.validity = Some((from.to_string(), until.to_string()));
+        self
+    }
+
+    /// Signs `<file>` for `origin` in `dir` into `<file>.signed` with new keys; the names of
+    /// all its keys, KSKs first.
     fn sign(&self, dir: &Path, origin: &str, file: &str) -> Vec<String> {
         let mut keys = Vec::new();
         for alg in &self.ksks {
@@ -137,6 +148,12 @@ impl Signing {
         for alg in &self.zsks {
             keys.push(run(dir, "ldns-keygen", &["-a", alg.ldns(), origin]));
         }
+        self.sign_with(dir, file, &keys);
+        keys
+    }
+
+    /// Signs `<file>` into `<file>.signed` with the existing `keys`.
+    fn sign_with(&self, dir: &Path, file: &str, keys: &[String]) {
         // -A: the DNSKEY RRset signed by every key, as most signers do.
         let mut args = vec!["-A"];
         if self.denial == Denial::Nsec3 {
@@ -145,15 +162,25 @@ impl Signing {
         if self.every_algorithm {
             args.push("-U");
         }
-        if self.expired {
-            args.extend(["-i", "20200101000000", "-e", "20200201000000"]);
+        if let Some((inception, expiration)) = &self.validity {
+            args.extend(["-i", inception, "-e", expiration]);
         }
         args.push(file);
         args.extend(keys.iter().map(String::as_str));
         run(dir, "ldns-signzone", &args);
-        keys.truncate(self.ksks.len());
-        keys
     }
+
+    /// The KSKs among the key names [`Signing::sign`] returned.
+    fn ksks<'a>(&self, keys: &'a [String]) -> &'a [String] {
+        &keys[..self.ksks.len()]
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The `.<ext>` files ldns-keygen wrote for `keys`, one after the other.
@@ -182,8 +209,12 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> String {
 }
 
 fn zone_text(origin: &str, records: &[String], extra: &str) -> String {
+    zone_text_serial(origin, 1, records, extra)
+}
+
+fn zone_text_serial(origin: &str, serial: u32, records: &[String], extra: &str) -> String {
     let mut text = format!(
-        "$ORIGIN {origin}\n$TTL 60\n@ IN SOA ns.test. admin.test. 1 3600 600 86400 60\n@ IN NS ns.test.\n{extra}"
+        "$ORIGIN {origin}\n$TTL 60\n@ IN SOA ns.test. admin.test. {serial} 3600 600 86400 60\n@ IN NS ns.test.\n{extra}"
     );
     for r in records {
         let _ = writeln!(text, "{r}");
@@ -191,23 +222,34 @@ fn zone_text(origin: &str, records: &[String], extra: &str) -> String {
     text
 }
 
-/// Writes the zone `origin` to `<file>` and signs it if asked: the file nsd serves, and the
-/// DS records for the parent.
+/// Writes the zone `origin` to `<file>` and signs it if asked: the file nsd serves, the DS
+/// records for the parent, and the names of the keys that signed it.
 fn write_zone(
     dir: &Path,
     origin: &str,
     file: &str,
     text: &str,
     signing: Option<&Signing>,
-) -> (String, String) {
+) -> (String, String, Vec<String>) {
     std::fs::write(dir.join(file), text).unwrap();
     match signing {
-        None => (file.to_owned(), String::new()),
+        None => (file.to_owned(), String::new(), Vec::new()),
         Some(s) => {
-            let ksks = s.sign(dir, origin, file);
-            (format!("{file}.signed"), key_files(dir, &ksks, "ds"))
+            let keys = s.sign(dir, origin, file);
+            let ds = key_files(dir, s.ksks(&keys), "ds");
+            (format!("{file}.signed"), ds, keys)
         }
     }
+}
+
+/// What republishing `test.` needs: the zone's delegations, how it is signed and its keys
+/// (new keys would need a new DS in the root), and its serial.
+struct TestZone {
+    dir: PathBuf,
+    delegations: String,
+    signing: Signing,
+    keys: Vec<String>,
+    serial: u32,
 }
 
 impl Testbed {
@@ -221,7 +263,7 @@ impl Testbed {
         // bogus.test: signed, but the parent's DS is for an unrelated key.
         let signing = Signing::default();
         let text = zone_text("bogus.test.", &zones.bogus, "");
-        let (file, _) = write_zone(&dir, "bogus.test.", "bogus.zone", &text, Some(&signing));
+        let (file, _, _) = write_zone(&dir, "bogus.test.", "bogus.zone", &text, Some(&signing));
         served.push(("bogus.test.".to_owned(), file));
         let decoy = run(
             &dir,
@@ -232,7 +274,7 @@ impl Testbed {
         let _ = writeln!(delegations, "bogus IN NS ns.test.\n{}", decoy.trim());
 
         let text = zone_text("ins.test.", &zones.insecure, "");
-        let (file, _) = write_zone(&dir, "ins.test.", "ins.zone", &text, None);
+        let (file, _, _) = write_zone(&dir, "ins.test.", "ins.zone", &text, None);
         served.push(("ins.test.".to_owned(), file));
         delegations.push_str("ins IN NS ns.test.\n");
 
@@ -240,14 +282,22 @@ impl Testbed {
             let origin = format!("{}.test.", child.label);
             let text = zone_text(&origin, &child.records, "");
             let name = format!("{}.zone", child.label);
-            let (file, ds) = write_zone(&dir, &origin, &name, &text, child.signing.as_ref());
+            let (file, ds, _) = write_zone(&dir, &origin, &name, &text, child.signing.as_ref());
             served.push((origin, file));
             let _ = writeln!(delegations, "{} IN NS ns.test.\n{}", child.label, ds.trim());
         }
 
         let text = zone_text("test.", &zones.secure, &delegations);
-        let (file, test_ds) = write_zone(&dir, "test.", "test.zone", &text, Some(&zones.signing));
+        let (file, test_ds, keys) =
+            write_zone(&dir, "test.", "test.zone", &text, Some(&zones.signing));
         served.push(("test.".to_owned(), file));
+        let test_zone = TestZone {
+            dir: dir.clone(),
+            delegations,
+            signing: zones.signing.clone(),
+            keys,
+            serial: 1,
+        };
 
         // A root of our own, delegating to `test.` with a DS: the trust anchor is its KSK.
         let root = format!(
@@ -255,12 +305,12 @@ impl Testbed {
             test_ds.trim()
         );
         std::fs::write(dir.join("root.zone"), root).unwrap();
-        let root_ksks = zones.root.sign(&dir, ".", "root.zone");
+        let root_keys = zones.root.sign(&dir, ".", "root.zone");
         served.push((".".to_owned(), "root.zone.signed".to_owned()));
 
         // The trust anchor: the root KSKs' DNSKEYs, as zone-file lines with a TTL.
         let anchor = dir.join("anchor.key");
-        let dnskeys: String = key_files(&dir, &root_ksks, "key")
+        let dnskeys: String = key_files(&dir, zones.root.ksks(&root_keys), "key")
             .lines()
             .filter_map(|line| line.split(';').next())
             .filter(|rr| !rr.trim().is_empty())
@@ -282,6 +332,7 @@ impl Testbed {
             child,
             addr,
             anchor,
+            test_zone,
         };
         testbed.wait_serving();
         testbed
@@ -294,6 +345,45 @@ impl Testbed {
             assert!(std::time::Instant::now() < deadline, "nsd did not start");
             std::thread::yield_now();
         }
+    }
+
+    /// Replaces the records of `test.` with `secure` (a new serial, signed again with the same
+    /// keys, as an operator publishes a change), has nsd reload it (SIGHUP), and waits until
+    /// nsd serves the new serial.
+    pub fn republish(&mut self, secure: &[String]) {
+        let zone = &mut self.test_zone;
+        zone.serial += 1;
+        let text = zone_text_serial("test.", zone.serial, secure, &zone.delegations);
+        std::fs::write(zone.dir.join("test.zone"), text).unwrap();
+        zone.signing.sign_with(&zone.dir, "test.zone", &zone.keys);
+        let pid = i32::try_from(self.child.id()).unwrap();
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+        let deadline = std::time::Instant::now() + crate::WAIT;
+        while self.serial() != Some(self.test_zone.serial) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nsd did not load serial {}",
+                self.test_zone.serial
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The serial of `test.` nsd serves now (drill, from ldnsutils).
+    fn serial(&self) -> Option<u32> {
+        let port = self.addr.port().to_string();
+        let server = format!("@{}", self.addr.ip());
+        let out = Command::new("drill")
+            .args(["-p", &port, "test.", &server, "SOA"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let soa = text
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .find(|l| l.split_whitespace().nth(3) == Some("SOA"))?;
+        soa.split_whitespace().nth(6)?.parse().ok()
     }
 
     /// The `[dns]` section pointing a node at this testbed.

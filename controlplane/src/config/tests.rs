@@ -38,6 +38,21 @@ fn the_example_config_loads() {
     assert_eq!(config.admins.len(), 1);
     assert!(matches!(config.admins[0].credential, Credential::Key(_)));
     assert!(config.database.starts_with("sqlite://"));
+    assert_eq!(config.ratchet, Duration::from_secs(720 * 3600));
+    assert!(config.dns.is_none(), "the example's [dns] is commented out");
+    // The commented [dns] section is real config: uncommented (less the anchor file, which
+    // this machine may lack) it loads with the values it shows.
+    let text = std::fs::read_to_string(&example).unwrap();
+    let (head, dns) = text.split_once("#[dns]").unwrap();
+    let dns: String = dns
+        .lines()
+        .filter(|l| l.starts_with('#') && !l.starts_with("#trust_anchor"))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    std::fs::write(&copy, format!("{head}[dns]\n{dns}")).unwrap();
+    let dns = Config::load(&copy).unwrap().dns.unwrap();
+    assert_eq!(dns.resolver.servers, ["127.0.0.1:53".parse().unwrap()]);
+    assert_eq!(dns.refresh_max, Duration::from_secs(3600));
 }
 
 #[test]

@@ -15,7 +15,7 @@ pub enum CapabilityAction {
     /// Forgets the fleet ratchet for PEER (host:port), a peer that really dropped TLS: nodes
     /// that never met it fall back as their policy allows. Prints the nodes serving it.
     /// Reports from before the clear no longer count; nodes' own stores are untouched
-    /// (`osgate pins forget PEER` on a node).
+    /// (`osgate pins clear-ratchet PEER` on a node).
     Clear {
         peer: String,
         #[arg(long)]
@@ -35,29 +35,10 @@ fn when(unix: u64) -> String {
     if unix == 0 {
         return "-".into();
     }
-    let days = unix / 86_400;
+    let day = osgate_core::tlsrpt::Day::of_unix(unix);
     let secs = unix % 86_400;
-    let (y, m, d) = civil(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 as a proleptic Gregorian date (H. Hinnant's `civil_from_days`).
-fn civil(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    format!("{day}T{h:02}:{m:02}:{s:02}Z")
 }
 
 fn dane_json(d: &pb::DaneRecord, error: &str) -> Value {

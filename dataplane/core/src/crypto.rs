@@ -180,7 +180,7 @@ impl CryptoPolicy {
     fn client_presenting(
         &self,
         sessions: Option<Arc<SessionCache>>,
-        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+        identity: Option<Identity>,
     ) -> Result<Arc<ClientConfig>, CryptoError> {
         let verifier = Arc::new(danger::UnauthenticatedServer {
             signatures: self.signatures(),
@@ -189,12 +189,7 @@ impl CryptoPolicy {
             .with_protocol_versions(self.floor.versions())?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let mut config = match identity {
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(CryptoError::KeyMismatch)?,
-            None => builder.with_no_client_auth(),
-        };
+        let mut config = presenting(builder, identity)?;
         config.resumption = match (self.resumption, sessions) {
             (false, _) => rustls::client::Resumption::disabled(),
             (true, Some(store)) => rustls::client::Resumption::store(store),
@@ -228,6 +223,22 @@ impl CryptoPolicy {
             config.send_tls13_tickets = 0;
         }
         Ok(Arc::new(config))
+    }
+}
+
+/// A client's own certificate chain and key.
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The config, presenting `identity` when a server asks for a client certificate.
+fn presenting(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    identity: Option<Identity>,
+) -> Result<ClientConfig, CryptoError> {
+    match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(CryptoError::KeyMismatch),
+        None => Ok(builder.with_no_client_auth()),
     }
 }
 

@@ -38,6 +38,9 @@ pub struct DnsConfig {
     /// refuses. The implicit default tests validation in the background and, while it does
     /// not work, leaves names to the system resolver (DANE off, and the gauge says so).
     pub explicit: bool,
+    /// Answers are cached at most this long, whatever their TTL: the control plane's DANE
+    /// cache must see a changed TLSA set within its refresh interval. `None`: the TTL.
+    pub cache_max_ttl: Option<Duration>,
 }
 
 impl DnsConfig {
@@ -50,6 +53,7 @@ impl DnsConfig {
             timeout: Duration::from_millis(2_000),
             budget: Duration::from_millis(3 * 2_000),
             explicit: false,
+            cache_max_ttl: None,
         }
     }
 }
@@ -131,6 +135,10 @@ impl Dns {
         options.attempts = 1;
         options.validate = true;
         options.edns0 = true;
+        if let Some(max) = config.cache_max_ttl {
+            options.positive_max_ttl = Some(max);
+            options.negative_max_ttl = Some(max);
+        }
         let resolver = Resolver::builder_with_config(
             ResolverConfig::from_name_servers(name_servers),
             TokioRuntimeProvider::default(),

@@ -823,6 +823,7 @@ impl Validator<'_> {
             timeout: self.duration("dns.timeout_ms", d.timeout_ms)?,
             budget: self.dns_budget(&d)?,
             explicit: true,
+            cache_max_ttl: None,
         })
     }
 

@@ -26,6 +26,9 @@ pub enum PinsCommand {
     Remove { peer: String },
     /// Revoke `peer`'s pin: the peer is refused until an operator adds a new one.
     Revoke { peer: String },
+    /// Forget that `peer` did TLS (its ratchet entry): for a peer that really dropped TLS,
+    /// with `osgatectl capabilities clear` for the fleet's record of it.
+    ClearRatchet { peer: String },
 }
 
 /// Runs `command` on the store at `path`; returns what to print, or an error.
@@ -97,6 +100,15 @@ fn change(
                 .ok_or_else(|| format!("{peer}: no pin"))?;
             contents.save(path).map_err(|e| e.to_string())?;
             format!("{peer}: removed pin {}\n", old.pin)
+        }
+        PinsCommand::ClearRatchet { peer } => {
+            let peer = peer.to_ascii_lowercase();
+            let until = contents
+                .ratchet
+                .remove(&peer)
+                .ok_or_else(|| format!("{peer}: no ratchet entry"))?;
+            contents.save(path).map_err(|e| e.to_string())?;
+            format!("{peer}: cleared the ratchet (TLS was required until {until})\n")
         }
         PinsCommand::Revoke { peer } => {
             let peer = peer.to_ascii_lowercase();

@@ -24,7 +24,7 @@ impl CryptoPolicy {
     pub fn pinned_client(
         &self,
         pins: Vec<SpkiPin>,
-        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+        identity: Option<super::Identity>,
     ) -> Result<Arc<ClientConfig>, CryptoError> {
         let verifier = Arc::new(PinnedServer {
             pins,
@@ -34,12 +34,7 @@ impl CryptoPolicy {
             .with_protocol_versions(&[&TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let mut config = match identity {
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(CryptoError::KeyMismatch)?,
-            None => builder.with_no_client_auth(),
-        };
+        let mut config = super::presenting(builder, identity)?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }

@@ -13,6 +13,8 @@ use crate::fleet::{FleetPin, NodeKey, PinState};
 use crate::ladder::Ladder;
 use crate::policy::{PolicySet, Selector};
 
+mod fleet_caches;
+
 /// The peer's key is A or B; evidence names A (revocation names B).
 fn key(n: u8) -> SpkiPin {
     SpkiPin::of_spki(&[n])
@@ -333,11 +335,15 @@ fn attempt(decision: &Decision<'_>, peer: Behaviour) -> TlsResult {
 
 /// The node's path: decide, then drive the ladder with the modelled attempts.
 fn run(rule: Option<&Rule>, w: &World) -> (Step, Plan) {
-    let decision = decide(&facts(rule, w));
+    drive(&decide(&facts(rule, w)), w)
+}
+
+/// The ladder under `decision`, with the attempts `w`'s peer makes.
+fn drive(decision: &Decision<'_>, w: &World) -> (Step, Plan) {
     let (mut ladder, mut step) = Ladder::start(decision.plan);
     loop {
         (ladder, step) = match step {
-            Step::TryTls => ladder.on_tls(attempt(&decision, w.peer)),
+            Step::TryTls => ladder.on_tls(attempt(decision, w.peer)),
             Step::TryCleartext => ladder.on_cleartext(w.cleartext_connects),
             done => return (done, decision.plan),
         };
