@@ -233,11 +233,14 @@ async fn refresh(ctx: &Ctx, dns: &Dns, peer: &str, refresh_max: u64) -> (u64, Op
             (next, write)
         }
         Answer::Failed(why) => {
-            tracing::warn!(
-                peer,
-                result = why,
-                "DANE cache: TLSA lookup gave nothing to rely on; nodes keep what they hold"
-            );
+            // Once per change of cause: a peer that keeps failing is retried quietly.
+            if errors.get(peer).map(String::as_str) != Some(why) {
+                tracing::warn!(
+                    peer,
+                    result = why,
+                    "DANE cache: TLSA lookup gave nothing to rely on; nodes keep what they hold"
+                );
+            }
             errors.insert(peer.to_owned(), why.to_owned());
             (now + RETRY_FAILED.as_secs().min(refresh_max), None)
         }
