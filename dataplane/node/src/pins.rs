@@ -155,3 +155,31 @@ fn list(contents: &Contents, only: Option<&str>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clear_ratchet_forgets_the_peer_s_tls_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let mut contents = Contents::default();
+        contents.ratchet.insert("p.test:443".into(), 99);
+        contents.ratchet.insert("q.test:443".into(), 99);
+        contents.save(&path).unwrap();
+        let clear = |peer: &str| {
+            let command = PinsCommand::ClearRatchet { peer: peer.into() };
+            run(command, &path, 1)
+        };
+        let said = clear("P.test:443").unwrap();
+        assert!(said.contains("p.test:443: cleared the ratchet"), "{said}");
+        let left = Contents::load(&path).unwrap().ratchet;
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["q.test:443"]);
+        assert!(
+            clear("p.test:443")
+                .unwrap_err()
+                .contains("no ratchet entry")
+        );
+    }
+}
