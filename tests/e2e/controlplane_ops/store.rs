@@ -131,31 +131,31 @@ fn an_sqlite_database_is_copied_before_its_schema_migrates() {
     );
     cp.process.signal("TERM");
     assert!(cp.process.wait_exit(WAIT).success());
-    // Back to schema version 3, as an older control plane left it.
+    // Back to schema version 4, as an older control plane left it.
     let newest: u32 = sqlite3(&db, "SELECT MAX(version) FROM schema_version")
         .parse()
         .unwrap();
     assert_eq!(
-        newest, 4,
-        "this test downgrades migration 4; update it with the schema"
+        newest, 5,
+        "this test downgrades migration 5; update it with the schema"
     );
     sqlite3(
         &db,
-        "DELETE FROM schema_version WHERE version = 4; DROP TABLE tlsrpt_days;",
+        "DELETE FROM schema_version WHERE version = 5; DROP TABLE capability_reports; DROP TABLE capability_clears;",
     );
 
     let mut cp = ControlPlane::start(dir.path(), db.to_str().unwrap(), "");
     let copied = cp
         .process
         .wait_for(|v| v["message"] == "database copied before its schema migration");
-    assert_eq!(copied["from"], 3);
-    assert_eq!(copied["to"], 4);
+    assert_eq!(copied["from"], 4);
+    assert_eq!(copied["to"], 5);
     let snapshot = Path::new(copied["snapshot"].as_str().unwrap()).to_owned();
     let name = snapshot.file_name().unwrap().to_str().unwrap();
-    assert!(name.starts_with("cp.db.pre-migration-v3-"), "{name}");
+    assert!(name.starts_with("cp.db.pre-migration-v4-"), "{name}");
     assert_eq!(
         sqlite3(&snapshot, "SELECT MAX(version) FROM schema_version"),
-        "3"
+        "4"
     );
     assert_eq!(
         sqlite3(
@@ -164,6 +164,6 @@ fn an_sqlite_database_is_copied_before_its_schema_migrates() {
         ),
         "before-migration"
     );
-    assert_eq!(sqlite3(&db, "SELECT MAX(version) FROM schema_version"), "4");
+    assert_eq!(sqlite3(&db, "SELECT MAX(version) FROM schema_version"), "5");
     assert_eq!(policy_names(&cp), ["before-migration"]);
 }
