@@ -52,14 +52,9 @@ fn policy_set(policies: &BTreeMap<String, pb::Policy>) -> Result<PolicySet, Stat
     rules.map(PolicySet::new).map_err(bad)
 }
 
-/// The changes and writes from the current listener client policies to `after`; two
-/// policies for one listener are contradictory and refused (CONFORMANCE G.49).
-fn inbound_changes(
-    before: &BTreeMap<String, pb::InboundPolicy>,
-    after: &BTreeMap<String, pb::InboundPolicy>,
-    changes: &mut Vec<pb::Change>,
-    writes: &mut Vec<Write>,
-) -> Result<(), Status> {
+/// Two listener client policies for one listener are contradictory and refused
+/// (CONFORMANCE G.49).
+fn one_policy_per_listener(after: &BTreeMap<String, pb::InboundPolicy>) -> Result<(), Status> {
     let mut listeners = BTreeMap::new();
     for (name, i) in after {
         let (listener, _) = validate::inbound_fields(i).map_err(bad)?;
@@ -68,27 +63,44 @@ fn inbound_changes(
                 "inbound policies `{other}` and `{name}` both name listener {listener}"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The changes and writes that take the `kind` resources from `before` to `after`; returns
+/// those created or updated.
+fn diff<'a, T: PartialEq + Clone>(
+    kind: &'static str,
+    before: &BTreeMap<String, T>,
+    after: &'a BTreeMap<String, T>,
+    wrap: fn(T) -> Kind,
+    changes: &mut Vec<pb::Change>,
+    writes: &mut Vec<Write>,
+) -> Vec<&'a T> {
+    let mut changed = Vec::new();
+    for (name, item) in after {
         let action = match before.get(name) {
             None => "created",
-            Some(old) if old == i => "unchanged",
+            Some(old) if old == item => "unchanged",
             Some(_) => "updated",
         };
-        changes.push(change("inbound", name, action));
+        changes.push(change(kind, name, action));
         if action != "unchanged" {
             let resource = pb::Resource {
-                kind: Some(Kind::Inbound(i.clone())),
+                kind: Some(wrap(item.clone())),
             };
-            writes.push(put("inbound", name.clone(), &resource));
+            writes.push(put(kind, name.clone(), &resource));
+            changed.push(item);
         }
     }
     for name in before.keys().filter(|n| !after.contains_key(*n)) {
-        changes.push(change("inbound", name, "deleted"));
+        changes.push(change(kind, name, "deleted"));
         writes.push(Write::Delete {
-            kind: "inbound",
+            kind,
             name: name.clone(),
         });
     }
-    Ok(())
+    changed
 }
 
 fn change(kind: &str, name: &str, action: &str) -> pb::Change {
@@ -132,29 +144,26 @@ impl AdminService {
         let mut changes = Vec::new();
         let mut writes = Vec::new();
         let mut warnings = Vec::new();
-        inbound_changes(&self.current_inbound(), &inbound, &mut changes, &mut writes)?;
-        for (name, p) in &after {
-            let action = match before.get(name) {
-                None => "created",
-                Some(old) if old == p => "unchanged",
-                Some(_) => "updated",
-            };
-            changes.push(change("policy", name, action));
-            if action != "unchanged" {
-                let rule = validate::policy_fields(p).map_err(bad)?;
-                warnings.extend(blast::danger(&rule));
-                let resource = pb::Resource {
-                    kind: Some(Kind::Policy(p.clone())),
-                };
-                writes.push(put("policy", name.clone(), &resource));
-            }
-        }
-        for name in before.keys().filter(|n| !after.contains_key(*n)) {
-            changes.push(change("policy", name, "deleted"));
-            writes.push(Write::Delete {
-                kind: "policy",
-                name: name.clone(),
-            });
+        one_policy_per_listener(&inbound)?;
+        let current = self.current_inbound();
+        diff(
+            "inbound",
+            &current,
+            &inbound,
+            Kind::Inbound,
+            &mut changes,
+            &mut writes,
+        );
+        for p in diff(
+            "policy",
+            &before,
+            &after,
+            Kind::Policy,
+            &mut changes,
+            &mut writes,
+        ) {
+            let rule = validate::policy_fields(p).map_err(bad)?;
+            warnings.extend(blast::danger(&rule));
         }
         let statuses = nodes::serving(&self.ctx).await?;
         let (old, new) = (policy_set(&before)?, policy_set(&after)?);

@@ -220,15 +220,8 @@ pub async fn clear(
     dry_run: bool,
 ) -> Result<pb::ApplyReply, Status> {
     let peer = crate::peer::canonical(peer);
-    if osgate_proto::validate::capability(&pb::Capability {
-        peer: peer.clone(),
-        ..Default::default()
-    })
-    .is_err()
-    {
-        return Err(Status::invalid_argument(format!(
-            "`{peer}` is not host:port"
-        )));
+    if let Err(e) = osgate_proto::validate::peer_ok("capability", &peer) {
+        return Err(Status::invalid_argument(e.reason));
     }
     let held = ctx.state.get("capability", &peer);
     let before = match held.as_deref().and_then(|r| r.kind.as_ref()) {

@@ -153,50 +153,35 @@ pub async fn run(ctx: Arc<Ctx>, config: DaneCacheConfig) {
             None
         }
     };
-    let mut due: HashMap<String, u64> = HashMap::new();
+    // When each peer's TLSA records, and each mail domain's policy, are looked up next.
+    let mut due_tlsa: HashMap<String, u64> = HashMap::new();
+    let mut due_sts: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let peers = assigned(&ctx);
         let domains = crate::sts::domains(&peers);
-        due.retain(|p, _| peers.contains(p) || domains.iter().any(|d| *p == format!("sts:{d}")));
-        let mut writes = Vec::new();
-        for gone in ctx.state.list("sts").iter().filter_map(|r| match &r.kind {
-            Some(Kind::Sts(s)) if !domains.contains(&s.domain) => Some(s.domain.clone()),
-            _ => None,
-        }) {
-            writes.push(Write::Delete {
-                kind: "sts",
-                name: gone,
-            });
-        }
-        for gone in ctx.state.list("dane").iter().filter_map(|r| match &r.kind {
-            Some(Kind::Dane(d)) if !peers.contains(&d.peer) => Some(d.peer.clone()),
-            _ => None,
-        }) {
-            writes.push(Write::Delete {
-                kind: "dane",
-                name: gone,
-            });
-        }
+        due_tlsa.retain(|p, _| peers.contains(p));
+        due_sts.retain(|d, _| domains.contains(d));
+        let mut writes = withdrawn(&ctx, "dane", &peers);
+        writes.extend(withdrawn(&ctx, "sts", &domains));
         let now = unix_now();
         for peer in &peers {
-            if due.get(peer).is_some_and(|at| *at > now) {
+            if due_tlsa.get(peer).is_some_and(|at| *at > now) {
                 continue;
             }
             let (next, write) = refresh(&ctx, &dns, peer, refresh_max).await;
-            due.insert(peer.clone(), next);
+            due_tlsa.insert(peer.clone(), next);
             writes.extend(write);
         }
         for domain in domains.iter().filter(|_| sts.is_some()) {
-            let key = format!("sts:{domain}");
-            if due.get(&key).is_some_and(|at| *at > now) {
+            if due_sts.get(domain).is_some_and(|at| *at > now) {
                 continue;
             }
             if let Some(sts) = &sts {
                 writes.extend(crate::sts::refresh(&ctx, sts, &dns, domain, now).await);
             }
-            due.insert(key, now + refresh_max);
+            due_sts.insert(domain.clone(), now + refresh_max);
         }
         let fresh = ctx.state.list("dane").iter().filter(|r| matches!(&r.kind, Some(Kind::Dane(d)) if d.status == "secure" && d.valid_until > now)).count();
         gauge!(m::DANE_SETS).set(fresh as f64);
@@ -204,6 +189,18 @@ pub async fn run(ctx: Arc<Ctx>, config: DaneCacheConfig) {
             commit(&ctx, writes).await;
         }
     }
+}
+
+/// Deletes of the `kind` resources whose name (peer or domain) nothing served names any more.
+fn withdrawn(ctx: &Ctx, kind: &'static str, served: &BTreeSet<String>) -> Vec<Write> {
+    let held = ctx.state.list(kind);
+    let names = held
+        .iter()
+        .filter_map(|r| osgate_proto::validate::key_of(r));
+    names
+        .filter(|(_, name)| !served.contains(name))
+        .map(|(_, name)| Write::Delete { kind, name })
+        .collect()
 }
 
 /// Looks `peer` up; returns when to look again and the write, if what nodes hold changes.

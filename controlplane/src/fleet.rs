@@ -92,17 +92,15 @@ impl FleetService {
         let mut out: Vec<pb::ObservedTls> = Vec::new();
         for mut seen in reported {
             seen.peer = crate::peer::canonical(&seen.peer);
-            let check = pb::Capability {
-                peer: seen.peer.clone(),
-                ..Default::default()
-            };
             let labels_ok = [&seen.tls_version, &seen.group].iter().all(|l| {
                 l.len() <= 32
                     && l.chars()
                         .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             });
             let reason = match () {
-                _ if osgate_proto::validate::capability(&check).is_err() || !labels_ok => {
+                _ if osgate_proto::validate::peer_ok("capability", &seen.peer).is_err()
+                    || !labels_ok =>
+                {
                     "malformed"
                 }
                 _ if !assigned.contains(&seen.peer) => "unassigned-peer",

@@ -138,7 +138,7 @@ pub fn pin(p: &pb::FleetPin) -> Result<(String, FleetPin), Invalid> {
 }
 
 /// A peer is `host:port`.
-fn peer_ok(resource: &str, peer: &str) -> Result<(), Invalid> {
+pub fn peer_ok(resource: &str, peer: &str) -> Result<(), Invalid> {
     let port = peer.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
     match port {
         Some(Ok(_)) => Ok(()),
@@ -182,7 +182,8 @@ pub fn dane(d: &pb::DaneRecord) -> Result<Option<(String, FleetTlsa)>, Invalid> 
             .tlsa
             .iter()
             .map(|text| {
-                tlsa(text).ok_or_else(|| invalid(&resource, format!("`{text}` is not TLSA RDATA")))
+                Tlsa::from_presentation(text)
+                    .ok_or_else(|| invalid(&resource, format!("`{text}` is not TLSA RDATA")))
             })
             .collect::<Result<Vec<_>, _>>()?,
         other => return Err(invalid(&resource, format!("unknown DANE status `{other}`"))),
@@ -200,27 +201,6 @@ pub fn dane(d: &pb::DaneRecord) -> Result<Option<(String, FleetTlsa)>, Invalid> 
         valid_until: d.valid_until,
     };
     Ok(Some((d.peer.to_ascii_lowercase(), set)))
-}
-
-/// `usage selector matching hex` (RFC 6698 §2.2).
-fn tlsa(text: &str) -> Option<Tlsa> {
-    let mut fields = text.split_ascii_whitespace();
-    let mut number = || fields.next()?.parse::<u8>().ok();
-    let (usage, selector, matching) = (number()?, number()?, number()?);
-    let hex: String = fields.collect();
-    if hex.is_empty() || hex.len() % 2 != 0 {
-        return None;
-    }
-    let data = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some(Tlsa {
-        usage,
-        selector,
-        matching,
-        data,
-    })
 }
 
 /// A fleet MTA-STS policy: `(policy domain, policy)`, checked as a fetched one would be.

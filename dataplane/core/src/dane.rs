@@ -45,6 +45,28 @@ impl Tlsa {
         let data = hex(&self.data);
         format!("{} {} {} {data}", self.usage, self.selector, self.matching)
     }
+
+    /// The record from [`Self::presentation`]'s form (the hex may be split by blanks, as
+    /// zone files split it); `None` for anything else.
+    pub fn from_presentation(text: &str) -> Option<Self> {
+        let mut fields = text.split_ascii_whitespace();
+        let mut number = || fields.next()?.parse::<u8>().ok();
+        let (usage, selector, matching) = (number()?, number()?, number()?);
+        let hex: String = fields.collect();
+        if hex.is_empty() || hex.len() % 2 != 0 {
+            return None;
+        }
+        let data = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some(Self {
+            usage,
+            selector,
+            matching,
+            data,
+        })
+    }
 }
 
 /// `usage selector matching` and the first bytes of the data, for outcome records.

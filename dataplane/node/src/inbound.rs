@@ -55,7 +55,7 @@ pub(crate) async fn serve<D: Driver>(
     let cleartext_allowed = listener.cleartext_allowed && clients.admits_cleartext();
     match peek(&*client, started + node.timeouts.peek).await {
         Peeked::Tls(first) => {
-            let who = Clients {
+            let who = ClientCheck {
                 clients,
                 fleet: &fleet,
             };
@@ -127,12 +127,12 @@ async fn peek<C: Conn>(client: &C, deadline: Instant) -> Peeked {
 }
 
 /// Who a listener serves, and the fleet whose node keys `fleet` in it means.
-struct Clients<'a> {
+struct ClientCheck<'a> {
     clients: &'a osgate_core::clients::Clients,
     fleet: &'a osgate_core::fleet::Fleet,
 }
 
-impl Clients<'_> {
+impl ClientCheck<'_> {
     /// What the client's certificate proves, or why it is not served.
     fn admit(&self, session: &Session) -> Result<Option<Authenticated>, Reason> {
         let conn = session.conn();
@@ -151,7 +151,7 @@ async fn terminate<D: Driver>(
     listener: &InboundListener,
     node: &Node,
     dog: &Watchdog,
-    clients: Clients<'_>,
+    clients: ClientCheck<'_>,
     outcome: &mut Outcome,
 ) {
     let handshake_started = Instant::now();
