@@ -187,32 +187,6 @@ fn assert_policy_shown(cp: &ControlPlane) {
     assert!(sts["fetched_at"].as_u64().is_some_and(|t| t > 0), "{row}");
 }
 
-/// A plain SMTP server: greeting, then 250 to everything but QUIT. Returns the commands seen.
-fn backend(stream: std::net::TcpStream) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut out = stream.try_clone().unwrap();
-    let _ = out.write_all(b"220 backend.d.test ESMTP\r\n");
-    let mut seen = Vec::new();
-    for line in BufReader::new(stream).lines().map_while(Result::ok) {
-        let verb = line
-            .split(' ')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        seen.push(line);
-        let reply: &[u8] = match verb.as_str() {
-            "EHLO" => b"250-backend.d.test\r\n250 8BITMIME\r\n",
-            "QUIT" => b"221 2.0.0 Bye\r\n",
-            "DATA" => b"354 go on\r\n",
-            _ => b"250 2.0.0 Ok\r\n",
-        };
-        if out.write_all(reply).is_err() || verb == "QUIT" {
-            break;
-        }
-    }
-    seen
-}
-
 /// Node B's config body: outbound by MX to `d.test`, its own inbound on the MX port
 /// (STARTTLS, a CA-signed certificate for `mx.d.test`) in front of `backend`; its own
 /// MTA-STS fetches go to a port where nothing listens.
@@ -272,7 +246,7 @@ fn a_node_that_cannot_fetch_the_policy_is_held_to_the_fleets_and_without_it_to_n
     let case = Case::new(&policy("*.other.d.test"));
 
     // Without a control plane: B's own fetch fails, it holds no policy, the mail goes out.
-    let alone = Server::start(backend);
+    let alone = Server::start(osgate_tests::smtp::plain_backend);
     let mut b = Node::start(
         case.path(),
         io,
@@ -302,7 +276,7 @@ fn a_node_that_cannot_fetch_the_policy_is_held_to_the_fleets_and_without_it_to_n
     let (key, _) = register_b(case.path(), &cp);
     let rev = fetched(&mut cp);
     let section = cp.section(&key, &case.path().join("b.lkg"), "");
-    let fleet = Server::start(backend);
+    let fleet = Server::start(osgate_tests::smtp::plain_backend);
     let mut b = Node::start(
         case.path(),
         io,
@@ -357,7 +331,7 @@ fn a_policy_that_needs_an_unknown_feature_is_nacked_and_the_last_known_good_stay
     let hostile = HostileControlPlane::start(case.path(), vec![good, future]);
     let key = keygen(case.path(), "n1");
     let section = hostile.section(&key, &case.path().join("n1.lkg"));
-    let backend = Server::start(backend);
+    let backend = Server::start(osgate_tests::smtp::plain_backend);
     let mut node = Node::start(
         case.path(),
         io,

@@ -459,31 +459,6 @@ per_driver!(
     a_secure_tlsa_wins_over_an_enforce_policy_that_names_another_mx,
 );
 
-/// A plain SMTP server: greeting, then 250 to everything but QUIT. Returns the commands seen.
-fn backend(stream: std::net::TcpStream) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut out = stream.try_clone().unwrap();
-    let _ = out.write_all(b"220 backend.d.test ESMTP\r\n");
-    let mut seen = Vec::new();
-    for line in BufReader::new(stream).lines().map_while(Result::ok) {
-        let verb = line
-            .split(' ')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        seen.push(line);
-        let reply: &[u8] = match verb.as_str() {
-            "EHLO" => b"250-backend.d.test\r\n250 8BITMIME\r\n",
-            "QUIT" => b"221 2.0.0 Bye\r\n",
-            _ => b"250 2.0.0 Ok\r\n",
-        };
-        if out.write_all(reply).is_err() || verb == "QUIT" {
-            break;
-        }
-    }
-    seen
-}
-
 /// The local MTA's side: greeting, EHLO, MAIL FROM, QUIT. Returns the MAIL FROM reply.
 fn local_mta(addr: std::net::SocketAddr) -> String {
     use std::io::{BufRead, BufReader, Write};
@@ -544,7 +519,7 @@ fn mail_case_with(io: Io, policy: &str, mx_cert: impl FnOnce(&Case) -> Pem, tlsa
     }
     let dns = Testbed::start(case.path(), &zone);
     let server = case.serve(&case.leaf(), policy);
-    let backend = osgate_tests::peers::Server::start(backend);
+    let backend = osgate_tests::peers::Server::start(osgate_tests::smtp::plain_backend);
     let body = format!(
         "[smtp]\nhelo_name = \"relay.local.test\"\nmta_sts_port = {sts}\n\n\
          [[outbound]]\nlisten = \"127.0.0.1:0\"\npeer = \"mx:{DOMAIN}:{port}\"\nprotocol = \"smtp\"\npolicy = \"opportunistic\"\n\n\

@@ -304,6 +304,33 @@ impl Scripted {
     }
 }
 
+/// A plain SMTP server for a listener's backend: a greeting, then 250 to every command (354
+/// to DATA) until QUIT. Returns the lines it received.
+pub fn plain_backend(stream: TcpStream) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut out = stream.try_clone().unwrap();
+    let _ = out.write_all(b"220 backend.d.test ESMTP\r\n");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+        let verb = line
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        seen.push(line);
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" => b"250-backend.d.test\r\n250 8BITMIME\r\n",
+            "QUIT" => b"221 2.0.0 Bye\r\n",
+            "DATA" => b"354 go on\r\n",
+            _ => b"250 2.0.0 Ok\r\n",
+        };
+        if out.write_all(reply).is_err() || verb == "QUIT" {
+            break;
+        }
+    }
+    seen
+}
+
 /// Whether a session's lines include a transaction command (`MAIL`, `RCPT`, `DATA`, `BDAT`).
 pub fn saw_transaction(lines: &[String]) -> bool {
     lines.iter().any(|l| {
